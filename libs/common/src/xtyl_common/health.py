@@ -1,0 +1,92 @@
+"""``/livez`` (the process answers) and ``/readyz`` (every dependency answers).
+
+A service registers one check per dependency in its lifespan::
+
+    readiness_of(app).add("postgres", postgres_check(pool))
+
+``/readyz`` runs them concurrently, each with a timeout, and answers 200 with each check's state,
+or 503 problem details (code ``not_ready``) naming what is down. Liveness never looks at
+dependencies: restarting a process does not bring Postgres back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get
+
+from xtyl_common.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+
+READINESS_STATE_KEY = "readiness"
+
+HealthCheck = Callable[[], Awaitable[object]]
+
+_encoder = msgspec.json.Encoder()
+
+
+class Readiness:
+    """The named dependency checks behind ``/readyz``."""
+
+    def __init__(self, timeout_s: float = 2.0) -> None:
+        self.timeout_s = timeout_s
+        self._checks: dict[str, HealthCheck] = {}
+
+    def add(self, name: str, check: HealthCheck) -> None:
+        self._checks[name] = check
+
+    def remove(self, name: str) -> None:
+        self._checks.pop(name, None)
+
+    async def run(self) -> dict[str, str]:
+        names = list(self._checks)
+        results = await asyncio.gather(*(self._run_one(self._checks[name]) for name in names))
+        return dict(zip(names, results, strict=True))
+
+    async def _run_one(self, check: HealthCheck) -> str:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await check()
+        except TimeoutError:
+            return f"down: no answer within {self.timeout_s:g} s"
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return f"down: {reason}"
+        return "up"
+
+
+def readiness_of(app: Litestar) -> Readiness:
+    readiness: Readiness = app.state[READINESS_STATE_KEY]
+    return readiness
+
+
+@get("/livez", include_in_schema=False, sync_to_thread=False)
+def livez() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    checks = await readiness_of(request.app).run()
+    down = [name for name, state in checks.items() if state != "up"]
+    if not down:
+        return Response(
+            _encoder.encode({"status": "ready", "checks": checks}),
+            media_type="application/json",
+        )
+    body = {
+        "type": PROBLEM_TYPE_BASE + "not_ready",
+        "title": "Service not ready",
+        "status": 503,
+        "code": "not_ready",
+        "detail": f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down",
+        "down": down,
+        "checks": checks,
+    }
+    return Response(_encoder.encode(body), status_code=503, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def health_handlers() -> list[Any]:
+    return [livez, readyz]

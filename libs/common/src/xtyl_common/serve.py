@@ -1,0 +1,40 @@
+"""Run a service's ASGI app under granian, after its settings were checked.
+
+Settings are loaded (and a bad one reported in one line, exit 2) in the parent process before
+granian starts, so a misconfigured service never gets as far as a worker traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+from granian.constants import Interfaces, Loops
+from granian.log import LogLevels
+from granian.server import Server
+
+from xtyl_common.logging import configure_logging
+from xtyl_common.settings import BaseSettings, load_settings_or_exit
+
+
+def serve(
+    *, program: str, factory: str, settings_cls: type[BaseSettings], workers: int | None = None
+) -> None:
+    """``factory`` is ``"package.module:function"`` returning the app, called in each worker."""
+    settings = load_settings_or_exit(settings_cls, program=program)
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+    worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
+    levels = msgspec.convert(settings.log_level.lower(), LogLevels)
+    Server(
+        factory,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=worker_count,
+        loop=Loops.auto,
+        factory=True,
+        log_enabled=False,
+        log_level=levels,
+        respawn_failed_workers=True,
+        workers_kill_timeout=30,
+    ).serve()

@@ -1,0 +1,175 @@
+"""The pieces every service's Litestar app is built from.
+
+``build_service_app`` gives each service the same edge: request ids, access logs, problem
+details for every error (RFC 9457, ``application/problem+json`` with a stable ``code``),
+``/livez`` and ``/readyz``, and OpenAPI docs at ``/schema`` (Swagger UI at ``/schema/swagger``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import ASGIMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
+
+from xtyl_common import errors
+from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
+from xtyl_common.health import READINESS_STATE_KEY, Readiness, health_handlers
+
+log = structlog.stdlib.get_logger("xtyl.http")
+
+_REQUEST_ID_HEADER_LOWER = REQUEST_ID_HEADER.lower().encode()
+_QUIET_PATHS = frozenset({"/livez", "/readyz"})
+_problem_encoder = msgspec.json.Encoder()
+
+_STATUS_CODES: dict[int, type[errors.XtylError]] = {
+    400: errors.ClientError,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+    422: errors.InvalidInput,
+    503: errors.Unavailable,
+    504: errors.TimedOut,
+}
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    """Binds a request id (the caller's, when plain, else a new one) and logs each request."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        candidate: str | None = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_HEADER_LOWER:
+                candidate = value.decode("latin-1")
+                break
+        request_id = accept_request_id(candidate)
+        set_request_id(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope["state"]["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableScopeHeaders.from_message(message)
+                headers[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_with_id)
+        finally:
+            path: str = scope["path"]
+            if path not in _QUIET_PATHS:
+                log.info(
+                    "request_handled",
+                    method=scope.get("method"),
+                    path=path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            structlog.contextvars.unbind_contextvars("request_id", "user_id")
+
+
+def problem_response(error: errors.XtylError, *, instance: str | None = None) -> Response[bytes]:
+    return Response(
+        content=_problem_encoder.encode(error.to_problem(instance=instance)),
+        status_code=error.status,
+        media_type=errors.PROBLEM_CONTENT_TYPE,
+        headers=error.headers,
+    )
+
+
+def _handle_xtyl_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, errors.XtylError)
+    if exc.status >= 500:
+        log.warning("request_failed", code=exc.code, detail=exc.detail)
+    return problem_response(exc, instance=request.url.path)
+
+
+def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc, ValidationException):
+        extra: dict[str, Any] = {}
+        if exc.extra:
+            extra["errors"] = exc.extra
+        error: errors.XtylError = errors.InvalidInput(exc.detail, extra=extra)
+    else:
+        cls = _STATUS_CODES.get(exc.status_code)
+        if cls is None:
+            cls = errors.ClientError if exc.status_code < 500 else errors.XtylError
+        error = cls(exc.detail) if cls is not errors.RateLimited else errors.RateLimited(1)
+        error.status = exc.status_code  # type: ignore[misc]  # keep Litestar's precise status
+        error.headers.update(exc.headers or {})
+    return problem_response(error, instance=request.url.path)
+
+
+def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return problem_response(errors.XtylError(), instance=request.url.path)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Callable[..., Response[bytes]]] = {
+    errors.XtylError: _handle_xtyl_error,
+    HTTPException: _handle_http_exception,
+    Exception: _handle_unexpected,
+}
+
+
+def build_service_app(
+    *,
+    title: str,
+    version: str,
+    route_handlers: Sequence[ControllerRouterHandler],
+    lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
+    description: str | None = None,
+    cors_origins: Sequence[str] = (),
+    debug: bool = False,
+    request_max_body_size: int | None = 10 * 1024 * 1024,
+    state: dict[str, Any] | None = None,
+) -> Litestar:
+    """A Litestar app with the shared edge; the service adds its routes and lifespan."""
+    cors = (
+        CORSConfig(
+            allow_origins=list(cors_origins),
+            allow_credentials=True,
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+        if cors_origins
+        else None
+    )
+    return Litestar(
+        route_handlers=[*health_handlers(), *route_handlers],
+        lifespan=list(lifespan),
+        middleware=[RequestContextMiddleware()],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title=title,
+            version=version,
+            description=description,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/swagger"), JsonRenderPlugin()],
+        ),
+        cors_config=cors,
+        logging_config=None,
+        debug=debug,
+        request_max_body_size=request_max_body_size,
+        state=State({READINESS_STATE_KEY: Readiness(), **(state or {})}),
+    )

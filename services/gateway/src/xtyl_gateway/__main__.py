@@ -1,0 +1,18 @@
+"""``python -m xtyl_gateway`` / ``xtyl-gateway``: serve the gateway."""
+
+from __future__ import annotations
+
+from xtyl_common.serve import serve
+from xtyl_gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    serve(
+        program="xtyl-gateway",
+        factory="xtyl_gateway.app:app_from_env",
+        settings_cls=GatewaySettings,
+    )
+
+
+if __name__ == "__main__":
+    main()

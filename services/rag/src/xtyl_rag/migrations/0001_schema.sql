@@ -1,0 +1,2 @@
+-- The rag service's own schema.
+create schema if not exists xtyl_rag;

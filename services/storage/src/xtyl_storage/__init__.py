@@ -1,0 +1,1 @@
+"""xtyl_storage."""
