@@ -114,7 +114,8 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
         cls = _STATUS_CODES.get(exc.status_code)
         if cls is None:
             cls = errors.ClientError if exc.status_code < 500 else errors.XtylError
-        error = cls(exc.detail) if cls is not errors.RateLimited else errors.RateLimited(1)
+        code = "malformed_json" if exc.detail.startswith("JSON is malformed") else None
+        error = cls(exc.detail, code=code)
         error.status = exc.status_code  # type: ignore[misc]  # keep Litestar's precise status
         error.headers.update(exc.headers or {})
     return problem_response(error, instance=request.url.path)

@@ -1,0 +1,65 @@
+# xtyl backend. `make help` lists the targets. Everything installs itself on first use:
+# uv (through pip, into .tools/ when it is not on PATH), then the locked venv (.venv/).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+PYTEST_ARGS ?=
+DATA_DIR ?= .data
+
+.PHONY: help install up test test-fast lint fmt typecheck check migrate user streams bench env clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	@echo "uv not found on PATH: installing uv $(UV_VERSION) into .tools/ with pip"
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+.venv/.synced: uv.lock pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced ## install the locked environment (.venv)
+
+up: .venv/.synced ## run the whole backend locally on embedded servers (Ctrl-C stops it)
+	$(RUN) python -m xtyl_devstack up --data-dir $(DATA_DIR)
+
+test: .venv/.synced ## run every test against real embedded servers
+	$(RUN) pytest $(PYTEST_ARGS)
+
+lint: .venv/.synced ## ruff lint and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+fmt: .venv/.synced ## format and autofix
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+typecheck: .venv/.synced ## pyright, strict
+	$(RUN) pyright
+
+check: lint typecheck test ## what CI runs
+
+migrate: .venv/.synced ## apply every service's migrations (DATABASE_URL, or the running `make up` stack)
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.migrate
+
+user: .venv/.synced ## create a local user and print a token: make user EMAIL=ada@example.com
+	@test -n "$(EMAIL)" || { echo "usage: make user EMAIL=someone@example.com [NAME='Full Name']"; exit 2; }
+	$(RUN) python -m xtyl_devstack user --data-dir $(DATA_DIR) --email "$(EMAIL)" --name "$(NAME)"
+
+streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, dead letters
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops
+
+bench: .venv/.synced ## run the benchmarks under bench/ (prints figures beside baselines)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+env: .venv/.synced ## print the environment of the running `make up` stack (eval "$(make -s env)")
+	@$(RUN) python -m xtyl_devstack env --data-dir $(DATA_DIR)
+
+clean: ## remove the venv, caches and local data
+	rm -rf .venv .tools .pytest_cache .ruff_cache $(DATA_DIR)
