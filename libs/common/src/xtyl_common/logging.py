@@ -15,7 +15,15 @@ import msgspec
 import structlog
 from structlog.typing import Processor
 
-_NOISY_LOGGERS = ("botocore", "aiobotocore", "urllib3", "asyncio", "aiohttp.access", "s3transfer")
+_NOISY_LOGGERS = (
+    "botocore",
+    "aiobotocore",
+    "urllib3",
+    "asyncio",
+    "aiohttp.access",
+    "s3transfer",
+    "arq.worker",
+)
 
 _json_encoder = msgspec.json.Encoder()
 

@@ -10,11 +10,20 @@ import os
 
 import msgspec
 from granian.constants import Interfaces, Loops
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
 
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import BaseSettings, load_settings_or_exit
+
+
+#: Large enough that an oversized bearer token (1 MB) still reaches the app and gets a 401
+#: problem with a stable code (``token_too_large``) instead of the server's bare 431; the buffer
+#: only grows for a request that needs it. A front proxy usually caps headers lower still.
+MAX_HEADER_BUFFER_BYTES = 1536 * 1024
+#: Slow-header clients (slowloris) are cut after this long.
+HEADER_READ_TIMEOUT_MS = 10_000
 
 
 def serve(
@@ -36,5 +45,8 @@ def serve(
         log_enabled=False,
         log_level=levels,
         respawn_failed_workers=True,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=HEADER_READ_TIMEOUT_MS, max_buffer_size=MAX_HEADER_BUFFER_BYTES
+        ),
         workers_kill_timeout=30,
     ).serve()

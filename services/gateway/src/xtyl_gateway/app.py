@@ -7,12 +7,20 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
+from xtyl_common.auth import TokenVerifier
 from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
 from xtyl_common.health import readiness_of
+from xtyl_common.http import HttpConfig, create_session
+from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
+from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
+from xtyl_gateway.adapters.upstream import Proxy
+from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.routes.me import MeController
+from xtyl_gateway.routes.proxy import Edge, proxy_handlers
 from xtyl_gateway.settings import GatewaySettings
 
 VERSION = "0.1.0"
@@ -25,14 +33,40 @@ def create_app(settings: GatewaySettings) -> Litestar:
             DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
         )
         redis = create_redis(settings.redis_url)
+        session = create_session(HttpConfig(max_connections=1000, max_connections_per_host=500))
+        verifier = TokenVerifier(settings.auth_config(), session)
+        await verifier.warm_up()
+        window = settings.rate_limit_window_s
+        edge = Edge(
+            verifier,
+            RateLimiter(redis),
+            Proxy(
+                session,
+                {
+                    "storage": settings.storage_url,
+                    "rag": settings.rag_url,
+                    "notify": settings.notify_url,
+                },
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+            ),
+            default_limit=Limit("all", settings.rate_limit_requests, window),
+            route_limits={
+                prefix: Limit(prefix, count, window)
+                for prefix, count in settings.route_limits().items()
+            },
+        )
         readiness = readiness_of(app)
         readiness.add("postgres", lambda: check_postgres(pool))
         readiness.add("redis", lambda: check_redis(redis))
-        app.state.pool = pool
-        app.state.redis = redis
+        app.state.edge = edge
+        app.state.users = UserRepository(pool)
+        app.state[VERIFIER_STATE_KEY] = verifier
         try:
             yield
         finally:
+            await verifier.close()
+            await session.close()
             await redis.aclose()
             await pool.close()
 
@@ -40,8 +74,9 @@ def create_app(settings: GatewaySettings) -> Litestar:
         title="xtyl API",
         version=VERSION,
         description="The public API of xtyl. Every /v1 route takes a Supabase access token"
-        " (Authorization: Bearer <token>).",
-        route_handlers=[],
+        " (Authorization: Bearer <token>); errors are RFC 9457 problem details with a stable"
+        " `code`.",
+        route_handlers=[MeController, *proxy_handlers()],
         lifespan=[lifespan],
         cors_origins=settings.cors_origin_list,
     )

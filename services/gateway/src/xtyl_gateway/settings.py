@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from xtyl_common.settings import BaseSettings
+from xtyl_common.identity import AuthSettings
 
 
-class GatewaySettings(BaseSettings, frozen=True, kw_only=True):
+class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     database_url: str
     redis_url: str
     db_pool_max: int = 10
@@ -13,9 +13,39 @@ class GatewaySettings(BaseSettings, frozen=True, kw_only=True):
     storage_url: str = "http://127.0.0.1:8001"
     rag_url: str = "http://127.0.0.1:8002"
     notify_url: str = "http://127.0.0.1:8003"
+    upstream_connect_timeout_s: float = 3.0
+    #: Longest silence between two reads of an upstream response (answers stream slowly).
+    upstream_read_timeout_s: float = 60.0
     #: Comma-separated origins of the frontend allowed by CORS.
     cors_origins: str = ""
+    #: Per-user limit on every /v1 route: this many requests per window.
+    rate_limit_requests: int = 600
+    rate_limit_window_s: float = 60.0
+    #: Tighter limits for some routes, per window: ``/v1/answer=30,/v1/files=120``.
+    rate_limit_routes: str = "/v1/answer=30"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rate_limit_requests < 1 or self.rate_limit_window_s <= 0:
+            raise ValueError("must be a positive number (at `$.rate_limit_requests`)")
+        try:
+            self.route_limits()
+        except ValueError as exc:
+            raise ValueError(f"{exc} (at `$.rate_limit_routes`)") from None
 
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def route_limits(self) -> dict[str, int]:
+        limits: dict[str, int] = {}
+        for item in self.rate_limit_routes.split(","):
+            if not item.strip():
+                continue
+            prefix, sep, count = item.strip().partition("=")
+            if not sep or not prefix.startswith("/") or not count.strip().isdigit():
+                raise ValueError(f"expected /prefix=N items, got {item.strip()!r}")
+            if int(count) < 1:
+                raise ValueError(f"limit for {prefix} must be at least 1")
+            limits[prefix.rstrip("/")] = int(count)
+        return limits

@@ -1,0 +1,431 @@
+"""``python -m xtyl_devstack up``: the whole backend on this machine, no Docker.
+
+Starts the stack with its data under ``--data-dir`` (kept across runs), applies the migrations,
+starts the services of :data:`SERVICES`, waits until each answers ``GET /readyz`` with 200,
+prints where everything is, then waits. Ctrl-C or SIGTERM stops the services, then the servers.
+If any child dies, it says which (with its last log lines), stops everything and exits 1.
+
+While it runs, ``<data dir>/stack.json`` holds the :class:`StackInfo` and
+``python -m xtyl_devstack env`` prints the matching ``export`` lines.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import secrets
+import shlex
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from xtyl_devstack.errors import DevstackError, ServerStartError
+from xtyl_devstack.ports import HOST, port_is_free
+from xtyl_devstack.processes import ManagedProcess, run_checked, tail_file
+from xtyl_devstack.stack import Stack, StackInfo
+
+log = logging.getLogger("xtyl_devstack")
+
+DEFAULT_DATA_DIR = Path(".data")
+STACK_FILE = "stack.json"
+SERVICES_FILE = "services.json"
+SECRET_FILE = "internal_jwt_secret"  # noqa: S105 - a file name
+AUTH_SECRET_FILE = "supabase_jwt_secret"  # noqa: S105 - a file name
+S3_KEYS_FILE = "s3_keys.json"
+LOCK_FILE = "up.lock"
+MIGRATION_MODULES = ("xtyl_common.migrations", "xtyl_common.migrate")
+SERVICE_READY_TIMEOUT_S = 60.0
+EXIT_CHILD_DIED = 1
+EXIT_CONFIG_ERROR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDef:
+    """A service of the table: its name, module, default port and the variable overriding it."""
+
+    name: str
+    module: str
+    default_port: int
+    port_variable: str
+
+
+SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("gateway", "xtyl_gateway", 8000, "GATEWAY_PORT"),
+    ServiceDef("storage", "xtyl_storage", 8001, "STORAGE_PORT"),
+    ServiceDef("rag", "xtyl_rag", 8002, "RAG_PORT"),
+    ServiceDef("notify", "xtyl_notify", 8003, "NOTIFY_PORT"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process to run: ready when ``GET ready_url`` answers 200 (``None``: when started)."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=lambda: {})
+    ready_url: str | None = None
+
+    @property
+    def base_url(self) -> str | None:
+        if self.ready_url is None:
+            return None
+        return self.ready_url.rsplit("/", 1)[0]
+
+
+SpecsFactory = Callable[[StackInfo, Mapping[str, str]], list[ProcessSpec]]
+
+
+class _Stop(Exception):  # a request to stop, not an error
+    """SIGTERM or SIGINT arrived."""
+
+
+def service_ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """Each service's port: its default, or ``<NAME>_PORT`` from the environment."""
+    ports: dict[str, int] = {}
+    for service in SERVICES:
+        raw = environ.get(service.port_variable, "").strip()
+        try:
+            ports[service.name] = int(raw) if raw else service.default_port
+        except ValueError:
+            raise DevstackError(f"{service.port_variable}={raw!r} is not a port number") from None
+    return ports
+
+
+def stack_environment(
+    info: StackInfo, ports: Mapping[str, int], internal_secret: str, auth_secret: str
+) -> dict[str, str]:
+    """What every service (and ``env``) gets: the servers, the other services, the secrets.
+
+    ``SUPABASE_JWT_SECRET`` is the local "Supabase project"'s legacy HS256 secret, so services
+    verify tokens minted with it; a ``SUPABASE_URL`` set in our environment is passed through.
+    """
+
+    def url(name: str) -> str:
+        return f"http://{HOST}:{ports[name]}"
+
+    return {
+        "DATABASE_URL": info.database_url,
+        "REDIS_URL": info.redis_url,
+        "R2_ENDPOINT": info.s3_endpoint,
+        "R2_ACCESS_KEY": info.s3_access_key,
+        "R2_SECRET_KEY": info.s3_secret_key,
+        "R2_BUCKET": info.s3_bucket,
+        "R2_PUBLIC_URL": "",
+        "HOST": HOST,
+        "GATEWAY_URL": url("gateway"),
+        "STORAGE_URL": url("storage"),
+        "RAG_URL": url("rag"),
+        "NOTIFY_URL": url("notify"),
+        "INTERNAL_JWT_SECRET": internal_secret,
+        "SUPABASE_JWT_SECRET": auth_secret,
+        "XTYL_ENV": "local",
+        "LOG_LEVEL": "info",
+    }
+
+
+def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[ProcessSpec]:
+    """The four services, ``python -m xtyl_<name>`` each on its port."""
+    ports = service_ports()
+    return [
+        ProcessSpec(
+            name=service.name,
+            argv=[sys.executable, "-m", service.module],
+            env={**common_env, "PORT": str(ports[service.name])},
+            ready_url=f"http://{HOST}:{ports[service.name]}/readyz",
+        )
+        for service in SERVICES
+    ]
+
+
+def _read_or_create(path: Path, make: Callable[[], str]) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value
+
+
+class _S3Keys(msgspec.Struct, frozen=True):
+    access_key: str
+    secret_key: str
+
+
+def _s3_keys(data_dir: Path) -> _S3Keys:
+    text = _read_or_create(
+        data_dir / S3_KEYS_FILE,
+        lambda: msgspec.json.encode(
+            _S3Keys(f"xtyl{secrets.token_hex(8)}", secrets.token_urlsafe(30))
+        ).decode(),
+    )
+    return msgspec.json.decode(text, type=_S3Keys)
+
+
+@contextmanager
+def _data_dir_lock(data_dir: Path) -> Generator[None]:
+    with (data_dir / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevstackError(
+                f"another `up` is already running with {data_dir} (stop it first)"
+            ) from None
+        yield
+
+
+def _up_is_running(data_dir: Path) -> bool:
+    path = data_dir / LOCK_FILE
+    if not path.exists():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http URL
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _migration_module() -> str | None:
+    for module in MIGRATION_MODULES:
+        try:
+            spec = importlib.util.find_spec(module)
+            if spec is None:
+                continue
+            if spec.submodule_search_locations is None:  # a plain module
+                return module
+            if importlib.util.find_spec(f"{module}.__main__") is not None:
+                return module
+        except ImportError:
+            continue
+    return None
+
+
+def _run_migrations(database_url: str) -> None:
+    module = _migration_module()
+    if module is None:
+        log.warning("no migration runner (%s) yet: skipping migrations", MIGRATION_MODULES[0])
+        return
+    env = {**os.environ, "DATABASE_URL": database_url}
+    output = run_checked(
+        [sys.executable, "-m", module], what=f"python -m {module}", env=env, timeout=300
+    )
+    for line in output.splitlines():
+        print(f"{'migrate':<8} | {line}", flush=True)
+
+
+def _wait_services_ready(processes: list[tuple[ProcessSpec, ManagedProcess]]) -> None:
+    deadline = time.monotonic() + SERVICE_READY_TIMEOUT_S
+    pending = [(spec, proc) for spec, proc in processes if spec.ready_url is not None]
+    while pending:
+        for spec, proc in list(pending):
+            code = proc.returncode
+            if code is not None:
+                raise ServerStartError(
+                    f"{spec.name} exited with code {code} while starting; "
+                    f"last log lines:\n{proc.log_tail()}"
+                )
+            if spec.ready_url is not None and _is_ready(spec.ready_url):
+                log.info("%s ready", spec.name)
+                pending.remove((spec, proc))
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(spec.name for spec, _ in pending)
+            raise ServerStartError(
+                f"not ready after {SERVICE_READY_TIMEOUT_S:.0f} s (GET /readyz != 200): {names}"
+            )
+        time.sleep(0.1)
+
+
+def _summary(info: StackInfo, specs: list[ProcessSpec], data_dir: Path, elapsed: float) -> str:
+    rows: list[tuple[str, str]] = []
+    for spec in specs:
+        if spec.base_url is not None:
+            rows.append((spec.name, f"{spec.base_url}   docs {spec.base_url}/schema/swagger"))
+    rows += [
+        ("postgres", info.database_url),
+        ("redis", info.redis_url),
+        ("s3", f"{info.s3_endpoint}   bucket {info.s3_bucket}"),
+        ("logs", str(data_dir / "logs")),
+    ]
+    lines = [f"xtyl local stack ready in {elapsed:.1f} s"]
+    lines += [f"  {name:<9} {value}" for name, value in rows]
+    lines.append("Ctrl-C stops everything; `python -m xtyl_devstack env` prints the variables.")
+    return "\n".join(lines)
+
+
+def _first_dead(
+    stack: Stack, processes: list[tuple[ProcessSpec, ManagedProcess]]
+) -> tuple[str, int | None, str] | None:
+    for spec, proc in processes:
+        if not proc.running:
+            return spec.name, proc.returncode, proc.log_tail()
+    for name, server in (("postgres", stack.postgres), ("redis", stack.redis), ("s3", stack.s3)):
+        if not server.running:
+            return name, None, tail_file(server.log_path)
+    return None
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _port_of(spec: ProcessSpec) -> int | None:
+    raw = spec.env.get("PORT", "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    for name, port in ports.items():
+        if not port_is_free(port):
+            variable = next((s.port_variable for s in SERVICES if s.name == name), "PORT")
+            raise _PortTaken(f"port {port} for {name} is already in use (set {variable})")
+
+
+class _UpRun:
+    """One run of ``up``: what was started, so that it can all be stopped."""
+
+    def __init__(self, data_dir: Path, services: SpecsFactory | None, migrate: bool) -> None:
+        self.data_dir = data_dir
+        self.services = services
+        self.migrate = migrate
+        self.started = time.monotonic()
+        self.stack: Stack | None = None
+        self.processes: list[tuple[ProcessSpec, ManagedProcess]] = []
+
+    def start(self) -> None:
+        if self.services is default_services:  # fail before starting anything
+            _check_ports(service_ports())
+        secret = _read_or_create(self.data_dir / SECRET_FILE, lambda: secrets.token_urlsafe(48))
+        auth_secret = _read_or_create(
+            self.data_dir / AUTH_SECRET_FILE, lambda: secrets.token_urlsafe(48)
+        )
+        keys = _s3_keys(self.data_dir)
+        self.stack = Stack(
+            self.data_dir, durable=True, access_key=keys.access_key, secret_key=keys.secret_key
+        )
+        info = self.stack.start()
+        (self.data_dir / STACK_FILE).write_text(info.to_json())
+        if self.migrate:
+            _run_migrations(info.database_url)
+        env = stack_environment(info, service_ports(), secret, auth_secret)
+        specs = self.services(info, env) if self.services is not None else []
+        _check_ports({spec.name: port for spec in specs if (port := _port_of(spec))})
+        (self.data_dir / SERVICES_FILE).write_text(
+            msgspec.json.encode({spec.name: spec.base_url for spec in specs}).decode()
+        )
+        for spec in specs:
+            proc = ManagedProcess(
+                spec.name,
+                spec.argv,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.env},
+                echo_prefix=f"{spec.name:<8}",
+                stop_signal=signal.SIGTERM,
+                death_signal=signal.SIGTERM,
+                stop_timeout=15.0,
+            )
+            self.processes.append((spec, proc))
+            proc.start()
+        _wait_services_ready(self.processes)
+        print(_summary(info, specs, self.data_dir, time.monotonic() - self.started), flush=True)
+
+    def watch(self) -> int:
+        """Wait until a child dies (then say which, and return 1)."""
+        assert self.stack is not None
+        while True:
+            dead = _first_dead(self.stack, self.processes)
+            if dead is not None:
+                name, code, tail = dead
+                print(f"up: {name} exited (code {code}); last log lines:\n{tail}", flush=True)
+                return EXIT_CHILD_DIED
+            time.sleep(0.25)
+
+    def shutdown(self) -> None:
+        """Services in reverse order, then the servers; no process is left."""
+        for _, proc in reversed(self.processes):
+            proc.stop()
+        if self.stack is not None:
+            self.stack.stop()
+        for name in (STACK_FILE, SERVICES_FILE):
+            (self.data_dir / name).unlink(missing_ok=True)
+
+
+class _PortTaken(DevstackError):
+    """A service's port is in use."""
+
+
+def run_up(
+    data_dir: Path = DEFAULT_DATA_DIR,
+    *,
+    services: SpecsFactory | None = default_services,
+    migrate: bool = True,
+) -> int:
+    """Run the stack and the services until Ctrl-C/SIGTERM (0) or a child dies (1)."""
+    data_dir = data_dir.resolve()
+    previous_int = signal.signal(signal.SIGINT, _raise_stop)
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        data_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with _data_dir_lock(data_dir):
+            run = _UpRun(data_dir, services, migrate)
+            try:
+                run.start()
+                return run.watch()
+            except _Stop as stop:
+                print(f"up: {stop} received, stopping", flush=True)
+                return 0
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not cut cleanup
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                run.shutdown()
+    except _Stop:
+        return 0
+    except _PortTaken as exc:
+        print(f"up: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
+    except DevstackError as exc:
+        print(f"up: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CHILD_DIED
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def env_lines(data_dir: Path = DEFAULT_DATA_DIR) -> list[str]:
+    """``export`` lines for the stack that ``up`` is running with ``data_dir``."""
+    data_dir = data_dir.resolve()
+    stack_file = data_dir / STACK_FILE
+    if not stack_file.exists() or not _up_is_running(data_dir):
+        raise DevstackError(f"no running stack in {data_dir} (start it with `make up`)")
+    info = StackInfo.from_json(stack_file.read_bytes())
+    secret = (data_dir / SECRET_FILE).read_text().strip()
+    auth_secret = (data_dir / AUTH_SECRET_FILE).read_text().strip()
+    env = stack_environment(info, service_ports(), secret, auth_secret)
+    services_file = data_dir / SERVICES_FILE
+    if services_file.exists():
+        urls = msgspec.json.decode(services_file.read_bytes(), type=dict[str, str | None])
+        for name, url in urls.items():
+            if url is not None:
+                env[f"{name.upper()}_URL"] = url
+    env.pop("HOST", None)
+    env["XTYL_DEVSTACK_INFO"] = info.to_json()  # pytest then reuses this stack
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]

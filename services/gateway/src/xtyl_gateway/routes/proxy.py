@@ -1,0 +1,81 @@
+"""The public routes served by other services: authenticate, rate-limit, stream through."""
+
+from __future__ import annotations
+
+import structlog
+from litestar.handlers import asgi
+from litestar.handlers.asgi_handlers import ASGIRouteHandler
+from litestar.types import Receive, Scope, Send
+
+from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
+from xtyl_common.context import REQUEST_ID_HEADER, current_request_id
+from xtyl_common.errors import NotFound, RateLimited
+from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
+from xtyl_gateway.adapters.upstream import Proxy, client_host, scope_header
+from xtyl_gateway.domain.routing import ROUTES, match_route
+
+
+class Edge:
+    """What every public request goes through: the token, the user's limits, the proxy."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
+        proxy: Proxy,
+        *,
+        default_limit: Limit,
+        route_limits: dict[str, Limit],
+    ) -> None:
+        self.verifier = verifier
+        self.limiter = limiter
+        self.proxy = proxy
+        self.default_limit = default_limit
+        self.route_limits = route_limits
+
+    async def authenticate(self, scope: Scope) -> UserPrincipal:
+        token = bearer_token(scope_header(scope, b"authorization"))
+        user = await self.verifier.verify_user_token(token)
+        structlog.contextvars.bind_contextvars(user_id=str(user.user_id))
+        return user
+
+    async def limit(self, user: UserPrincipal, route_prefix: str) -> None:
+        subject = str(user.user_id)
+        limits = [self.default_limit]
+        tighter = self.route_limits.get(route_prefix)
+        if tighter is not None:
+            limits.append(tighter)
+        for limit in limits:
+            decision = await self.limiter.hit(subject, limit)
+            if not decision.allowed:
+                raise RateLimited(decision.retry_after_s)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str
+    ) -> None:
+        # Litestar mounts match by string prefix: /v1/files also catches /v1/filesystem.
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        route = match_route(raw_path.decode("latin-1"))
+        if route is None or route.prefix != prefix:
+            raise NotFound()
+        user = await self.authenticate(scope)
+        await self.limit(user, prefix)
+        extra = {REQUEST_ID_HEADER: current_request_id() or ""}
+        host = client_host(scope)
+        if host is not None:
+            extra["X-Forwarded-For"] = host
+        extra["X-Forwarded-Proto"] = str(scope.get("scheme", "http"))
+        await self.proxy.forward(scope, receive, send, upstream, extra)
+
+
+def proxy_handlers() -> list[ASGIRouteHandler]:
+    """One mounted ASGI handler per public prefix (``/v1/files`` and everything below it)."""
+    return [_mounted(prefix, upstream) for prefix, upstream in ROUTES]
+
+
+def _mounted(prefix: str, upstream: str) -> ASGIRouteHandler:
+    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
+        edge: Edge = scope["app"].state.edge
+        await edge.handle(scope, receive, send, prefix, upstream)
+
+    return asgi(prefix, is_mount=True, name=f"proxy:{prefix}")(forward)

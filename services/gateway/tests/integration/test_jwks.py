@@ -1,0 +1,81 @@
+"""The JWKS is fetched rarely, and an outage of it never turns into a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.service_process import RunningService, running_service_async
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def fresh_gateway(
+    gateway_env: dict[str, str], service_log_dir: Path, issuer: LocalIssuer
+) -> AsyncIterator[RunningService]:
+    issuer.jwks_mode = "ok"
+    async with running_service_async(
+        "xtyl_gateway", gateway_env, log_dir=service_log_dir, name="jwks-gw"
+    ) as service:
+        yield service
+    issuer.jwks_mode = "ok"
+
+
+async def test_random_kids_cause_at_most_one_fetch_per_cooldown(
+    fresh_gateway: RunningService, issuer: LocalIssuer, http: aiohttp.ClientSession
+) -> None:
+    user = uuid.uuid4()
+    # one good request first, so the keys are cached whatever the warm-up did
+    good = issuer.mint(user_id=user)
+    async with http.get(
+        fresh_gateway.url + "/v1/search", headers={"Authorization": f"Bearer {good}"}
+    ) as resp:
+        assert resp.status == 200
+    before = issuer.jwks_requests
+    sem = asyncio.Semaphore(50)
+
+    async def one() -> tuple[int, str]:
+        token = issuer.mint(user_id=user, headers={"kid": secrets.token_hex(8)})
+        async with (
+            sem,
+            http.get(
+                fresh_gateway.url + "/v1/search", headers={"Authorization": f"Bearer {token}"}
+            ) as resp,
+        ):
+            body = await resp.json(content_type=None)
+            return resp.status, body["code"]
+
+    results = await asyncio.gather(*(one() for _ in range(1000)))
+    assert set(results) == {(401, "unknown_key")}
+    assert issuer.jwks_requests - before <= 1
+
+
+async def test_jwks_down_keeps_cached_keys_and_refuses_unknown_ones(
+    fresh_gateway: RunningService, issuer: LocalIssuer, http: aiohttp.ClientSession
+) -> None:
+    user = uuid.uuid4()
+    async with http.get(
+        fresh_gateway.url + "/v1/search",
+        headers={"Authorization": f"Bearer {issuer.mint(user_id=user)}"},
+    ) as resp:
+        assert resp.status == 200
+    issuer.jwks_mode = "fail"
+    async with http.get(
+        fresh_gateway.url + "/v1/search",
+        headers={"Authorization": f"Bearer {issuer.mint(user_id=user, email='new@x.io')}"},
+    ) as resp:
+        assert resp.status == 200, "a cached key keeps working while the JWKS is down"
+    stranger = issuer.mint(user_id=user, headers={"kid": "rotated-" + secrets.token_hex(4)})
+    async with http.get(
+        fresh_gateway.url + "/v1/search", headers={"Authorization": f"Bearer {stranger}"}
+    ) as resp:
+        assert resp.status == 401
+        assert (await resp.json(content_type=None))["code"] == "unknown_key"

@@ -1,0 +1,114 @@
+"""auth.users → public.users and a user.created event, kept in sync; GET /v1/me."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.service_process import RunningService
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(migrated_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(migrated_database_url)
+    yield conn
+    await conn.close()
+
+
+async def sign_up(db: asyncpg.Connection, email: str | None, metadata: Any) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    await db.execute(
+        "insert into auth.users (id, aud, role, email, raw_user_meta_data, created_at)"
+        " values ($1, 'authenticated', 'authenticated', $2, $3::jsonb, now())",
+        user_id,
+        email,
+        None if metadata is None else json.dumps(metadata),
+    )
+    return user_id
+
+
+async def test_sign_up_creates_the_row_and_one_event(db: asyncpg.Connection) -> None:
+    user_id = await sign_up(db, "ada@example.com", {"full_name": "Ada Lovelace"})
+    row = await db.fetchrow("select email, full_name from public.users where id = $1", user_id)
+    assert row is not None
+    assert (row["email"], row["full_name"]) == ("ada@example.com", "Ada Lovelace")
+    events = await db.fetch(
+        "select type, stream, payload::text as payload from xtyl_gateway.outbox"
+        " where payload->>'user_id' = $1",
+        str(user_id),
+    )
+    assert len(events) == 1
+    assert events[0]["type"] == "user.created"
+    assert events[0]["stream"] == "users"
+    assert json.loads(events[0]["payload"]) == {
+        "user_id": str(user_id),
+        "email": "ada@example.com",
+        "full_name": "Ada Lovelace",
+    }
+
+
+@pytest.mark.parametrize(
+    ("metadata", "full_name"),
+    [
+        (None, ""),
+        ({}, ""),
+        ({"full_name": None}, ""),
+        ({"full_name": 42}, "42"),
+        ({"full_name": {"first": "A"}}, '{"first": "A"}'),
+        (["not", "an", "object"], ""),
+        ("just a string", ""),
+        ({"full_name": "n" * 10_000}, "n" * 500),
+    ],
+)
+async def test_odd_metadata_never_blocks_a_sign_up(
+    db: asyncpg.Connection, metadata: Any, full_name: str
+) -> None:
+    user_id = await sign_up(db, None, metadata)
+    assert await db.fetchval("select full_name from public.users where id = $1", user_id) == (
+        full_name
+    )
+
+
+async def test_updates_follow_and_delete_cascades(db: asyncpg.Connection) -> None:
+    user_id = await sign_up(db, "old@example.com", {"full_name": "Old"})
+    await db.execute(
+        "update auth.users set email = 'new@example.com',"
+        ' raw_user_meta_data = \'{"full_name": "New"}\' where id = $1',
+        user_id,
+    )
+    row = await db.fetchrow("select email, full_name from public.users where id = $1", user_id)
+    assert row is not None
+    assert (row["email"], row["full_name"]) == ("new@example.com", "New")
+    await db.execute("delete from auth.users where id = $1", user_id)
+    assert await db.fetchval("select count(*) from public.users where id = $1", user_id) == 0
+
+
+async def test_me_returns_the_callers_row(
+    db: asyncpg.Connection,
+    gateway: RunningService,
+    issuer: LocalIssuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    user_id = await sign_up(db, "me@example.com", {"full_name": "Me Myself"})
+    token = issuer.mint(user_id=user_id, email="me@example.com")
+    async with http.get(gateway.url + "/v1/me", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["id"] == str(user_id)
+    assert body["email"] == "me@example.com"
+    assert body["full_name"] == "Me Myself"
+    stranger = issuer.mint(user_id=uuid.uuid4())
+    async with http.get(
+        gateway.url + "/v1/me", headers={"Authorization": f"Bearer {stranger}"}
+    ) as r:
+        assert r.status == 404
+        assert (await r.json(content_type=None))["code"] == "user_not_found"

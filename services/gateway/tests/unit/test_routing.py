@@ -1,0 +1,81 @@
+"""Which upstream a path goes to, and which headers cross the gateway."""
+
+from __future__ import annotations
+
+import pytest
+
+from xtyl_gateway.domain.routing import (
+    downstream_response_headers,
+    match_route,
+    upstream_request_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "upstream"),
+    [
+        ("/v1/files", "storage"),
+        ("/v1/files/3f1c/content", "storage"),
+        ("/v1/documents", "rag"),
+        ("/v1/documents/abc", "rag"),
+        ("/v1/search", "rag"),
+        ("/v1/answer", "rag"),
+        ("/v1/notifications", "notify"),
+        ("/v1/notifications/x", "notify"),
+        ("/v1/filesystem", None),
+        ("/v1/searches", None),
+        ("/v1/me", None),
+        ("/files", None),
+    ],
+)
+def test_routes(path: str, upstream: str | None) -> None:
+    route = match_route(path)
+    assert (route.upstream if route else None) == upstream
+
+
+def test_identity_and_hop_by_hop_headers_are_dropped() -> None:
+    headers = [
+        (b"authorization", b"Bearer abc"),
+        (b"content-type", b"application/json"),
+        (b"x-user-id", b"someone-else"),
+        (b"x-xtyl-service", b"storage"),
+        (b"x-internal-token", b"t"),
+        (b"x-forwarded-user", b"admin"),
+        (b"x-owner-id", b"123"),
+        (b"x-supabase-role", b"service_role"),
+        (b"connection", b"keep-alive, x-custom-hop"),
+        (b"x-custom-hop", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"host", b"evil"),
+        (b"x-request-id", b"client-chosen"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"accept", b"a"),
+        (b"accept", b"b"),
+    ]
+    out = upstream_request_headers(headers, {"X-Request-ID": "rid", "X-Forwarded-For": "9.9.9.9"})
+    assert out == {
+        "authorization": "Bearer abc",
+        "content-type": "application/json",
+        "accept": "a, b",
+        "X-Request-ID": "rid",
+        "X-Forwarded-For": "9.9.9.9",
+    }
+
+
+def test_response_hop_by_hop_headers_are_dropped() -> None:
+    out = downstream_response_headers(
+        [
+            ("Content-Type", "text/plain"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "close, X-Hop"),
+            ("X-Hop", "1"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+            ("Server", "upstream"),
+        ]
+    )
+    assert out == [
+        (b"content-type", b"text/plain"),
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
