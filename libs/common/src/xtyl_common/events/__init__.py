@@ -1,0 +1,65 @@
+"""The event backbone: contracts, transactional outbox, relay, stream consumers in arq workers.
+
+* :mod:`.contracts`: the versioned event Structs and the one decoder;
+* :mod:`.outbox`: ``add_event(conn, event, schema=...)`` in the caller's transaction;
+* :mod:`.relay`: ``OutboxRelay`` publishes outbox rows to Redis Streams;
+* :mod:`.consumer` / :mod:`.worker`: ``StreamConsumer`` and ``stream_worker_settings`` for arq;
+* :mod:`.reconciler`: ``reconciler_cron`` re-emits events for stuck work;
+* :mod:`.ops`: ``python -m xtyl_common.events.ops`` prints the streams' state.
+"""
+
+from xtyl_common.events.consumer import StreamConsumer
+from xtyl_common.events.contracts import (
+    AnyEvent,
+    DocumentFailed,
+    DocumentFailedPayload,
+    DocumentIndexed,
+    DocumentIndexedPayload,
+    Event,
+    FileDeleted,
+    FileDeletedPayload,
+    FileUploaded,
+    FileUploadedPayload,
+    InvalidEvent,
+    UnknownEventType,
+    UserCreated,
+    UserCreatedPayload,
+    decode_event,
+    encode_event,
+    stream_key,
+)
+from xtyl_common.events.handling import Handler
+from xtyl_common.events.outbox import add_event, install_outbox
+from xtyl_common.events.reconciler import reconciler_cron, reemit_stuck
+from xtyl_common.events.relay import OutboxRelay
+from xtyl_common.events.settings import EventSettings
+from xtyl_common.events.worker import stream_worker_settings
+
+__all__ = [
+    "AnyEvent",
+    "DocumentFailed",
+    "DocumentFailedPayload",
+    "DocumentIndexed",
+    "DocumentIndexedPayload",
+    "Event",
+    "EventSettings",
+    "FileDeleted",
+    "FileDeletedPayload",
+    "FileUploaded",
+    "FileUploadedPayload",
+    "Handler",
+    "InvalidEvent",
+    "OutboxRelay",
+    "StreamConsumer",
+    "UnknownEventType",
+    "UserCreated",
+    "UserCreatedPayload",
+    "add_event",
+    "decode_event",
+    "encode_event",
+    "install_outbox",
+    "reconciler_cron",
+    "reemit_stuck",
+    "stream_key",
+    "stream_worker_settings",
+]

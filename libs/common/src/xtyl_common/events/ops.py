@@ -1,0 +1,142 @@
+"""``python -m xtyl_common.events.ops``: what the event streams hold, for people on call.
+
+Prints, per stream (``<EVENTS_STREAM_PREFIX>:*``, from ``REDIS_URL``): its length and dead-letter
+count, then each consumer group's consumers, pending entries (delivered, not acknowledged) and
+lag (entries not yet delivered to the group: what an autoscaler reads). One line and exit 1
+when Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from xtyl_common.db import redact_url
+from xtyl_common.events.contracts import DEAD_LETTER_SUFFIX, DOMAINS, dead_letter_key, stream_key
+from xtyl_common.events.settings import ENV_PREFIX, EventSettings
+from xtyl_common.redis_client import create_redis
+from xtyl_common.settings import SettingsError, load_settings
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_TIMEOUT_S = 5.0
+
+
+class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    consumers: int
+    pending: int
+    #: ``None`` when Redis cannot tell (entries were deleted in the middle of the stream).
+    lag: int | None
+
+
+class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    length: int
+    dead: int
+    groups: list[GroupStatus]
+
+
+async def stream_names(redis: Redis, prefix: str) -> list[str]:
+    """The known domains' streams plus any other stream under ``prefix`` (dead letters aside)."""
+    names = {stream_key(domain, prefix) for domain in DOMAINS}
+    async with asyncio.timeout(_TIMEOUT_S):
+        async for key in redis.scan_iter(match=f"{prefix}:*", count=500, _type="stream"):
+            name = key.decode()
+            if not name.endswith(DEAD_LETTER_SUFFIX):
+                names.add(name)
+    return sorted(names)
+
+
+async def stream_status(redis: Redis, stream: str) -> StreamStatus:
+    async with asyncio.timeout(_TIMEOUT_S), redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(stream)
+        pipe.xlen(dead_letter_key(stream))
+        length, dead = await pipe.execute()
+    groups: list[dict[str, Any]] = []
+    if length or await redis.exists(stream):
+        async with asyncio.timeout(_TIMEOUT_S):
+            groups = await redis.xinfo_groups(stream)
+    return StreamStatus(
+        stream=stream,
+        length=int(length),
+        dead=int(dead),
+        groups=[
+            GroupStatus(
+                name=_text(g["name"]),
+                consumers=int(g["consumers"]),
+                pending=int(g["pending"]),
+                lag=None if g.get("lag") is None else int(g["lag"]),
+            )
+            for g in groups
+        ],
+    )
+
+
+async def streams_report(redis: Redis, prefix: str) -> list[StreamStatus]:
+    return [await stream_status(redis, name) for name in await stream_names(redis, prefix)]
+
+
+def render(report: Sequence[StreamStatus]) -> str:
+    width = max([len(s.stream) for s in report] + [6])
+    lines = [f"{'stream':<{width}}  {'length':>8}  {'dead':>6}  group / consumers / pending / lag"]
+    for status in report:
+        head = f"{status.stream:<{width}}  {status.length:>8}  {status.dead:>6}"
+        if not status.groups:
+            lines.append(f"{head}  (no consumer group)")
+        for index, g in enumerate(status.groups):
+            lag = "?" if g.lag is None else str(g.lag)
+            prefix = head if index == 0 else " " * len(head)
+            lines.append(
+                f"{prefix}  {g.name}: {g.consumers} consumers, {g.pending} pending, lag {lag}"
+            )
+    return "\n".join(lines)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _run(url: str, prefix: str) -> list[StreamStatus]:
+    redis = create_redis(url, socket_timeout_s=_TIMEOUT_S, connect_timeout_s=2.0)
+    try:
+        return await streams_report(redis, prefix)
+    finally:
+        await redis.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m xtyl_common.events.ops",
+        description="Length, groups, pending, lag and dead letters of each event stream"
+        " (REDIS_URL, EVENTS_STREAM_PREFIX).",
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(EventSettings, prefix=ENV_PREFIX)
+    except SettingsError as exc:
+        print(f"streams: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_run(args.redis_url, settings.stream_prefix))
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(
+            f"streams: cannot reach Redis at {redact_url(args.redis_url)}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""``EventSettings``: one frozen Struct for the outbox relay and the stream consumers.
+
+Read it with ``load_settings(EventSettings, prefix="EVENTS_")``: ``EVENTS_STREAM_PREFIX``,
+``EVENTS_STREAM_MAXLEN``, ``EVENTS_CLAIM_IDLE_MS`` ... Every field has a default that suits
+production; tests shrink the timings.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from xtyl_common.events.contracts import DEFAULT_STREAM_PREFIX
+
+ENV_PREFIX = "EVENTS_"
+
+
+class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    #: Streams are ``<stream_prefix>:<domain>``; dead letters ``<stream>:dead``.
+    stream_prefix: str = DEFAULT_STREAM_PREFIX
+    #: Approximate cap (``XADD MAXLEN ~``) per stream. Entries a group has not read yet are
+    #: trimmed too once the stream is this long, so keep it far above any expected lag.
+    stream_maxlen: int = 1_000_000
+    dead_letter_maxlen: int = 100_000
+
+    # --- relay (outbox -> stream) ---
+    #: Rows taken (and XADDed in one MULTI/EXEC) per transaction.
+    relay_batch_size: int = 200
+    #: Poll even without NOTIFY (Supabase's transaction pooler drops LISTEN).
+    relay_poll_interval_s: float = 1.0
+    relay_backoff_initial_s: float = 0.2
+    relay_backoff_max_s: float = 10.0
+    #: Published rows are deleted after this long.
+    outbox_retention_s: float = 7 * 24 * 3600
+    prune_interval_s: float = 300.0
+
+    # --- consumer (stream -> arq job) ---
+    #: ``XREADGROUP BLOCK``: how long one read waits for new entries.
+    read_block_ms: int = 1_000
+    #: Entries pending (not acked, not heartbeated) this long are taken over with XAUTOCLAIM.
+    claim_idle_ms: int = 30_000
+    #: An entry delivered more often than this (workers died on it) is dead-lettered.
+    max_deliveries: int = 5
+    #: arq tries per entry (a failing handler is retried with backoff, then dead-lettered).
+    max_tries: int = 5
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    #: One handler call may take this long; then it counts as a failed try.
+    handler_timeout_s: float = 300.0
+    #: Concurrent jobs per worker process; the consumer reads no more than the free slots.
+    max_jobs: int = 10
+    #: How long a stopping worker lets running jobs finish (keep below the pod's grace).
+    grace_period_s: float = 25.0
+    #: arq keeps a finished job's result (and so refuses a duplicate job id) this long.
+    keep_result_s: float = 60.0
+    #: How often a consumer looks for deferred retries in its job queue.
+    retry_poll_s: float = 0.25
+
+    #: Timeout of one Redis command (blocking reads add ``read_block_ms``).
+    redis_timeout_s: float = 5.0
+    #: Timeout of one database statement of the relay / reconciler.
+    db_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "stream_maxlen": self.stream_maxlen,
+            "relay_batch_size": self.relay_batch_size,
+            "max_deliveries": self.max_deliveries,
+            "max_tries": self.max_tries,
+            "max_jobs": self.max_jobs,
+            "claim_idle_ms": self.claim_idle_ms,
+            "read_block_ms": self.read_block_ms,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"must be greater than 0 (at `$.{name}`)")
+        if not self.stream_prefix or self.stream_prefix.endswith(":"):
+            raise ValueError("must be non-empty and not end with ':' (at `$.stream_prefix`)")

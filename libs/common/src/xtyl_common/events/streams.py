@@ -1,0 +1,84 @@
+"""Redis Streams pieces shared by the relay, the consumer and the ops view.
+
+An entry carries two fields: ``type`` (the event type, readable without decoding) and
+``event`` (the JSON envelope, see :mod:`xtyl_common.events.contracts`). A dead-letter entry
+(``<stream>:dead``) keeps both and adds ``stream``, ``entry_id``, ``group``, ``consumer``,
+``deliveries`` and ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from xtyl_common.events.contracts import dead_letter_key
+
+log = structlog.stdlib.get_logger("xtyl.events")
+
+TYPE_FIELD = b"type"
+EVENT_FIELD = b"event"
+_MAX_ERROR_CHARS = 2_000
+
+Fields = Mapping[bytes, bytes]
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """True for the error XREADGROUP/XACK/XAUTOCLAIM give when the group (or stream) is gone."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+async def ensure_group(redis: Redis, stream: str, group: str, *, timeout_s: float) -> bool:
+    """Create ``group`` on ``stream`` from the start (``0``), creating the stream if needed.
+    True if it was created now, False if it existed."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if str(exc).startswith("BUSYGROUP"):
+            return False
+        raise
+    log.info("group_created", stream=stream, group=group)
+    return True
+
+
+async def dead_letter(
+    redis: Redis,
+    *,
+    stream: str,
+    group: str,
+    consumer: str,
+    entry_id: str,
+    fields: Fields,
+    error: str,
+    deliveries: int,
+    maxlen: int,
+    timeout_s: float,
+) -> None:
+    """Move an entry to ``<stream>:dead`` and acknowledge it, atomically (MULTI/EXEC)."""
+    dead: dict[bytes, bytes] = {
+        TYPE_FIELD: fields.get(TYPE_FIELD, b""),
+        EVENT_FIELD: fields.get(EVENT_FIELD, b""),
+        b"stream": stream.encode(),
+        b"entry_id": entry_id.encode(),
+        b"group": group.encode(),
+        b"consumer": consumer.encode(),
+        b"deliveries": str(deliveries).encode(),
+        b"error": error[:_MAX_ERROR_CHARS].encode(errors="replace"),
+    }
+    async with asyncio.timeout(timeout_s), redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(dead_letter_key(stream), dead, maxlen=maxlen, approximate=True)  # pyright: ignore[reportArgumentType]
+        pipe.xack(stream, group, entry_id)
+        await pipe.execute()
+    log.warning(
+        "entry_dead_lettered",
+        stream=stream,
+        group=group,
+        entry_id=entry_id,
+        event_type=fields.get(TYPE_FIELD, b"").decode(errors="replace"),
+        deliveries=deliveries,
+        error=error[:200],
+    )
