@@ -17,6 +17,7 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
+from xtyl_gateway.adapters.resp import PipelinedRedis
 from xtyl_gateway.adapters.upstream import Proxy
 from xtyl_gateway.adapters.users import UserRepository
 from xtyl_gateway.routes.me import MeController
@@ -34,14 +35,14 @@ def create_app(settings: GatewaySettings) -> Litestar:
         )
         redis = create_redis(settings.redis_url)
         session = create_session(HttpConfig(max_connections=1000, max_connections_per_host=500))
+        limiter_redis = PipelinedRedis(settings.redis_url)
         verifier = TokenVerifier(settings.auth_config(), session)
         await verifier.warm_up()
         window = settings.rate_limit_window_s
         edge = Edge(
             verifier,
-            RateLimiter(redis),
+            RateLimiter(limiter_redis),
             Proxy(
-                session,
                 {
                     "storage": settings.storage_url,
                     "rag": settings.rag_url,
@@ -65,7 +66,9 @@ def create_app(settings: GatewaySettings) -> Litestar:
         try:
             yield
         finally:
+            await edge.proxy.close()
             await verifier.close()
+            await limiter_redis.close()
             await session.close()
             await redis.aclose()
             await pool.close()

@@ -8,11 +8,12 @@ replicas with skewed clocks still agree. Retry-After is exact, not "try again ne
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+
+from xtyl_gateway.adapters.resp import PipelinedRedis, RedisReplyError
 
 _GCRA = """
 local t = redis.call('TIME')
@@ -44,11 +45,13 @@ class Decision(msgspec.Struct, frozen=True):
     retry_after_s: int
 
 
+_GCRA_SHA = hashlib.sha1(_GCRA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
 class RateLimiter:
-    def __init__(self, redis: Redis, *, prefix: str = "xtyl:rl") -> None:
+    def __init__(self, redis: PipelinedRedis, *, prefix: str = "xtyl:rl") -> None:
         self._redis = redis
         self._prefix = prefix
-        self._sha: str | None = None
 
     async def hit(self, subject: str, limit: Limit) -> Decision:
         interval_ms = max(1, int(limit.window_s * 1000 / limit.requests))
@@ -59,10 +62,11 @@ class RateLimiter:
         return Decision(allowed == 1, 0 if allowed else max(1, math.ceil(wait_ms / 1000)))
 
     async def _eval(self, key: str, interval_ms: int, burst_ms: int) -> list[int]:
-        if self._sha is None:
-            self._sha = str(await self._redis.script_load(_GCRA))  # pyright: ignore[reportUnknownMemberType]
         try:
-            return await self._redis.evalsha(self._sha, 1, key, interval_ms, burst_ms)  # type: ignore[no-any-return]  # pyright: ignore[reportUnknownMemberType]
-        except NoScriptError:  # Redis restarted and lost its script cache
-            self._sha = None
-            return await self._redis.eval(_GCRA, 1, key, interval_ms, burst_ms)  # type: ignore[no-any-return]  # pyright: ignore[reportUnknownMemberType]
+            reply = await self._redis.execute("EVALSHA", _GCRA_SHA, 1, key, interval_ms, burst_ms)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # first use, or Redis restarted and lost its script cache: EVAL loads it again
+            reply = await self._redis.execute("EVAL", _GCRA, 1, key, interval_ms, burst_ms)
+        return [int(value) for value in reply]

@@ -1,22 +1,26 @@
 """The streaming reverse proxy to the services behind the gateway.
 
-Bodies stream both ways on the shared aiohttp session: a 1 GB upload passes through in chunks
-and never sits in memory. A refused or reset upstream connection is 503 problem details, an
-upstream that does not answer in time is 504; once the response has started, a failure can
-only cut the stream (the status line is already on the wire).
+Bodies stream both ways: a 1 GB upload passes through in chunks and never sits in memory. A
+refused or reset upstream connection is 503 problem details, an upstream that does not answer
+in time is 504; once the response has started, a failure can only cut the stream (the status
+line is already on the wire).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 from litestar.types import Receive, Scope, Send
-from yarl import URL
 
 from xtyl_common.errors import ClientError, TimedOut, Unavailable
+from xtyl_gateway.adapters.h1client import (
+    UpstreamPool,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
 from xtyl_gateway.domain.routing import downstream_response_headers, upstream_request_headers
 
 log = structlog.stdlib.get_logger("xtyl.gateway.proxy")
@@ -34,83 +38,97 @@ class ClientDisconnectedError(ClientError):
 class Proxy:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
         upstreams: Mapping[str, str],
         *,
         connect_timeout_s: float,
         read_timeout_s: float,
     ) -> None:
-        self._session = session
-        self._upstreams = {name: url.rstrip("/") for name, url in upstreams.items()}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout_s, sock_read=read_timeout_s
-        )
+        self._pools: dict[str, UpstreamPool] = {}
+        self._prefixes: dict[str, bytes] = {}
+        for name, url in upstreams.items():
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise ValueError(f"{name} upstream must be an http:// URL inside the cluster")
+            self._pools[name] = UpstreamPool(
+                parts.hostname,
+                parts.port or 80,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
+            )
+            self._prefixes[name] = parts.path.rstrip("/").encode()
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, upstream: str, extra: Mapping[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: str,
+        extra: Iterable[tuple[bytes, bytes]],
     ) -> None:
-        base = self._upstreams[upstream]
+        pool = self._pools[upstream]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
-        target = base + raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
+        target = self._prefixes[upstream] + raw_path + (b"?" + query if query else b"")
         headers = upstream_request_headers(scope["headers"], extra)
         method: str = scope.get("method", "GET")
-        data = await _request_body(headers, receive)
+        body = await _request_body(scope, receive)
         try:
-            async with self._session.request(
-                method,
-                URL(target, encoded=True),
-                headers=headers,
-                data=data,
-                timeout=self._timeout,
-                allow_redirects=False,
-                auto_decompress=False,
-            ) as resp:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": resp.status,
-                        "headers": downstream_response_headers(resp.headers.items()),
-                    }
-                )
-                await _relay_body(resp, send, upstream)
-        except ClientDisconnectedError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            resp = await pool.request(method, target, headers, body)
+        except UpstreamTimeoutError as exc:
             log.warning("upstream_timeout", upstream=upstream, method=method)
             raise TimedOut(
                 f"the {upstream} service did not answer in time", code="upstream_timeout"
             ) from exc
-        except aiohttp.ClientError as exc:
-            log.warning("upstream_unavailable", upstream=upstream, error=type(exc).__name__)
+        except UpstreamUnavailableError as exc:
+            log.warning("upstream_unavailable", upstream=upstream, error=str(exc))
             raise Unavailable(
                 f"the {upstream} service is unavailable", code="upstream_unavailable"
             ) from exc
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": resp.status,
+                    "headers": downstream_response_headers(resp.headers),
+                }
+            )
+            async for chunk in resp.iter_body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (UpstreamTimeoutError, UpstreamUnavailableError) as exc:
+            # The status is already sent: all we can do is cut the stream so the client sees it.
+            log.warning("upstream_stream_broken", upstream=upstream, error=str(exc))
+            raise
+        finally:
+            resp.release()
 
 
-async def _request_body(
-    headers: dict[str, str], receive: Receive
-) -> bytes | AsyncIterator[bytes] | None:
-    length = headers.get("content-length")
-    if length is None:  # no body, or a chunked one: the first message tells
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body or None
-        return _stream_rest(body, receive)
-    if length.isdigit() and int(length) <= _SMALL_BODY:
+async def _request_body(scope: Scope, receive: Receive) -> bytes | AsyncIterator[bytes] | None:
+    length: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+            break
+    if length is None or (length.isdigit() and int(length) <= _SMALL_BODY):
+        # no body, a small one, or a chunked one whose first message tells
         chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnectedError()
-            chunks.append(message.get("body", b""))
+            chunk: bytes = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                body = b"".join(chunks)
+                return body if body or length is not None else None
+            if length is None and size > _SMALL_BODY:
+                return _stream_rest(b"".join(chunks), receive)
     return _stream_rest(b"", receive)
 
 
@@ -126,17 +144,6 @@ async def _stream_rest(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
-
-
-async def _relay_body(resp: aiohttp.ClientResponse, send: Send, upstream: str) -> None:
-    try:
-        async for chunk in resp.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        # The status is already sent: all we can do is cut the stream so the client sees it.
-        log.warning("upstream_stream_broken", upstream=upstream, error=type(exc).__name__)
-        raise
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def scope_header(scope: Scope, name: bytes) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import msgspec
 
@@ -70,49 +70,47 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 
 
 def upstream_request_headers(
-    headers: Iterable[tuple[bytes, bytes]], extra: Mapping[str, str]
-) -> dict[str, str]:
+    headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop and identity ones, plus what the gateway adds."""
     header_list = list(headers)
-    dropped = connection_tokens(header_list)
-    out: dict[str, str] = {}
-    for name, value in header_list:
-        if is_forbidden_request_header(name) or name in dropped:
-            continue
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    out.update(extra)
+    dropped = (
+        connection_tokens(header_list) if any(n == b"connection" for n, _ in header_list) else ()
+    )
+    out = [
+        (name, value)
+        for name, value in header_list
+        if not (is_forbidden_request_header(name) or name in dropped)
+    ]
+    out.extend(extra)
     return out
 
 
 RESPONSE_HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "server",
-        "date",
-        "x-request-id",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"server",
+        b"date",
+        b"x-request-id",
     }
 )
 
 
-def downstream_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    header_list = list(headers)
-    dropped = {
-        token.strip().lower()
-        for name, value in header_list
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
+def downstream_response_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """The service's response headers, lower-cased for ASGI, minus hop-by-hop ones."""
+    lowered = [(name.lower(), value) for name, value in headers]
+    dropped = connection_tokens(lowered)
     return [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in header_list
-        if name.lower() not in RESPONSE_HOP_BY_HOP and name.lower() not in dropped
+        (name, value)
+        for name, value in lowered
+        if name not in RESPONSE_HOP_BY_HOP and name not in dropped
     ]

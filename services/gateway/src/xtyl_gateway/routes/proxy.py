@@ -8,7 +8,7 @@ from litestar.handlers.asgi_handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
-from xtyl_common.context import REQUEST_ID_HEADER, current_request_id
+from xtyl_common.context import current_request_id
 from xtyl_common.errors import NotFound, RateLimited
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.upstream import Proxy, client_host, scope_header
@@ -60,11 +60,13 @@ class Edge:
             raise NotFound()
         user = await self.authenticate(scope)
         await self.limit(user, prefix)
-        extra = {REQUEST_ID_HEADER: current_request_id() or ""}
+        extra = [
+            (b"x-request-id", (current_request_id() or "").encode()),
+            (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
+        ]
         host = client_host(scope)
         if host is not None:
-            extra["X-Forwarded-For"] = host
-        extra["X-Forwarded-Proto"] = str(scope.get("scheme", "http"))
+            extra.append((b"x-forwarded-for", host.encode()))
         await self.proxy.forward(scope, receive, send, upstream, extra)
 
 
