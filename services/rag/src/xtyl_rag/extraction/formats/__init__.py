@@ -1,0 +1,1 @@
+"""One parser per document kind: bytes in, :class:`ExtractedText` out. Runs in the child."""
