@@ -1,7 +1,8 @@
 """The configuration table of the README, made from the settings Structs themselves.
 
-``python -m xtyl_common.configdoc`` prints it, ``--write README.md`` refreshes the README; a unit test fails when the README's copy drifts,
-so the table always lists every variable, its default and who reads it.
+``python -m xtyl_common.configdoc`` prints it, ``--write README.md`` refreshes the README; a
+unit test fails when the README's copy drifts, so the table always lists every variable, its
+default and who reads it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ granian starts, so a misconfigured service never gets as far as a worker traceba
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import msgspec
 from granian.constants import Interfaces, Loops
@@ -17,7 +18,6 @@ from granian.server import Server
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import BaseSettings, load_settings_or_exit
 
-
 #: Large enough that an oversized bearer token (1 MB) still reaches the app and gets a 401
 #: problem with a stable code (``token_too_large``) instead of the server's bare 431; the buffer
 #: only grows for a request that needs it. A front proxy usually caps headers lower still.
@@ -27,10 +27,21 @@ HEADER_READ_TIMEOUT_MS = 10_000
 
 
 def serve(
-    *, program: str, factory: str, settings_cls: type[BaseSettings], workers: int | None = None
+    *,
+    program: str,
+    factory: str,
+    settings_cls: type[BaseSettings],
+    extra_settings: Sequence[tuple[type[msgspec.Struct], str]] = (),
+    workers: int | None = None,
 ) -> None:
-    """``factory`` is ``"package.module:function"`` returning the app, called in each worker."""
+    """``factory`` is ``"package.module:function"`` returning the app, called in each worker.
+
+    ``extra_settings`` are ``(Struct, prefix)`` pairs checked up front too (e.g. the event
+    backbone's ``EVENTS_*``), so any bad variable stops the process with one line.
+    """
     settings = load_settings_or_exit(settings_cls, program=program)
+    for cls, prefix in extra_settings:
+        load_settings_or_exit(cls, program=program, prefix=prefix)
     configure_logging(settings.log_level, json_logs=settings.log_json)
     worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
     levels = msgspec.convert(settings.log_level.lower(), LogLevels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xtyl_common.events import EventSettings
 from xtyl_common.serve import serve
 from xtyl_gateway.settings import GatewaySettings
 
@@ -11,6 +12,7 @@ def main() -> None:
         program="xtyl-gateway",
         factory="xtyl_gateway.app:app_from_env",
         settings_cls=GatewaySettings,
+        extra_settings=[(EventSettings, "EVENTS_")],
     )
 
 

@@ -9,12 +9,13 @@ from litestar import Litestar
 
 from xtyl_common.auth import TokenVerifier
 from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
+from xtyl_common.events import EventSettings, OutboxRelay
 from xtyl_common.health import readiness_of
 from xtyl_common.http import HttpConfig, create_session
 from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import check_redis, create_redis
-from xtyl_common.settings import load_settings_or_exit
+from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.resp import PipelinedRedis
@@ -27,7 +28,9 @@ from xtyl_gateway.settings import GatewaySettings
 VERSION = "0.1.0"
 
 
-def create_app(settings: GatewaySettings) -> Litestar:
+def create_app(settings: GatewaySettings, events: EventSettings | None = None) -> Litestar:
+    event_settings = events or load_settings(EventSettings, prefix="EVENTS_")
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None]:
         pool = await create_pool(
@@ -63,9 +66,13 @@ def create_app(settings: GatewaySettings) -> Litestar:
         app.state.edge = edge
         app.state.users = UserRepository(pool)
         app.state[VERIFIER_STATE_KEY] = verifier
+        # user.created leaves auth.users through the gateway's outbox (written by the trigger)
+        relay = OutboxRelay(pool, redis, schemas=["xtyl_gateway"], settings=event_settings)
+        relay.start()
         try:
             yield
         finally:
+            await relay.stop()
             await edge.proxy.close()
             await verifier.close()
             await limiter_redis.close()
@@ -88,5 +95,6 @@ def create_app(settings: GatewaySettings) -> Litestar:
 def app_from_env() -> Litestar:
     """granian's factory: runs in each worker process."""
     settings = load_settings_or_exit(GatewaySettings, program="xtyl-gateway")
+    events = load_settings_or_exit(EventSettings, program="xtyl-gateway", prefix="EVENTS_")
     configure_logging(settings.log_level, json_logs=settings.log_json)
-    return create_app(settings)
+    return create_app(settings, events)

@@ -112,3 +112,36 @@ async def test_me_returns_the_callers_row(
     ) as r:
         assert r.status == 404
         assert (await r.json(content_type=None))["code"] == "user_not_found"
+
+
+async def test_user_created_reaches_the_users_stream(
+    db: asyncpg.Connection, gateway: RunningService, redis_url: str
+) -> None:
+    """The gateway's relay publishes the trigger's outbox row to Redis."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    user_id = await sign_up(db, "streamed@example.com", {"full_name": "Streamed"})
+    redis = Redis.from_url(redis_url)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                entries = await redis.xrange("xtyl:events:users")
+                mine = [
+                    fields for _, fields in entries if str(user_id).encode() in fields[b"event"]
+                ]
+                if mine:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+    assert len(mine) == 1
+    assert mine[0][b"type"] == b"user.created"
+    async with asyncio.timeout(10):  # the relay marks the row right after its XADD commits
+        while not await db.fetchval(
+            "select published_at is not null from xtyl_gateway.outbox"
+            " where payload->>'user_id' = $1",
+            str(user_id),
+        ):
+            await asyncio.sleep(0.05)
