@@ -47,7 +47,7 @@ GROUP = "workers"
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
     """Poll ``check`` (for state in another server, which has nothing to await) until true."""
     async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the state lives in another server
+        while not await check():
             await asyncio.sleep(0.02)
 
 

@@ -61,7 +61,7 @@ run_worker(stream_worker_settings(
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
     """Poll ``check`` (for state in another process, which has nothing to await) until true."""
     async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the state lives in another process
+        while not await check():
             await asyncio.sleep(0.02)
 
 

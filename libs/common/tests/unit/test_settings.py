@@ -51,14 +51,14 @@ def test_bad_settings_name_the_variable(environ: dict[str, str], message: str) -
 
 
 def test_prefix_applies_to_names() -> None:
-    with pytest.raises(SettingsError, match="^STORAGE_DATABASE_URL: is required"):
+    with pytest.raises(SettingsError, match=r"^STORAGE_DATABASE_URL: is required"):
         load_settings(ExampleSettings, environ={"DATABASE_URL": "x"}, prefix="storage_")
 
 
 @pytest.mark.parametrize("module", ["xtyl_gateway", "xtyl_storage", "xtyl_rag", "xtyl_notify"])
 def test_service_without_required_setting_exits_2_with_one_line(module: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    result = subprocess.run(  # noqa: S603 - our own interpreter and module
+    result = subprocess.run(
         [sys.executable, "-m", module],
         env=env,
         capture_output=True,

@@ -27,6 +27,8 @@ class NoFreePortError(RuntimeError):
 def port_is_free(port: int, host: str = HOST) -> bool:
     """True when nothing listens on ``host:port`` and we may bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # like the servers do: connections of a process that just stopped (TIME_WAIT) don't count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -1,9 +1,10 @@
 """``python -m xtyl_devstack up``: the whole backend on this machine, no Docker.
 
 Starts the stack with its data under ``--data-dir`` (kept across runs), applies the migrations,
-starts the services of :data:`SERVICES`, waits until each answers ``GET /readyz`` with 200,
-prints where everything is, then waits. Ctrl-C or SIGTERM stops the services, then the servers.
-If any child dies, it says which (with its last log lines), stops everything and exits 1.
+starts the services of :data:`xtyl_devstack.services.SERVICES`, waits until each answers
+``GET /readyz`` with 200, prints where everything is, then waits. Ctrl-C or SIGTERM stops the
+services, then the servers. If any child dies, it says which (with its last log lines), stops
+everything and exits 1.
 
 While it runs, ``<data dir>/stack.json`` holds the :class:`StackInfo` and
 ``python -m xtyl_devstack env`` prints the matching ``export`` lines.
@@ -22,18 +23,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import msgspec
 
 from xtyl_devstack.errors import DevstackError, ServerStartError
-from xtyl_devstack.ports import HOST, port_is_free
+from xtyl_devstack.ports import port_is_free
 from xtyl_devstack.processes import ManagedProcess, run_checked, tail_file
+from xtyl_devstack.services import (
+    SERVICES,
+    ProcessSpec,
+    SpecsFactory,
+    default_services,
+    service_ports,
+    stack_environment,
+)
 from xtyl_devstack.stack import Stack, StackInfo
+
+__all__ = ["ProcessSpec", "default_services", "env_lines", "run_up"]
 
 log = logging.getLogger("xtyl_devstack")
 
@@ -50,103 +60,8 @@ EXIT_CHILD_DIED = 1
 EXIT_CONFIG_ERROR = 2
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceDef:
-    """A service of the table: its name, module, default port and the variable overriding it."""
-
-    name: str
-    module: str
-    default_port: int
-    port_variable: str
-
-
-SERVICES: tuple[ServiceDef, ...] = (
-    ServiceDef("gateway", "xtyl_gateway", 8000, "GATEWAY_PORT"),
-    ServiceDef("storage", "xtyl_storage", 8001, "STORAGE_PORT"),
-    ServiceDef("rag", "xtyl_rag", 8002, "RAG_PORT"),
-    ServiceDef("notify", "xtyl_notify", 8003, "NOTIFY_PORT"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessSpec:
-    """One process to run: ready when ``GET ready_url`` answers 200 (``None``: when started)."""
-
-    name: str
-    argv: Sequence[str]
-    env: Mapping[str, str] = field(default_factory=lambda: {})
-    ready_url: str | None = None
-
-    @property
-    def base_url(self) -> str | None:
-        if self.ready_url is None:
-            return None
-        return self.ready_url.rsplit("/", 1)[0]
-
-
-SpecsFactory = Callable[[StackInfo, Mapping[str, str]], list[ProcessSpec]]
-
-
 class _Stop(Exception):  # a request to stop, not an error
     """SIGTERM or SIGINT arrived."""
-
-
-def service_ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
-    """Each service's port: its default, or ``<NAME>_PORT`` from the environment."""
-    ports: dict[str, int] = {}
-    for service in SERVICES:
-        raw = environ.get(service.port_variable, "").strip()
-        try:
-            ports[service.name] = int(raw) if raw else service.default_port
-        except ValueError:
-            raise DevstackError(f"{service.port_variable}={raw!r} is not a port number") from None
-    return ports
-
-
-def stack_environment(
-    info: StackInfo, ports: Mapping[str, int], internal_secret: str, auth_secret: str
-) -> dict[str, str]:
-    """What every service (and ``env``) gets: the servers, the other services, the secrets.
-
-    ``SUPABASE_JWT_SECRET`` is the local "Supabase project"'s legacy HS256 secret, so services
-    verify tokens minted with it; a ``SUPABASE_URL`` set in our environment is passed through.
-    """
-
-    def url(name: str) -> str:
-        return f"http://{HOST}:{ports[name]}"
-
-    return {
-        "DATABASE_URL": info.database_url,
-        "REDIS_URL": info.redis_url,
-        "R2_ENDPOINT": info.s3_endpoint,
-        "R2_ACCESS_KEY": info.s3_access_key,
-        "R2_SECRET_KEY": info.s3_secret_key,
-        "R2_BUCKET": info.s3_bucket,
-        "R2_PUBLIC_URL": "",
-        "HOST": HOST,
-        "GATEWAY_URL": url("gateway"),
-        "STORAGE_URL": url("storage"),
-        "RAG_URL": url("rag"),
-        "NOTIFY_URL": url("notify"),
-        "INTERNAL_JWT_SECRET": internal_secret,
-        "SUPABASE_JWT_SECRET": auth_secret,
-        "XTYL_ENV": "local",
-        "LOG_LEVEL": "info",
-    }
-
-
-def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[ProcessSpec]:
-    """The four services, ``python -m xtyl_<name>`` each on its port."""
-    ports = service_ports()
-    return [
-        ProcessSpec(
-            name=service.name,
-            argv=[sys.executable, "-m", service.module],
-            env={**common_env, "PORT": str(ports[service.name])},
-            ready_url=f"http://{HOST}:{ports[service.name]}/readyz",
-        )
-        for service in SERVICES
-    ]
 
 
 def _read_or_create(path: Path, make: Callable[[], str]) -> str:
