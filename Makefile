@@ -27,7 +27,7 @@ help: ## list the targets
 install: .venv/.synced ## install the locked environment (.venv)
 
 up: .venv/.synced ## run the whole backend locally on embedded servers (Ctrl-C stops it)
-	$(RUN) python -m xtyl_devstack up --data-dir $(DATA_DIR)
+	.venv/bin/python -m xtyl_devstack up --data-dir $(DATA_DIR)
 
 test: .venv/.synced ## run every test against real embedded servers
 	$(RUN) pytest $(PYTEST_ARGS)

@@ -1,4 +1,5 @@
-"""``python -m xtyl_devstack up [--data-dir .data]`` and ``python -m xtyl_devstack env``."""
+"""``python -m xtyl_devstack up|env|user``: run the local backend, print its environment,
+create a local user with a token."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from xtyl_devstack.errors import DevstackError
 from xtyl_devstack.up import DEFAULT_DATA_DIR, default_services, env_lines, run_up
+from xtyl_devstack.users import create_user
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +25,30 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-migrate", action="store_true", help="do not apply the migrations")
     env = commands.add_parser("env", help="print export lines for the running `up` stack")
     env.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default: .data")
+    env.add_argument(
+        "--if-running", action="store_true", help="print nothing (exit 0) when nothing runs"
+    )
+    user = commands.add_parser("user", help="create a local user and print an access token")
+    user.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default: .data")
+    user.add_argument("--email", required=True)
+    user.add_argument("--name", default="", help="full name (user metadata)")
+    user.add_argument("--ttl", type=int, default=3600, help="token lifetime in seconds")
     args = parser.parse_args(argv)
+
+    if args.command == "user":
+        try:
+            print(create_user(args.data_dir, args.email, args.name, args.ttl))
+        except (DevstackError, OSError) as exc:
+            print(f"user: {exc}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "env":
         try:
             print("\n".join(env_lines(args.data_dir)))
         except DevstackError as exc:
+            if args.if_running:
+                return 0
             print(f"env: {exc}", file=sys.stderr)
             return 1
         return 0

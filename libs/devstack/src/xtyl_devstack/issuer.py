@@ -20,10 +20,12 @@ outage. ``extra_jwks`` publishes more public keys (rotation, RS256).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import json
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -379,3 +381,27 @@ def _invalid(detail: str) -> web.Response:
     return web.json_response(
         {"code": "invalid_input", "detail": f"{expected}: {detail}"}, status=422
     )
+
+
+async def _serve_until_stopped(key_dir: Path, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with LocalIssuer(key_dir, port=port) as issuer:
+        print(f"local Supabase issuer: JWKS at {issuer.jwks_url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xtyl_devstack.issuer --key-dir DIR --port PORT``: serve until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m xtyl_devstack.issuer")
+    parser.add_argument("--key-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_until_stopped(args.key_dir, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

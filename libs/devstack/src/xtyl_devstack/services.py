@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xtyl_devstack.errors import DevstackError
 from xtyl_devstack.ports import HOST
@@ -21,6 +23,15 @@ class ServiceDef:
     default_port: int
     port_variable: str
 
+
+#: The local Supabase-shaped token issuer (JWKS + local token endpoint), not a service of ours.
+AUTH = ServiceDef("auth", "xtyl_devstack.issuer", 8010, "AUTH_PORT")
+
+#: arq workers started when their service is installed: (name, module).
+WORKERS: tuple[tuple[str, str], ...] = (
+    ("rag-worker", "xtyl_rag.worker"),
+    ("notify-worker", "xtyl_notify.worker"),
+)
 
 SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("gateway", "xtyl_gateway", 8000, "GATEWAY_PORT"),
@@ -52,7 +63,7 @@ SpecsFactory = Callable[[StackInfo, Mapping[str, str]], list[ProcessSpec]]
 def service_ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     """Each service's port: its default, or ``<NAME>_PORT`` from the environment."""
     ports: dict[str, int] = {}
-    for service in SERVICES:
+    for service in (*SERVICES, AUTH):
         raw = environ.get(service.port_variable, "").strip()
         try:
             ports[service.name] = int(raw) if raw else service.default_port
@@ -66,8 +77,9 @@ def stack_environment(
 ) -> dict[str, str]:
     """What every service (and ``env``) gets: the servers, the other services, the secrets.
 
-    ``SUPABASE_JWT_SECRET`` is the local "Supabase project"'s legacy HS256 secret, so services
-    verify tokens minted with it; a ``SUPABASE_URL`` set in our environment is passed through.
+    ``SUPABASE_URL`` is the local issuer, so services fetch ES256 keys from its JWKS exactly as
+    they do from a Supabase project; ``SUPABASE_JWT_SECRET`` is the local project's legacy HS256
+    secret, so tokens minted with it work too (both paths, as in production).
     """
 
     def url(name: str) -> str:
@@ -88,15 +100,31 @@ def stack_environment(
         "NOTIFY_URL": url("notify"),
         "INTERNAL_JWT_SECRET": internal_secret,
         "SUPABASE_JWT_SECRET": auth_secret,
+        "SUPABASE_URL": url("auth"),
         "XTYL_ENV": "local",
         "LOG_LEVEL": "info",
     }
 
 
 def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[ProcessSpec]:
-    """The four services, ``python -m xtyl_<name>`` each on its port."""
+    """The local issuer, the four services (``python -m xtyl_<name>`` each on its port) and
+    the arq workers of the services that have one."""
     ports = service_ports()
-    return [
+    issuer = ProcessSpec(
+        name=AUTH.name,
+        argv=[
+            sys.executable,
+            "-m",
+            AUTH.module,
+            "--key-dir",
+            str(Path(info.data_dir) / "auth"),
+            "--port",
+            str(ports[AUTH.name]),
+        ],
+        env=common_env,
+        ready_url=f"http://{HOST}:{ports[AUTH.name]}/auth/v1/.well-known/jwks.json",
+    )
+    services = [
         ProcessSpec(
             name=service.name,
             argv=[sys.executable, "-m", service.module],
@@ -105,3 +133,10 @@ def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[Pro
         )
         for service in SERVICES
     ]
+    workers = [
+        ProcessSpec(name=name, argv=[sys.executable, "-m", module], env=common_env)
+        for name, module in WORKERS
+        if importlib.util.find_spec(module.rpartition(".")[0]) is not None
+        and importlib.util.find_spec(module) is not None
+    ]
+    return [issuer, *services, *workers]

@@ -12,6 +12,7 @@ While it runs, ``<data dir>/stack.json`` holds the :class:`StackInfo` and
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import importlib.util
 import logging
@@ -49,6 +50,7 @@ log = logging.getLogger("xtyl_devstack")
 
 DEFAULT_DATA_DIR = Path(".data")
 STACK_FILE = "stack.json"
+_PR_SET_PDEATHSIG = 1
 SERVICES_FILE = "services.json"
 SECRET_FILE = "internal_jwt_secret"  # noqa: S105 - a file name
 AUTH_SECRET_FILE = "supabase_jwt_secret"  # noqa: S105 - a file name
@@ -288,6 +290,14 @@ class _PortTaken(DevstackError):
     """A service's port is in use."""
 
 
+def die_with_parent(signum: signal.Signals = signal.SIGTERM) -> None:
+    """Ask the kernel for ``signum`` when our parent (make, a shell) dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+
+
 def run_up(
     data_dir: Path = DEFAULT_DATA_DIR,
     *,
@@ -296,6 +306,7 @@ def run_up(
 ) -> int:
     """Run the stack and the services until Ctrl-C/SIGTERM (0) or a child dies (1)."""
     data_dir = data_dir.resolve()
+    die_with_parent()  # `kill -TERM` of `make up` reaches us as SIGTERM: a clean shutdown
     previous_int = signal.signal(signal.SIGINT, _raise_stop)
     previous_term = signal.signal(signal.SIGTERM, _raise_stop)
     try:
