@@ -6,10 +6,32 @@ The R2 variable names are the original design's: ``R2_ENDPOINT``, ``R2_ACCESS_KE
 
 from __future__ import annotations
 
-from xtyl_common.settings import BaseSettings
+from xtyl_common.identity import AuthSettings
+from xtyl_storage.domain.media_types import parse_patterns
+from xtyl_storage.domain.parts import MAX_SINGLE_PUT_BYTES, MIB, part_size_for
+
+#: The longest a presigned URL may live: 15 minutes.
+MAX_PRESIGN_TTL_S = 900
+
+DEFAULT_ALLOWED_CONTENT_TYPES = ",".join(
+    (
+        "application/pdf",
+        "text/*",
+        "application/json",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/epub+zip",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+    )
+)
 
 
-class StorageSettings(BaseSettings, frozen=True, kw_only=True):
+class StorageSettings(AuthSettings, frozen=True, kw_only=True):
     database_url: str
     redis_url: str
     r2_endpoint: str
@@ -21,3 +43,44 @@ class StorageSettings(BaseSettings, frozen=True, kw_only=True):
     db_pool_max: int = 10
     s3_connect_timeout_s: float = 5.0
     s3_read_timeout_s: float = 60.0
+    #: Largest file accepted through ``POST /v1/files`` (bytes); more is 413.
+    max_upload_bytes: int = 100 * MIB
+    #: Largest file accepted through a presigned PUT (bytes; S3 allows one PUT of 5 GiB).
+    max_presigned_upload_bytes: int = 1024 * MIB
+    #: Comma-separated ``type/subtype``, ``type/*`` or ``*/*``; anything else is 415.
+    allowed_content_types: str = DEFAULT_ALLOWED_CONTENT_TYPES
+    #: Preferred multipart part size (at least 5 MiB; raised when needed to fit 10 000 parts).
+    upload_part_bytes: int = 5 * MIB
+    #: Parts of one upload sent to S3 at once (memory per upload ≈ (this + 1) x part size).
+    upload_part_concurrency: int = 3
+    #: Lifetime of presigned GET and PUT URLs, seconds (at most 900).
+    presign_ttl_s: int = 900
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_upload_bytes < 1:
+            raise ValueError("must be at least 1 (at `$.max_upload_bytes`)")
+        if not 1 <= self.max_presigned_upload_bytes <= MAX_SINGLE_PUT_BYTES:
+            raise ValueError(
+                f"must be between 1 and {MAX_SINGLE_PUT_BYTES} (at `$.max_presigned_upload_bytes`)"
+            )
+        try:
+            parse_patterns(self.allowed_content_types)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (at `$.allowed_content_types`)") from None
+        try:
+            self.part_bytes()
+        except ValueError as exc:
+            raise ValueError(f"{exc} (at `$.upload_part_bytes`)") from None
+        if not 1 <= self.upload_part_concurrency <= 16:
+            raise ValueError("must be between 1 and 16 (at `$.upload_part_concurrency`)")
+        if not 1 <= self.presign_ttl_s <= MAX_PRESIGN_TTL_S:
+            raise ValueError(f"must be between 1 and {MAX_PRESIGN_TTL_S} (at `$.presign_ttl_s`)")
+        if self.r2_public_url and not self.r2_public_url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL or empty (at `$.r2_public_url`)")
+
+    def part_bytes(self) -> int:
+        return part_size_for(self.max_upload_bytes, self.upload_part_bytes)
+
+    def content_type_patterns(self) -> tuple[str, ...]:
+        return parse_patterns(self.allowed_content_types)

@@ -1,15 +1,42 @@
-"""The S3 client (Cloudflare R2 in production, SeaweedFS locally): one per process."""
+"""The S3 client (Cloudflare R2 in production, SeaweedFS locally): one per process.
+
+:class:`ObjectStore` is every call the service makes to the bucket. Failures of S3 itself
+(refused connections, timeouts, 5xx, a missing bucket, refused credentials) become
+:class:`~xtyl_common.errors.Unavailable` with code ``storage_unavailable`` (503); a missing
+object on HEAD/GET is ``None`` / :class:`ObjectMissing`, for the caller to decide.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aioboto3
+import aiohttp
+import msgspec
+import structlog
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
+from xtyl_common.errors import Unavailable
 from xtyl_storage.settings import StorageSettings
+
+log = structlog.stdlib.get_logger("xtyl.storage.s3")
+
+STORAGE_UNAVAILABLE = "storage_unavailable"
+#: Bytes read from S3 per chunk when streaming an object out.
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+#: Exceptions that mean "S3 did not do it": the error tree's 503.
+S3_ERRORS: tuple[type[BaseException], ...] = (
+    BotoCoreError,
+    ClientError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 def client_config(settings: StorageSettings) -> Config:
@@ -23,6 +50,7 @@ def client_config(settings: StorageSettings) -> Config:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"},
+        max_pool_connections=50,
     )
 
 
@@ -42,3 +70,230 @@ async def open_s3_client(settings: StorageSettings) -> AsyncGenerator[Any]:
 async def check_bucket(client: Any, bucket: str) -> None:
     """Readiness check: the bucket answers HEAD with our credentials."""
     await client.head_bucket(Bucket=bucket)
+
+
+def error_code(exc: BaseException) -> str:
+    """S3's error code (``NoSuchKey``, ``AccessDenied``…) or the exception's class name."""
+    if isinstance(exc, ClientError):
+        error: Mapping[str, Any] = exc.response.get("Error", {})
+        return str(error.get("Code", "Unknown"))
+    return type(exc).__name__
+
+
+def unavailable(operation: str, exc: BaseException) -> Unavailable:
+    log.warning("s3_failed", operation=operation, error=error_code(exc))
+    return Unavailable("file storage is unavailable, try again later", code=STORAGE_UNAVAILABLE)
+
+
+class ObjectMissing(Exception):
+    """The object a row points at is not in the bucket."""
+
+
+class ObjectHead(msgspec.Struct, frozen=True, kw_only=True):
+    size: int
+    content_type: str
+    etag: str
+
+
+class ObjectBody(msgspec.Struct, frozen=True, kw_only=True):
+    size: int
+    content_type: str
+    chunks: AsyncIterator[bytes]
+
+
+class ObjectStore:
+    """One bucket through the process's one aioboto3 client."""
+
+    def __init__(self, client: Any, bucket: str, *, public_url: str, presign_ttl_s: int) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.public_url = public_url.rstrip("/")
+        self.presign_ttl_s = presign_ttl_s
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        disposition: str,
+        metadata: dict[str, str],
+    ) -> None:
+        try:
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentLength=len(body),
+                ContentType=content_type,
+                ContentDisposition=disposition,
+                Metadata=metadata,
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("put_object", exc) from exc
+
+    async def create_multipart(
+        self, key: str, *, content_type: str, disposition: str, metadata: dict[str, str]
+    ) -> str:
+        try:
+            response = await self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                ContentDisposition=disposition,
+                Metadata=metadata,
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("create_multipart_upload", exc) from exc
+        upload_id: str = response["UploadId"]
+        return upload_id
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        try:
+            response = await self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=len(body),
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("upload_part", exc) from exc
+        etag: str = response["ETag"]
+        return etag
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        try:
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("complete_multipart_upload", exc) from exc
+
+    async def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort an unfinished multipart upload; False (logged) when S3 would not."""
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return True
+            log.error("upload_abort_failed", key=key, upload_id=upload_id, error=error_code(exc))
+            return False
+        except S3_ERRORS as exc:
+            log.error("upload_abort_failed", key=key, upload_id=upload_id, error=error_code(exc))
+            return False
+        return True
+
+    async def delete(self, key: str) -> None:
+        """Delete an object; deleting one that is not there is fine."""
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in _MISSING_CODES:
+                return
+            raise unavailable("delete_object", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("delete_object", exc) from exc
+
+    async def delete_quietly(self, key: str) -> None:
+        """Best-effort clean-up after another failure: logs instead of raising."""
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+        except S3_ERRORS as exc:
+            log.error("object_cleanup_failed", key=key, error=error_code(exc))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectHead | None:
+        try:
+            response = await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in _MISSING_CODES:
+                return None
+            raise unavailable("head_object", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("head_object", exc) from exc
+        return ObjectHead(
+            size=int(response["ContentLength"]),
+            content_type=str(response.get("ContentType", "")),
+            etag=str(response.get("ETag", "")),
+        )
+
+    async def open(self, key: str) -> ObjectBody:
+        """Start reading an object; iterate ``chunks`` to the end (or close it) to release it."""
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in _MISSING_CODES:
+                raise ObjectMissing(key) from exc
+            raise unavailable("get_object", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("get_object", exc) from exc
+        body: Any = response["Body"]
+        return ObjectBody(
+            size=int(response["ContentLength"]),
+            content_type=str(response.get("ContentType", "application/octet-stream")),
+            chunks=_body_chunks(body, key),
+        )
+
+    # -- URLs ------------------------------------------------------------------------------
+
+    @property
+    def is_public(self) -> bool:
+        return bool(self.public_url)
+
+    async def download_url(self, key: str, *, disposition: str) -> str:
+        """``R2_PUBLIC_URL/key`` for a public bucket, else a presigned GET."""
+        if self.public_url:
+            return f"{self.public_url}/{quote(key, safe='/')}"
+        try:
+            url: str = await self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": disposition,
+                },
+                ExpiresIn=self.presign_ttl_s,
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("presign_get", exc) from exc
+        return url
+
+    async def upload_url(self, key: str, *, content_type: str, size: int) -> str:
+        """A presigned PUT whose signature covers ``Content-Type`` and ``Content-Length``."""
+        try:
+            url: str = await self.client.generate_presigned_url(
+                "put_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ContentType": content_type,
+                    "ContentLength": size,
+                },
+                ExpiresIn=self.presign_ttl_s,
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("presign_put", exc) from exc
+        return url
+
+
+async def _body_chunks(body: Any, key: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
+            yield chunk
+    except S3_ERRORS as exc:
+        # The status line is already sent: all we can do is cut the stream.
+        log.warning("download_broken", key=key, error=error_code(exc))
+        raise
+    finally:
+        body.close()

@@ -1,1 +1,1 @@
-"""domain of the storage service."""
+"""Pure logic of the storage service: names and keys, part sizing, content types, cursors."""

@@ -1,0 +1,232 @@
+"""``/v1/files``: a user's files. Every handler takes the verified ``user``; ids of other users'
+files answer 404 exactly like ids that do not exist."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Redirect, Stream
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from xtyl_common.auth import UserPrincipal
+from xtyl_common.errors import InvalidInput, XtylError
+from xtyl_common.identity import USER
+from xtyl_storage.domain.cursor import DEFAULT_LIMIT, MAX_LIMIT
+from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.domain.names import content_disposition
+from xtyl_storage.routes.bodies import (
+    MULTIPART_OVERHEAD_BYTES,
+    ClientDisconnected,
+    RequestBody,
+    StreamingForm,
+    multipart_boundary,
+)
+from xtyl_storage.routes.schemas import FileListOut, FileOut, PresignOut, PresignRequest
+from xtyl_storage.service import StorageService
+
+#: Query parameters an upload may carry; anything else (``owner_id``, ``key``…) is 422.
+_UPLOAD_QUERY = frozenset({"filename"})
+#: How long a refused upload's remaining body is read and dropped before the answer.
+DRAIN_TIMEOUT_S = 10.0
+
+
+def service_of(request: Request[Any, Any, Any]) -> StorageService:
+    service: StorageService = request.app.state.storage
+    return service
+
+
+async def file_out(service: StorageService, file: StoredFile) -> FileOut:
+    url = await service.url_for(file) if file.status is FileStatus.READY else None
+    return FileOut.of(file, url)
+
+
+def download_headers(file: StoredFile, size: int) -> dict[str, str]:
+    return {
+        "Content-Length": str(size),
+        "Content-Disposition": content_disposition(file.name),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+
+
+async def _receive_upload(
+    request: Request[Any, Any, Any],
+    service: StorageService,
+    user: UserPrincipal,
+    body: RequestBody,
+) -> StoredFile:
+    unexpected = sorted(set(request.query_params) - _UPLOAD_QUERY)
+    if unexpected:
+        raise InvalidInput(
+            f"unexpected query parameter {unexpected[0]!r}",
+            code="unexpected_field",
+            extra={"field": unexpected[0]},
+        )
+    limit = service.settings.max_upload_bytes
+    header_type = request.headers.get("content-type", "")
+    boundary = multipart_boundary(header_type) if header_type else None
+    declared = request.content_length
+    if boundary is None:
+        service.check_declared_size(declared)
+        filename = request.query_params.get("filename")
+        if not filename:
+            raise InvalidInput(
+                "send multipart/form-data, or the raw body with ?filename=",
+                code="missing_filename",
+            )
+        content_type = service.accepted_content_type(header_type)
+        chunks = body.chunks(max_bytes=limit, file_limit=limit)
+    else:
+        service.check_declared_size(declared, overhead=MULTIPART_OVERHEAD_BYTES)
+        form = StreamingForm(
+            body.chunks(max_bytes=limit + MULTIPART_OVERHEAD_BYTES, file_limit=limit), boundary
+        )
+        part = await form.file()
+        filename = part.filename
+        content_type = service.accepted_content_type(part.content_type)
+        chunks = part.chunks()
+    return await service.upload(
+        user.user_id, raw_name=filename, content_type=content_type, chunks=chunks
+    )
+
+
+class FilesController(Controller):
+    path = "/v1/files"
+    tags = ["files"]
+    dependencies = USER
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        request_max_body_size=None,  # enforced while streaming, from settings
+        summary="Upload a file",
+        description="multipart/form-data with one part named `file`, or the raw bytes as the"
+        " body with `?filename=` and the file's Content-Type. Streamed to storage; 413 past"
+        " the size limit, 415 for types not allowed.",
+    )
+    async def upload(
+        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal]
+    ) -> FileOut:
+        service = service_of(request)
+        body = RequestBody(request.receive)
+        try:
+            stored = await _receive_upload(request, service, user, body)
+        except ClientDisconnected:
+            raise
+        except XtylError:
+            await body.drain(
+                max_bytes=service.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+                timeout_s=DRAIN_TIMEOUT_S,
+            )
+            raise
+        return await file_out(service, stored)
+
+    @get("/", summary="List your files", description="Newest first, cursor-paginated.")
+    async def list_files(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
+    ) -> FileListOut:
+        service = service_of(request)
+        page = await service.page(user.user_id, limit=limit, cursor=cursor)
+        return FileListOut(
+            items=[await file_out(service, item) for item in page.items],
+            next_cursor=page.next_cursor,
+        )
+
+    @get("/{file_id:uuid}", summary="A file's metadata and URL")
+    async def get_file(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        file_id: FromPath[uuid.UUID],
+    ) -> FileOut:
+        service = service_of(request)
+        return await file_out(service, await service.get(user.user_id, file_id))
+
+    @get(
+        "/{file_id:uuid}/content",
+        summary="Download a file",
+        description="Streams the bytes; with `?redirect=true` answers 307 to the public or"
+        " presigned URL instead.",
+    )
+    async def download(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        file_id: FromPath[uuid.UUID],
+        redirect: FromQuery[bool] = False,
+    ) -> Response[Any]:
+        service = service_of(request)
+        file = await service.get_ready(user.user_id, file_id)
+        if redirect:
+            return Redirect(await service.url_for(file), status_code=307)
+        body = await service.open_content(file)
+        return Stream(
+            body.chunks,
+            media_type=file.content_type,
+            headers=download_headers(file, body.size),
+        )
+
+    @delete(
+        "/{file_id:uuid}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a file",
+        description="Removes the object and the file; repeating it answers 204 again.",
+    )
+    async def delete_file(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        file_id: FromPath[uuid.UUID],
+    ) -> None:
+        await service_of(request).delete(user.user_id, file_id)
+
+    @post(
+        "/uploads",
+        status_code=HTTP_201_CREATED,
+        summary="Start a direct upload",
+        description="For large files: answers a presigned PUT URL (content length and type"
+        " signed, valid at most 15 minutes). PUT the bytes there, then call `complete_url`.",
+    )
+    async def start_upload(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        data: JSONBody[PresignRequest],
+    ) -> PresignOut:
+        service = service_of(request)
+        started = await service.start_presigned_upload(
+            user.user_id, raw_name=data.name, content_type=data.content_type, size=data.size
+        )
+        return PresignOut(
+            file=FileOut.of(started.file, None),
+            method="PUT",
+            url=started.url,
+            headers=started.headers,
+            expires_at=started.expires_at,
+            complete_url=f"/v1/files/uploads/{started.file.id}/complete",
+        )
+
+    @post(
+        "/uploads/{file_id:uuid}/complete",
+        status_code=200,
+        summary="Finish a direct upload",
+        description="Checks the object (size and type must match what was signed), records"
+        " the file and announces it. 409 while nothing was uploaded yet.",
+    )
+    async def complete_upload(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        file_id: FromPath[uuid.UUID],
+    ) -> FileOut:
+        service = service_of(request)
+        file = await service.complete_presigned_upload(user.user_id, file_id)
+        return await file_out(service, file)

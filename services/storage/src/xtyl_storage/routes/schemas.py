@@ -1,0 +1,75 @@
+"""The JSON bodies of the storage API (msgspec Structs at the edge)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from xtyl_storage.domain.files import FileStatus, StoredFile
+
+
+class FileOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    #: The cleaned name the client gave (display only; never part of a path).
+    name: str
+    size: int
+    content_type: str
+    #: Hex sha256 of the bytes; None while a presigned upload is pending.
+    sha256: str | None
+    status: FileStatus
+    #: ``R2_PUBLIC_URL/key`` for a public bucket, else a presigned GET (≤ 15 min); None while
+    #: pending.
+    url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, file: StoredFile, url: str | None) -> FileOut:
+        return cls(
+            id=file.id,
+            name=file.name,
+            size=file.size,
+            content_type=file.content_type,
+            sha256=file.sha256,
+            status=file.status,
+            url=url,
+            created_at=file.created_at,
+            updated_at=file.updated_at,
+        )
+
+
+class FileListOut(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[FileOut]
+    #: Pass as ``cursor`` for the next page; None on the last page.
+    next_cursor: str | None
+
+
+class PresignRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Unknown members (``owner_id``, ``key``…) are refused with 422: the server decides them."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    content_type: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    size: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class PresignOut(msgspec.Struct, frozen=True, kw_only=True):
+    file: FileOut
+    #: PUT the bytes here with exactly ``headers``, then call ``complete``.
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime
+    complete_url: str
+
+
+class InternalFileOut(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    size: int
+    content_type: str
+    sha256: str | None
+    created_at: datetime

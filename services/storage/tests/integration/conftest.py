@@ -1,0 +1,146 @@
+"""The storage app in-process (Litestar's test client) over the real Postgres, Redis and
+SeaweedFS, one fresh bucket per test; plus helpers to mint tokens and read what was written."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+
+from xtyl_common.auth import issue_service_token
+from xtyl_common.settings import load_settings
+from xtyl_devstack.issuer import LocalIssuer, mint_legacy_access_token
+from xtyl_devstack.stack import StackInfo
+from xtyl_devstack.testing import TEST_INTERNAL_SECRET, TEST_JWT_SECRET
+from xtyl_storage.app import create_app
+from xtyl_storage.settings import StorageSettings
+
+from .asgi import AsgiClient
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user(issuer: LocalIssuer) -> Callable[[], User]:
+    def make() -> User:
+        user_id = uuid.uuid4()
+        token = mint_legacy_access_token(
+            TEST_JWT_SECRET,
+            supabase_url=issuer.supabase_url,
+            user_id=user_id,
+            email=f"{user_id.hex[:8]}@example.com",
+        )
+        return User(user_id, token)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[[], User]) -> User:
+    return make_user()
+
+
+@pytest.fixture
+def bob(make_user: Callable[[], User]) -> User:
+    return make_user()
+
+
+def service_headers(
+    service: str = "rag-worker", user_id: uuid.UUID | None = None
+) -> dict[str, str]:
+    token = issue_service_token(TEST_INTERNAL_SECRET, service=service, user_id=user_id)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def storage_env(
+    migrated_database_url: str,
+    redis_url: str,
+    devstack: StackInfo,
+    s3_bucket: str,
+    auth_env: dict[str, str],
+) -> dict[str, str]:
+    """The environment of a storage service on the test stack: 10 MB limit, 5 MiB parts.
+
+    No SUPABASE_URL: the in-process app verifies the legacy HS256 tokens the tests mint, and
+    does not fetch the local issuer's JWKS (no need: these tests do not send ES256 tokens).
+    """
+    return {
+        **{k: v for k, v in auth_env.items() if k != "SUPABASE_URL"},
+        "DATABASE_URL": migrated_database_url,
+        "REDIS_URL": redis_url,
+        "R2_ENDPOINT": devstack.s3_endpoint,
+        "R2_ACCESS_KEY": devstack.s3_access_key,
+        "R2_SECRET_KEY": devstack.s3_secret_key,
+        "R2_BUCKET": s3_bucket,
+        "MAX_UPLOAD_BYTES": str(10 * 1000 * 1000),
+        "UPLOAD_PART_BYTES": str(5 * MIB),
+        "ALLOWED_CONTENT_TYPES": "text/*,application/pdf,application/octet-stream,image/png",
+        "S3_CONNECT_TIMEOUT_S": "2",
+        "S3_READ_TIMEOUT_S": "10",
+    }
+
+
+def settings_from(env: dict[str, str], **overrides: str) -> StorageSettings:
+    return load_settings(StorageSettings, environ={**env, **overrides})
+
+
+@pytest.fixture
+def storage_settings(storage_env: dict[str, str]) -> StorageSettings:
+    return settings_from(storage_env)
+
+
+@pytest.fixture
+async def client(storage_settings: StorageSettings) -> AsyncIterator[AsgiClient]:
+    """The app in-process on the test's loop; its relay is off so tests read the outbox."""
+    async with AsgiClient(create_app(storage_settings, run_relay=False)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def db(migrated_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn: asyncpg.Connection = await asyncpg.connect(migrated_database_url)
+    yield conn
+    await conn.close()
+
+
+async def rows_of(db: asyncpg.Connection, owner: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "select * from xtyl_storage.files where owner_id = $1 order by created_at", owner
+    )
+    return [dict(row.items()) for row in rows]
+
+
+async def events_of(db: asyncpg.Connection, file_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "select type, payload::text as payload, producer from xtyl_storage.outbox"
+        " where payload->>'file_id' = $1 order by seq",
+        str(file_id),
+    )
+    return [{**dict(row.items()), "payload": json.loads(row["payload"])} for row in rows]
+
+
+def object_keys(s3_client: Any, bucket: str) -> list[str]:
+    response = s3_client.list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in response.get("Contents", [])]
+
+
+def open_multipart_uploads(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
+    response = s3_client.list_multipart_uploads(Bucket=bucket)
+    uploads: list[dict[str, Any]] = response.get("Uploads", [])
+    return uploads
