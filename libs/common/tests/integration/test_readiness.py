@@ -1,0 +1,83 @@
+"""/readyz follows the dependencies, /livez never does, and recovery needs no restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from xtyl_devstack.postgres import PostgresServer
+from xtyl_devstack.redis import RedisServer
+from xtyl_devstack.service_process import running_service_async
+
+pytestmark = pytest.mark.integration
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+    async with http.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def until_status(http: aiohttp.ClientSession, url: str, status: int) -> dict[str, object]:
+    async with asyncio.timeout(20):
+        while True:
+            got, body = await get(http, url)
+            if got == status:
+                return body
+            await asyncio.sleep(0.1)
+
+
+async def test_readyz_names_postgres_while_it_is_down_and_recovers_without_restart(
+    postgres_control: PostgresServer,
+    redis_control: RedisServer,
+    auth_env: dict[str, str],
+    service_log_dir: Path,
+    http: aiohttp.ClientSession,
+) -> None:
+    env = {
+        **auth_env,
+        "DATABASE_URL": postgres_control.dsn("xtyl"),
+        "REDIS_URL": redis_control.url,
+    }
+    async with running_service_async(
+        "xtyl_gateway", env, log_dir=service_log_dir, name="readiness-gw", ready_path="/readyz"
+    ) as gateway:
+        pid = gateway.pid
+        assert (await get(http, gateway.url + "/readyz"))[0] == 200
+
+        await asyncio.to_thread(postgres_control.stop)
+        body = await until_status(http, gateway.url + "/readyz", 503)
+        assert body["code"] == "not_ready"
+        assert body["down"] == ["postgres"]
+        assert body["detail"] == "postgres is down"
+        assert (await get(http, gateway.url + "/livez")) == (200, {"status": "alive"})
+
+        await asyncio.to_thread(postgres_control.start)
+        body = await until_status(http, gateway.url + "/readyz", 200)
+        assert body["checks"] == {"postgres": "up", "redis": "up"}
+        assert gateway.process.pid == pid, "recovered without a restart"
+
+
+async def test_readyz_names_redis_while_it_is_down(
+    postgres_control: PostgresServer,
+    redis_control: RedisServer,
+    auth_env: dict[str, str],
+    service_log_dir: Path,
+    http: aiohttp.ClientSession,
+) -> None:
+    env = {
+        **auth_env,
+        "DATABASE_URL": postgres_control.dsn("xtyl"),
+        "REDIS_URL": redis_control.url,
+    }
+    async with running_service_async(
+        "xtyl_gateway", env, log_dir=service_log_dir, name="readiness-gw2", ready_path="/readyz"
+    ) as gateway:
+        await asyncio.to_thread(redis_control.stop)
+        body = await until_status(http, gateway.url + "/readyz", 503)
+        assert body["down"] == ["redis"]
+        assert (await get(http, gateway.url + "/livez"))[0] == 200
+        await asyncio.to_thread(redis_control.start)
+        await until_status(http, gateway.url + "/readyz", 200)
