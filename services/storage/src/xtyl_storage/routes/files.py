@@ -118,8 +118,10 @@ class FilesController(Controller):
         except ClientDisconnected:
             raise
         except XtylError:
+            # up to twice the limit: a client that sent a bit too much (11 MB against 10 MB,
+            # refused from its Content-Length before a byte was read) still reads the 413
             await body.drain(
-                max_bytes=service.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+                max_bytes=2 * service.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
                 timeout_s=DRAIN_TIMEOUT_S,
             )
             raise
