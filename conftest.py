@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from blockbuster import blockbuster_ctx
 
 from xtyl_common.migrate import migrate
 from xtyl_devstack.issuer import LocalIssuer
@@ -52,3 +54,29 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def unique() -> str:
     return secrets.token_hex(4)
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Async unit tests fail when our code blocks the event loop (a sync socket, file, sleep).
+
+    Only our packages are scanned. Integration tests are left out: there the blocking calls
+    found were third-party (asyncpg stats ~/.pgpass on every connect, botocore reads its data
+    files when a client is created) and blockbuster then also trips over pytest's own report
+    formatting (os.path.abspath) while a background task is failing.
+    """
+    function = getattr(request.function, "__wrapped__", request.function)
+    if "/tests/unit/" not in str(request.path) or not asyncio.iscoroutinefunction(function):
+        yield
+        return
+    with blockbuster_ctx(
+        ["xtyl_common", "xtyl_gateway", "xtyl_storage", "xtyl_rag", "xtyl_notify"]
+    ) as bb:
+        # asyncpg looks for ~/.pgpass when a connection opens: a stat, once per connection
+        for name in ("os.stat", "os.path.exists", "io.BufferedReader.read"):
+            if name in bb.functions:
+                bb.functions[name].can_block_in("asyncpg/connect_utils.py", "_read_password_file")
+                # a logged traceback reads source lines once (linecache), by design
+                bb.functions[name].can_block_in("linecache.py", {"checkcache", "updatecache"})
+                bb.functions[name].can_block_in("rich/traceback.py", "_render_stack")
+        yield

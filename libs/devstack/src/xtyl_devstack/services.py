@@ -26,6 +26,8 @@ class ServiceDef:
 
 #: The local Supabase-shaped token issuer (JWKS + local token endpoint), not a service of ours.
 AUTH = ServiceDef("auth", "xtyl_devstack.issuer", 8010, "AUTH_PORT")
+#: The local Brevo stand-in: keeps every email it is sent (``/_local/emails``, emails.jsonl).
+BREVO = ServiceDef("brevo", "xtyl_devstack.brevo", 8011, "BREVO_PORT")
 
 #: arq workers started when their service is installed: (name, module).
 WORKERS: tuple[tuple[str, str], ...] = (
@@ -63,7 +65,7 @@ SpecsFactory = Callable[[StackInfo, Mapping[str, str]], list[ProcessSpec]]
 def service_ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     """Each service's port: its default, or ``<NAME>_PORT`` from the environment."""
     ports: dict[str, int] = {}
-    for service in (*SERVICES, AUTH):
+    for service in (*SERVICES, AUTH, BREVO):
         raw = environ.get(service.port_variable, "").strip()
         try:
             ports[service.name] = int(raw) if raw else service.default_port
@@ -101,6 +103,9 @@ def stack_environment(
         "INTERNAL_JWT_SECRET": internal_secret,
         "SUPABASE_JWT_SECRET": auth_secret,
         "SUPABASE_URL": url("auth"),
+        "BREVO_API_URL": url("brevo"),
+        "BREVO_API_KEY": "local-brevo-key",
+        "APP_URL": "http://localhost:3000",
         "XTYL_ENV": "local",
         "LOG_LEVEL": "info",
     }
@@ -124,6 +129,20 @@ def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[Pro
         env=common_env,
         ready_url=f"http://{HOST}:{ports[AUTH.name]}/auth/v1/.well-known/jwks.json",
     )
+    brevo = ProcessSpec(
+        name=BREVO.name,
+        argv=[
+            sys.executable,
+            "-m",
+            BREVO.module,
+            "--port",
+            str(ports[BREVO.name]),
+            "--data-dir",
+            str(Path(info.data_dir) / "brevo"),
+        ],
+        env=common_env,
+        ready_url=f"http://{HOST}:{ports[BREVO.name]}/_local/emails",
+    )
     services = [
         ProcessSpec(
             name=service.name,
@@ -139,4 +158,4 @@ def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[Pro
         if importlib.util.find_spec(module.rpartition(".")[0]) is not None
         and importlib.util.find_spec(module) is not None
     ]
-    return [issuer, *services, *workers]
+    return [issuer, brevo, *services, *workers]

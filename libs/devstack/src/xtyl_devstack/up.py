@@ -176,13 +176,20 @@ def _wait_services_ready(processes: list[tuple[ProcessSpec, ManagedProcess]]) ->
 def _summary(info: StackInfo, specs: list[ProcessSpec], data_dir: Path, elapsed: float) -> str:
     rows: list[tuple[str, str]] = []
     for spec in specs:
-        if spec.base_url is not None:
+        if spec.name == "auth":
+            rows.append(("auth", f"JWKS {spec.ready_url}   (local Supabase-shaped issuer)"))
+        elif spec.name == "brevo":
+            rows.append(("brevo", f"emails sent: {spec.ready_url}   (local Brevo stand-in)"))
+        elif spec.base_url is not None:
             rows.append((spec.name, f"{spec.base_url}   docs {spec.base_url}/schema/swagger"))
+        else:
+            rows.append((spec.name, "running (arq worker fed from Redis Streams)"))
     rows += [
         ("postgres", info.database_url),
         ("redis", info.redis_url),
         ("s3", f"{info.s3_endpoint}   bucket {info.s3_bucket}"),
         ("logs", str(data_dir / "logs")),
+        ("token", "make user EMAIL=you@example.com   (prints an access token)"),
     ]
     lines = [f"xtyl local stack ready in {elapsed:.1f} s"]
     lines += [f"  {name:<9} {value}" for name, value in rows]

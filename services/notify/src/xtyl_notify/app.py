@@ -7,12 +7,17 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
-from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
+from xtyl_common.auth import TokenVerifier
+from xtyl_common.db import check_postgres
 from xtyl_common.health import readiness_of
+from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
+from xtyl_notify.bootstrap import open_core
+from xtyl_notify.routes.notifications import NotificationsController
+from xtyl_notify.routes.webhooks import brevo_webhook
 from xtyl_notify.settings import NotifySettings
 
 VERSION = "0.1.0"
@@ -21,27 +26,31 @@ VERSION = "0.1.0"
 def create_app(settings: NotifySettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None]:
-        pool = await create_pool(
-            DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
-        )
-        redis = create_redis(settings.redis_url)
-        readiness = readiness_of(app)
-        readiness.add("postgres", lambda: check_postgres(pool))
-        readiness.add("redis", lambda: check_redis(redis))
-        app.state.pool = pool
-        app.state.redis = redis
-        try:
-            yield
-        finally:
-            await redis.aclose()
-            await pool.close()
+        async with open_core(settings) as core:
+            redis = create_redis(settings.redis_url)
+            verifier = TokenVerifier(settings.auth_config(), core.session)
+            try:
+                await verifier.warm_up()
+                readiness = readiness_of(app)
+                readiness.add("postgres", lambda: check_postgres(core.pool))
+                readiness.add("redis", lambda: check_redis(redis))
+                app.state.repository = core.repository
+                app.state[VERIFIER_STATE_KEY] = verifier
+                yield
+            finally:
+                await verifier.close()
+                await redis.aclose()
 
     return build_service_app(
         title="xtyl notify service",
         version=VERSION,
-        description="Transactional email through Brevo.",
-        route_handlers=[],
+        description="Transactional email through Brevo: the user's email log under"
+        " /v1/notifications (the user's Supabase access token), Brevo's webhooks at"
+        " /webhooks/brevo (BREVO_WEBHOOK_SECRET).",
+        route_handlers=[NotificationsController, brevo_webhook],
         lifespan=[lifespan],
+        request_max_body_size=1024 * 1024,
+        state={"webhook_secret": settings.brevo_webhook_secret},
     )
 
 

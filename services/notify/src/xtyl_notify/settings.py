@@ -1,11 +1,76 @@
-"""The notify service's settings, read once from the environment (see the README's table)."""
+"""The notify service's settings (API and notify-worker), read once from the environment.
+
+See the README's table. ``BREVO_API_KEY`` and ``APP_URL`` are required unless ``XTYL_ENV=local``
+(where the Brevo stand-in takes any key and links point at a local frontend).
+"""
 
 from __future__ import annotations
 
-from xtyl_common.settings import BaseSettings
+from xtyl_common.identity import AuthSettings
+from xtyl_notify.domain.addresses import Mailbox, parse_mailbox
+
+LOCAL_ENV = "local"
+LOCAL_BREVO_API_KEY = "xtyl-local-brevo-key"
+LOCAL_APP_URL = "http://localhost:3000"
+MIN_WEBHOOK_SECRET_CHARS = 16
 
 
-class NotifySettings(BaseSettings, frozen=True, kw_only=True):
+def _http_url(value: str, field: str) -> None:
+    if not value.startswith(("https://", "http://")) or len(value) < 10:
+        raise ValueError(f"must be an http(s) URL (at `$.{field}`)")
+
+
+class NotifySettings(AuthSettings, frozen=True, kw_only=True):
     database_url: str
     redis_url: str
     db_pool_max: int = 10
+    #: Brevo API key (``api-key`` header). Required unless XTYL_ENV=local.
+    brevo_api_key: str | None = None
+    brevo_api_url: str = "https://api.brevo.com"
+    #: One request to Brevo, connect and whole request.
+    brevo_connect_timeout_s: float = 3.0
+    brevo_timeout_s: float = 10.0
+    #: ``Name <address>`` or ``address``; a sender verified in Brevo.
+    email_sender: str = "xtyl <no-reply@xtyl.app>"
+    #: Shared secret of ``POST /webhooks/brevo``; unset: the route answers 404.
+    brevo_webhook_secret: str | None = None
+    #: The frontend's base URL, for links in emails. Required unless XTYL_ENV=local.
+    app_url: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        local = self.xtyl_env == LOCAL_ENV
+        if self.brevo_api_key is None and not local:
+            raise ValueError("is required unless XTYL_ENV=local (at `$.brevo_api_key`)")
+        if self.app_url is None and not local:
+            raise ValueError("is required unless XTYL_ENV=local (at `$.app_url`)")
+        _http_url(self.brevo_api_url, "brevo_api_url")
+        if self.app_url is not None:
+            _http_url(self.app_url, "app_url")
+        try:
+            parse_mailbox(self.email_sender)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (at `$.email_sender`)") from None
+        secret = self.brevo_webhook_secret
+        if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
+                " (at `$.brevo_webhook_secret`)"
+            )
+        if not 0 < self.brevo_connect_timeout_s <= self.brevo_timeout_s <= 120:
+            raise ValueError(
+                "must be > 0, at least BREVO_CONNECT_TIMEOUT_S and at most 120"
+                " (at `$.brevo_timeout_s`)"
+            )
+
+    @property
+    def sender(self) -> Mailbox:
+        return parse_mailbox(self.email_sender)
+
+    @property
+    def api_key(self) -> str:
+        return self.brevo_api_key or LOCAL_BREVO_API_KEY
+
+    @property
+    def frontend_url(self) -> str:
+        return (self.app_url or LOCAL_APP_URL).rstrip("/")

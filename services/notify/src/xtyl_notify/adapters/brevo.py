@@ -1,0 +1,183 @@
+"""Brevo's transactional email API v3: ``POST {BREVO_API_URL}/v3/smtp/email``.
+
+One request per email over the process's shared aiohttp session, with its own timeouts and no
+retries here: the stream consumer retries the whole handler (one layer). Outcomes:
+
+* 201 ``{"messageId": "<...>"}``: sent;
+* 429 and 5xx, timeouts, refused connections: :class:`BrevoUnavailable` (retry later; a 429
+  carries ``x-sib-ratelimit-reset`` as ``retry_after_s``);
+* any other 4xx: :class:`BrevoRejected` with Brevo's ``code`` (``invalid_parameter``,
+  ``missing_parameter``, ``unauthorized`` ...): retrying would not help.
+
+Every request carries ``headers.idempotencyKey`` (the email's id, a UUID): Brevo processes a
+key once within its TTL, so a retry after a lost answer does not send the email twice. The same
+id goes in ``X-Mailin-custom``, which Brevo echoes in its webhooks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+import msgspec
+import structlog
+
+from xtyl_notify.domain.addresses import Mailbox
+
+log = structlog.stdlib.get_logger("xtyl.notify.brevo")
+
+SEND_PATH = "/v3/smtp/email"
+RATE_LIMIT_RESET_HEADER = "x-sib-ratelimit-reset"
+_MAX_ERROR_CHARS = 300
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+class BrevoError(Exception):
+    """A send that did not go through; ``code`` is Brevo's (or ours for transport errors)."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"brevo {status or '-'} {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class BrevoUnavailable(BrevoError):
+    """Worth retrying: rate limited, Brevo failing, or unreachable."""
+
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, retry_after_s: float = 0.0
+    ) -> None:
+        super().__init__(code, message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class BrevoRejected(BrevoError):
+    """Brevo refused this email for good (a 4xx other than 408/429)."""
+
+
+class _Address(msgspec.Struct, frozen=True, omit_defaults=True):
+    email: str
+    name: str | None = None
+
+
+class _SendRequest(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    sender: _Address
+    to: list[_Address]
+    subject: str
+    html_content: str
+    text_content: str
+    headers: dict[str, str]
+    tags: list[str] = msgspec.field(default_factory=list[str])
+
+
+class _SendResponse(msgspec.Struct, frozen=True, rename="camel"):
+    message_id: str
+
+
+class _ErrorBody(msgspec.Struct, frozen=True):
+    code: str = "unknown"
+    message: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_sent_decoder = msgspec.json.Decoder(_SendResponse)
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+
+
+def _error_of(status: int, body: bytes) -> _ErrorBody:
+    try:
+        return _error_decoder.decode(body)
+    except msgspec.MsgspecError:
+        text = body[:_MAX_ERROR_CHARS].decode("utf-8", errors="replace")
+        return _ErrorBody(code=f"http_{status}", message=text)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    for name in (RATE_LIMIT_RESET_HEADER, "Retry-After"):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            continue
+    return 0.0
+
+
+class BrevoClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        sender: Mailbox,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 3.0,
+    ) -> None:
+        self._session = session
+        self._url = base_url.rstrip("/") + SEND_PATH
+        self._headers = {
+            "api-key": api_key,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._sender = _Address(email=sender.email, name=sender.name)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+
+    async def send(
+        self,
+        *,
+        email_id: uuid.UUID,
+        to: Mailbox,
+        subject: str,
+        html: str,
+        text: str,
+        tags: Sequence[str] = (),
+    ) -> str:
+        """Send one email; Brevo's message id, or :class:`BrevoError`."""
+        body = _encoder.encode(
+            _SendRequest(
+                sender=self._sender,
+                to=[_Address(email=to.email, name=to.name)],
+                subject=subject,
+                html_content=html,
+                text_content=text,
+                headers={"idempotencyKey": str(email_id), "X-Mailin-custom": str(email_id)},
+                tags=list(tags),
+            )
+        )
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                payload = await resp.read()
+                status = resp.status
+                headers = dict(resp.headers)
+        except TimeoutError as exc:
+            raise BrevoUnavailable("timeout", "no answer from Brevo in time") from exc
+        except aiohttp.ClientError as exc:
+            raise BrevoUnavailable("unreachable", type(exc).__name__) from exc
+        if 200 <= status < 300:
+            return self._message_id(payload)
+        error = _error_of(status, payload)
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise BrevoUnavailable(
+                error.code, error.message, status=status, retry_after_s=_retry_after(headers)
+            )
+        if status in (401, 403):
+            log.error("brevo_unauthorized", status=status, code=error.code, hint="BREVO_API_KEY")
+        raise BrevoRejected(error.code, error.message[:_MAX_ERROR_CHARS], status=status)
+
+    @staticmethod
+    def _message_id(payload: bytes) -> str:
+        try:
+            return _sent_decoder.decode(payload).message_id
+        except msgspec.MsgspecError:
+            # Accepted all the same: sending it again would duplicate it.
+            log.warning(
+                "brevo_unreadable_answer", body=payload[:_MAX_ERROR_CHARS].decode(errors="replace")
+            )
+            return "<unknown>"

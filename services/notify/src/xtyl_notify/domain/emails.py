@@ -1,0 +1,84 @@
+"""The email log's vocabulary: kinds, statuses, the record, and the dedupe keys that make an
+event delivered twice send at most one email."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+import msgspec
+
+
+class EmailKind(StrEnum):
+    WELCOME = "welcome"
+    DOCUMENT_READY = "document_ready"
+    DOCUMENT_FAILED = "document_failed"
+
+
+class EmailStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+FINAL_STATUSES = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.SUPPRESSED})
+
+
+class RenderedEmail(msgspec.Struct, frozen=True, kw_only=True):
+    """What a template produces: both bodies and the Brevo tags."""
+
+    subject: str
+    html: str
+    text: str
+    tags: tuple[str, ...] = ()
+
+
+class NewEmail(msgspec.Struct, frozen=True, kw_only=True):
+    """An email the service decided to send, before it is logged."""
+
+    kind: EmailKind
+    dedupe_key: str
+    user_id: uuid.UUID | None
+    to_address: str
+    to_name: str | None
+    content: RenderedEmail
+
+
+class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    kind: EmailKind
+    to_address: str
+    subject: str
+    html_body: str
+    text_body: str
+    tags: list[str]
+    dedupe_key: str
+    status: EmailStatus
+    brevo_message_id: str | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Recipient(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``user.created`` told us about a user: where their email goes."""
+
+    user_id: uuid.UUID
+    email: str
+    full_name: str | None
+
+
+def dedupe_key(event_type: str, entity_id: uuid.UUID) -> str:
+    """One email per cause and entity: ``user.created:<user id>``,
+    ``document.indexed:<document id>``. Keyed by the entity rather than the event id, so an
+    event re-emitted by a reconciler (a new id) does not send again either."""
+    return f"{event_type}:{entity_id}"

@@ -1,0 +1,140 @@
+"""``notify-worker``: arq worker fed by the ``users`` and ``documents`` streams (group
+``notify``).
+
+    python -m xtyl_notify.worker            # or the script xtyl-notify-worker
+    arq xtyl_notify.worker.WorkerSettings   # the same, with arq's CLI (settings read on import)
+
+* ``user.created``: remember the user's address and name (``xtyl_notify.recipients``, filled
+  only from events: no reads of other services' tables), send the welcome email;
+* ``document.indexed`` / ``document.failed``: "your document is ready" / "we could not
+  process your document" to the owner; owners with no recipient row are skipped (logged).
+
+Every handler is idempotent (see :mod:`xtyl_notify.notifications`). Brevo 429/5xx raise, so
+the stream consumer retries the entry with backoff (``EVENTS_MAX_TRIES``,
+``EVENTS_RETRY_BACKOFF_S``); on the last try the email is logged ``failed``. A 4xx from Brevo
+fails the email at once, without retries.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+from arq.worker import run_worker
+
+from xtyl_common.events import (
+    DocumentFailed,
+    DocumentIndexed,
+    EventSettings,
+    UserCreated,
+    stream_worker_settings,
+)
+from xtyl_common.events.settings import ENV_PREFIX
+from xtyl_common.logging import configure_logging
+from xtyl_common.settings import load_settings_or_exit
+from xtyl_notify.bootstrap import open_core
+from xtyl_notify.notifications import Notifier
+from xtyl_notify.settings import NotifySettings
+
+log = structlog.stdlib.get_logger("xtyl.notify.worker")
+
+GROUP = "notify"
+PROGRAM = "xtyl-notify-worker"
+
+
+def notifier_of(ctx: dict[Any, Any]) -> Notifier:
+    notifier: Notifier = ctx["notifier"]
+    return notifier
+
+
+def is_last_try(ctx: dict[Any, Any]) -> bool:
+    events: EventSettings = ctx["events"]
+    tries: int = ctx.get("job_try", 1)
+    return tries >= events.max_tries
+
+
+async def on_user_created(event: UserCreated, ctx: dict[Any, Any]) -> None:
+    await notifier_of(ctx).on_user_created(event, last_try=is_last_try(ctx))
+
+
+async def on_document_indexed(event: DocumentIndexed, ctx: dict[Any, Any]) -> None:
+    await notifier_of(ctx).on_document_indexed(event, last_try=is_last_try(ctx))
+
+
+async def on_document_failed(event: DocumentFailed, ctx: dict[Any, Any]) -> None:
+    await notifier_of(ctx).on_document_failed(event, last_try=is_last_try(ctx))
+
+
+def queue_name(stream_prefix: str) -> str:
+    """The worker's own arq queue (it has no jobs of its own; never arq's shared default)."""
+    return f"{stream_prefix}:notify:jobs"
+
+
+def worker_settings(
+    settings: NotifySettings,
+    events: EventSettings | None = None,
+    *,
+    consumer_name: str | None = None,
+) -> dict[str, Any]:
+    """arq ``WorkerSettings`` (a dict) for one notify-worker process."""
+    events = events or EventSettings()
+
+    async def startup(ctx: dict[Any, Any]) -> None:
+        stack = AsyncExitStack()
+        ctx["notify_stack"] = stack
+        try:
+            core = await stack.enter_async_context(open_core(settings))
+        except BaseException:
+            await stack.aclose()
+            raise
+        ctx.update(notifier=core.notifier(), events=events)
+        log.info(
+            "notify_worker_started",
+            brevo_api_url=settings.brevo_api_url,
+            sender=settings.sender.email,
+            max_jobs=events.max_jobs,
+        )
+
+    async def shutdown(ctx: dict[Any, Any]) -> None:
+        stack: AsyncExitStack | None = ctx.pop("notify_stack", None)
+        if stack is not None:
+            await stack.aclose()
+
+    return stream_worker_settings(
+        redis_url=settings.redis_url,
+        group=GROUP,
+        handlers={
+            UserCreated: on_user_created,
+            DocumentIndexed: on_document_indexed,
+            DocumentFailed: on_document_failed,
+        },
+        events=events,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        consumer_name=consumer_name,
+        queue_name=queue_name(events.stream_prefix),
+        handle_signals=True,
+    )
+
+
+def settings_from_env() -> dict[str, Any]:
+    settings = load_settings_or_exit(NotifySettings, program=PROGRAM)
+    events = load_settings_or_exit(EventSettings, program=PROGRAM, prefix=ENV_PREFIX)
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+    return worker_settings(settings, events)
+
+
+def __getattr__(name: str) -> Any:
+    """``WorkerSettings`` for arq's CLI, read from the environment when first asked for."""
+    if name == "WorkerSettings":
+        return settings_from_env()
+    raise AttributeError(name)
+
+
+def main() -> None:
+    run_worker(settings_from_env())  # pyright: ignore[reportArgumentType]
+
+
+if __name__ == "__main__":
+    main()

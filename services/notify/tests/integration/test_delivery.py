@@ -1,0 +1,125 @@
+"""The send path in-process over the real Postgres and the Brevo stand-in: concurrent copies of
+an event, a worker that died holding an email, and the Brevo client's error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from xtyl_common.settings import load_settings
+from xtyl_devstack.brevo import LocalBrevo
+from xtyl_devstack.ports import free_port
+from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
+from xtyl_notify.bootstrap import NotifyCore, open_core
+from xtyl_notify.domain.addresses import Mailbox
+from xtyl_notify.domain.emails import EmailKind, EmailStatus, NewEmail, RenderedEmail
+from xtyl_notify.notifications import EmailInFlight, Notifier
+from xtyl_notify.settings import NotifySettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+async def core(notify_env: dict[str, str]) -> AsyncIterator[NotifyCore]:
+    async with open_core(load_settings(NotifySettings, environ=notify_env)) as opened:
+        # Open the pool's connections now: asyncpg's connect stats ~/.pgpass, a blocking call
+        # the blockbuster fixture would (rightly) flag inside a test.
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(6):
+                await held.enter_async_context(opened.pool.acquire())
+        yield opened
+
+
+def new_email(address: str) -> NewEmail:
+    return NewEmail(
+        kind=EmailKind.WELCOME,
+        dedupe_key=f"test:{uuid.uuid4()}",
+        user_id=uuid.uuid4(),
+        to_address=address,
+        to_name=None,
+        content=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi", tags=("test",)),
+    )
+
+
+def unique_address() -> str:
+    return f"{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def test_concurrent_copies_of_an_event_send_one_email(
+    core: NotifyCore, brevo: LocalBrevo
+) -> None:
+    address = unique_address()
+    email = new_email(address)
+    notifier = core.notifier()
+    outcomes = await asyncio.gather(
+        *(notifier.deliver(email) for _ in range(5)), return_exceptions=True
+    )
+    assert all(o is EmailStatus.SENT or isinstance(o, EmailInFlight) for o in outcomes), outcomes
+    assert brevo.requests_to(address) == [201]
+    assert await notifier.deliver(email) is EmailStatus.SENT  # a later copy: nothing more
+    assert len(brevo.emails_to(address)) == 1
+
+
+async def test_an_email_held_by_a_dead_worker_is_sent_once_its_lease_ends(
+    core: NotifyCore, brevo: LocalBrevo
+) -> None:
+    address = unique_address()
+    email = new_email(address)
+    notifier = Notifier(core.repository, core.brevo, app_url="https://x.test", lease_s=0.3)
+    record = await core.repository.log_email(email)
+    # The dead worker claimed it and Brevo accepted its send; then it died before recording it.
+    assert await core.repository.claim(record.id, lease_s=0.3) is not None
+    first_id = await core.brevo.send(
+        email_id=record.id, to=Mailbox(email=address), subject="Hi", html="<p>Hi</p>", text="Hi"
+    )
+    with pytest.raises(EmailInFlight):
+        await notifier.deliver(email)
+    await asyncio.sleep(0.4)
+
+    assert await notifier.deliver(email) is EmailStatus.SENT
+    assert len(brevo.emails_to(address)) == 1  # Brevo's idempotency key: the same send
+    sent = await core.repository.get(record.id)
+    assert sent is not None
+    assert sent.brevo_message_id == first_id
+    assert sent.attempts == 2
+
+
+async def test_brevo_client_maps_errors(brevo: LocalBrevo) -> None:
+    sender = Mailbox(email="no-reply@xtyl.test", name="xtyl")
+    to = Mailbox(email=unique_address())
+    async with aiohttp.ClientSession() as session:
+
+        def client(url: str, key: str = "test-brevo-api-key") -> BrevoClient:
+            return BrevoClient(session, base_url=url, api_key=key, sender=sender, timeout_s=2.0)
+
+        async def send(target: BrevoClient) -> str:
+            return await target.send(
+                email_id=uuid.uuid4(), to=to, subject="s", html="<p>h</p>", text="t"
+            )
+
+        with pytest.raises(BrevoRejected) as rejected:
+            await send(client(brevo.url, key="wrong"))
+        assert (rejected.value.status, rejected.value.code) == (401, "unauthorized")
+
+        brevo.fail_next(500, to=to.email)
+        with pytest.raises(BrevoUnavailable) as failing:
+            await send(client(brevo.url))
+        assert failing.value.status == 500
+
+        brevo.fail_next(429, to=to.email)
+        with pytest.raises(BrevoUnavailable) as limited:
+            await send(client(brevo.url))
+        assert (limited.value.code, limited.value.retry_after_s) == ("too_many_requests", 1.0)
+
+        with pytest.raises(BrevoUnavailable) as unreachable:
+            await send(client(f"http://127.0.0.1:{free_port()}"))
+        assert unreachable.value.code == "unreachable"
+
+        message_id = await send(client(brevo.url))
+        assert message_id.startswith("<")
+        assert message_id.endswith("@smtp-relay.mailin.fr>")
