@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -66,7 +66,7 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[None]:
     formatting (os.path.abspath) while a background task is failing.
     """
     function = getattr(request.function, "__wrapped__", request.function)
-    if "/tests/unit/" not in str(request.path) or not asyncio.iscoroutinefunction(function):
+    if "/tests/unit/" not in str(request.path) or not inspect.iscoroutinefunction(function):
         yield
         return
     with blockbuster_ctx(
