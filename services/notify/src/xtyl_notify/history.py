@@ -6,8 +6,8 @@ import uuid
 
 import msgspec
 
+from xtyl_common.pagination import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_notify.adapters.postgres import NotifyRepository
-from xtyl_notify.domain.cursor import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_notify.domain.emails import EmailRecord
 
 

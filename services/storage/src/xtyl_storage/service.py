@@ -27,10 +27,10 @@ from xtyl_common.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from xtyl_common.pagination import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_storage.adapters.postgres import FileRepository
 from xtyl_storage.adapters.s3 import ObjectBody, ObjectMissing, ObjectStore
 from xtyl_storage.adapters.uploads import stream_to_s3, too_large
-from xtyl_storage.domain.cursor import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_storage.domain.files import FileStatus, StoredFile
 from xtyl_storage.domain.media_types import is_allowed, normalize_media_type
 from xtyl_storage.domain.names import clean_display_name, content_disposition, object_key

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from xtyl_common.errors import InvalidInput
+from xtyl_common.pagination import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_common.settings import SettingsError, load_settings
-from xtyl_storage.domain.cursor import Cursor, check_limit, decode_cursor, encode_cursor
 from xtyl_storage.domain.parts import MIB
 from xtyl_storage.settings import StorageSettings
 

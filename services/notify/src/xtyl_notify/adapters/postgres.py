@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from xtyl_common.errors import Unavailable
-from xtyl_notify.domain.cursor import Cursor
+from xtyl_common.pagination import Cursor
 from xtyl_notify.domain.emails import EmailKind, EmailRecord, EmailStatus, NewEmail, Recipient
 from xtyl_notify.domain.webhooks import Suppression
 

@@ -10,8 +10,8 @@ from litestar.params import QueryParameter
 
 from xtyl_common.auth import UserPrincipal
 from xtyl_common.identity import USER
+from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_notify.adapters.postgres import NotifyRepository
-from xtyl_notify.domain.cursor import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_notify.history import email_page
 from xtyl_notify.routes.schemas import NotificationListOut, NotificationOut
 

@@ -16,8 +16,8 @@ import asyncpg
 import structlog
 
 from xtyl_common.errors import Unavailable
+from xtyl_common.pagination import Cursor
 from xtyl_storage.adapters.events import file_deleted, file_uploaded, record_event
-from xtyl_storage.domain.cursor import Cursor
 from xtyl_storage.domain.files import FileStatus, StoredFile
 
 log = structlog.stdlib.get_logger("xtyl.storage.db")

@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from xtyl_common.auth import UserPrincipal
 from xtyl_common.errors import InvalidInput, XtylError
 from xtyl_common.identity import USER
-from xtyl_storage.domain.cursor import DEFAULT_LIMIT, MAX_LIMIT
+from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_storage.domain.files import FileStatus, StoredFile
 from xtyl_storage.domain.names import content_disposition
 from xtyl_storage.routes.bodies import (

@@ -1,4 +1,8 @@
-"""Opaque cursors for listing emails newest first: ``(created_at, id)`` of the last item."""
+"""Keyset pagination shared by every list route: opaque cursors over ``(created_at, id)``.
+
+A cursor is the ``(created_at, id)`` of the last item of a page, newest first, as url-safe
+base64 of a msgspec array; anything a service did not issue is ``invalid_cursor`` (422).
+"""
 
 from __future__ import annotations
 
