@@ -157,3 +157,14 @@ async def test_unknown_route_is_404_problem(
     ) as resp:
         assert resp.status == 404
         assert (await resp.json(content_type=None))["code"] == "not_found"
+
+
+async def test_brevo_webhook_passes_without_a_user_token(
+    gateway: RunningService, http: aiohttp.ClientSession
+) -> None:
+    """Brevo cannot hold a Supabase token: the notify service checks its shared secret."""
+    async with http.post(
+        gateway.url + "/webhooks/brevo?token=s3cret", json={"event": "hard_bounce"}
+    ) as resp:
+        assert resp.status == 503  # the test gateway's notify upstream is down: it was routed
+        assert (await resp.json(content_type=None))["code"] == "upstream_unavailable"

@@ -25,6 +25,8 @@ from xtyl_gateway.domain.routing import (
         ("/v1/filesystem", None),
         ("/v1/searches", None),
         ("/v1/me", None),
+        ("/webhooks/brevo", "notify"),
+        ("/webhooks/other", None),
         ("/files", None),
     ],
 )

@@ -14,7 +14,12 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/v1/search", "rag"),
     ("/v1/answer", "rag"),
     ("/v1/notifications", "notify"),
+    ("/webhooks/brevo", "notify"),
 )
+
+#: Routes with no user behind them: the service checks its own credential (Brevo's webhook
+#: carries a shared secret); the gateway rate-limits them per client address instead.
+ANONYMOUS_PREFIXES = frozenset({"/webhooks/brevo"})
 
 #: RFC 9110 §7.6.1 hop-by-hop headers, plus ones a proxy must set itself.
 HOP_BY_HOP = frozenset(
@@ -46,6 +51,10 @@ _IDENTITY_EXACT = frozenset({b"x-forwarded-user", b"x-remote-user", b"remote-use
 class Route(msgspec.Struct, frozen=True):
     prefix: str
     upstream: str
+
+    @property
+    def anonymous(self) -> bool:
+        return self.prefix in ANONYMOUS_PREFIXES
 
 
 def match_route(path: str) -> Route | None:

@@ -40,7 +40,9 @@ class Edge:
         return user
 
     async def limit(self, user: UserPrincipal, route_prefix: str) -> None:
-        subject = str(user.user_id)
+        await self.limit_subject(str(user.user_id), route_prefix)
+
+    async def limit_subject(self, subject: str, route_prefix: str) -> None:
         limits = [self.default_limit]
         tighter = self.route_limits.get(route_prefix)
         if tighter is not None:
@@ -58,13 +60,15 @@ class Edge:
         route = match_route(raw_path.decode("latin-1"))
         if route is None or route.prefix != prefix:
             raise NotFound()
-        user = await self.authenticate(scope)
-        await self.limit(user, prefix)
+        host = client_host(scope)
+        if route.anonymous:
+            await self.limit_subject(f"ip:{host}", prefix)
+        else:
+            await self.limit(await self.authenticate(scope), prefix)
         extra = [
             (b"x-request-id", (current_request_id() or "").encode()),
             (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
         ]
-        host = client_host(scope)
         if host is not None:
             extra.append((b"x-forwarded-for", host.encode()))
         await self.proxy.forward(scope, receive, send, upstream, extra)
