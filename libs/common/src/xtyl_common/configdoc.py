@@ -86,6 +86,13 @@ DESCRIPTIONS: dict[str, str] = {
     "EVENTS_GRACE_PERIOD_S": "how long a stopping worker lets running jobs finish",
     "EVENTS_KEEP_RESULT_S": "how long a finished job id is remembered (duplicate guard)",
     "EVENTS_RETRY_POLL_S": "how often a worker looks for deferred retries",
+    "BREVO_API_KEY": "Brevo API key (`api-key` header); any value works with the local stand-in",
+    "BREVO_API_URL": "Brevo's API base URL (the local stand-in under `make up`)",
+    "BREVO_CONNECT_TIMEOUT_S": "connect timeout of one Brevo request",
+    "BREVO_TIMEOUT_S": "total timeout of one Brevo request",
+    "BREVO_WEBHOOK_SECRET": "shared secret of `POST /webhooks/brevo` (16+ characters); unset: 404",
+    "EMAIL_SENDER": "the From of every email, e.g. `xtyl <no-reply@xtyl.app>`",
+    "APP_URL": "the frontend's base URL, for links in emails",
     "EVENTS_DB_TIMEOUT_S": "timeout of the relay's Postgres statements",
     "EVENTS_REDIS_TIMEOUT_S": "timeout of the backbone's Redis commands",
 }

@@ -74,7 +74,7 @@ async def test_batching_and_order_do_not_change_vectors(embedder: LocalEmbedder)
 
 async def test_long_texts_are_truncated_at_256_word_pieces(embedder: LocalEmbedder) -> None:
     long_text = "retrieval augmented generation " * 200
-    tokens = load_model_tokenizer().encode(long_text)
+    tokens = (await asyncio.to_thread(load_model_tokenizer)).encode(long_text)
 
     vectors = await embedder.embed([long_text, long_text + " and an ending it never sees"])
 
