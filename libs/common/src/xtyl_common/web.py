@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response
@@ -22,6 +23,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
+from redis import exceptions as redis_exceptions
 
 from xtyl_common import errors
 from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
@@ -121,6 +123,53 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
     return problem_response(error, instance=request.url.path)
 
 
+#: Driver errors that mean "a dependency is down or slow", not "our code is wrong": they leave
+#: as 503/504 problems naming the dependency, never as a 500.
+_DEPENDENCY_DOWN: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.PostgresConnectionError, "postgres"),
+    (asyncpg.CannotConnectNowError, "postgres"),
+    (asyncpg.TooManyConnectionsError, "postgres"),
+    (asyncpg.ConnectionDoesNotExistError, "postgres"),
+    (asyncpg.InterfaceError, "postgres"),
+    (redis_exceptions.ConnectionError, "redis"),
+    (redis_exceptions.TimeoutError, "redis"),
+    (ConnectionError, "a dependency"),
+    (TimeoutError, "a dependency"),
+)
+
+
+_DRIVER_MODULES = (("asyncpg", "postgres"), ("redis", "redis"), ("aiobotocore", "s3"))
+
+
+def _dependency_of(exc: Exception) -> str:
+    """Which dependency failed: from the exception type, else from the driver that raised it
+    (a refused connection is a plain OSError whichever client saw it)."""
+    name = next((name for cls, name in _DEPENDENCY_DOWN if isinstance(exc, cls)), "a dependency")
+    if name != "a dependency":
+        return name
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        for prefix, driver in _DRIVER_MODULES:
+            if module == prefix or module.startswith(prefix + "."):
+                name = driver  # keep walking: the innermost driver frame wins
+        tb = tb.tb_next
+    return name
+
+
+def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    dependency = _dependency_of(exc)
+    timed_out = isinstance(exc, (TimeoutError, redis_exceptions.TimeoutError))
+    log.warning("dependency_failed", dependency=dependency, error_type=type(exc).__name__)
+    code = dependency.replace("a dependency", "dependency").replace(" ", "_")
+    error: errors.XtylError = (
+        errors.TimedOut(f"{dependency} did not answer in time", code=f"{code}_timeout")
+        if timed_out
+        else errors.Unavailable(f"{dependency} is unavailable", code=f"{code}_unavailable")
+    )
+    return problem_response(error, instance=request.url.path)
+
+
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
     return problem_response(errors.XtylError(), instance=request.url.path)
@@ -129,6 +178,7 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Callable[..., Response[bytes]]] = {
     errors.XtylError: _handle_xtyl_error,
     HTTPException: _handle_http_exception,
+    **{cls: _handle_dependency_down for cls, _ in _DEPENDENCY_DOWN},
     Exception: _handle_unexpected,
 }
 

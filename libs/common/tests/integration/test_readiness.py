@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from xtyl_common.migrate import migrate
+from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.postgres import PostgresServer
 from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.service_process import running_service_async
@@ -35,6 +38,7 @@ async def test_readyz_names_postgres_while_it_is_down_and_recovers_without_resta
     auth_env: dict[str, str],
     service_log_dir: Path,
     http: aiohttp.ClientSession,
+    issuer: LocalIssuer,
 ) -> None:
     env = {
         **auth_env,
@@ -53,6 +57,13 @@ async def test_readyz_names_postgres_while_it_is_down_and_recovers_without_resta
         assert body["down"] == ["postgres"]
         assert body["detail"] == "postgres is down"
         assert (await get(http, gateway.url + "/livez")) == (200, {"status": "alive"})
+        token = issuer.mint(user_id=uuid.uuid4())
+        async with http.get(
+            gateway.url + "/v1/me", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 503, "a request needing Postgres says so, never a 500"
+            problem = await resp.json(content_type=None)
+            assert problem["code"] == "postgres_unavailable"
 
         await asyncio.to_thread(postgres_control.start)
         body = await until_status(http, gateway.url + "/readyz", 200)
@@ -60,18 +71,21 @@ async def test_readyz_names_postgres_while_it_is_down_and_recovers_without_resta
         assert gateway.process.pid == pid, "recovered without a restart"
 
 
-async def test_readyz_names_redis_while_it_is_down(
+async def test_readyz_names_redis_while_it_is_down_and_requests_still_pass(
     postgres_control: PostgresServer,
     redis_control: RedisServer,
     auth_env: dict[str, str],
     service_log_dir: Path,
     http: aiohttp.ClientSession,
+    issuer: LocalIssuer,
 ) -> None:
+    """Rate limits fail open: a Redis outage shows in /readyz, not as 503s on every call."""
     env = {
         **auth_env,
         "DATABASE_URL": postgres_control.dsn("xtyl"),
         "REDIS_URL": redis_control.url,
     }
+    await migrate(postgres_control.dsn("xtyl"))
     async with running_service_async(
         "xtyl_gateway", env, log_dir=service_log_dir, name="readiness-gw2", ready_path="/readyz"
     ) as gateway:
@@ -79,5 +93,12 @@ async def test_readyz_names_redis_while_it_is_down(
         body = await until_status(http, gateway.url + "/readyz", 503)
         assert body["down"] == ["redis"]
         assert (await get(http, gateway.url + "/livez"))[0] == 200
+        token = issuer.mint(user_id=uuid.uuid4())
+        async with http.get(
+            gateway.url + "/v1/me", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            # no profile row in this database: the request got past the rate limiter
+            assert resp.status == 404
+            assert (await resp.json(content_type=None))["code"] == "user_not_found"
         await asyncio.to_thread(redis_control.start)
         await until_status(http, gateway.url + "/readyz", 200)

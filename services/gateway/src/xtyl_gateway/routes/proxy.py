@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from litestar.handlers import asgi
 from litestar.handlers.asgi_handlers import ASGIRouteHandler
@@ -9,10 +11,12 @@ from litestar.types import Receive, Scope, Send
 
 from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
 from xtyl_common.context import current_request_id
-from xtyl_common.errors import NotFound, RateLimited
+from xtyl_common.errors import NotFound, RateLimited, TimedOut, Unavailable
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.upstream import Proxy, client_host, scope_header
 from xtyl_gateway.domain.routing import ROUTES, match_route
+
+log = structlog.stdlib.get_logger("xtyl.gateway.edge")
 
 
 class Edge:
@@ -32,6 +36,7 @@ class Edge:
         self.proxy = proxy
         self.default_limit = default_limit
         self.route_limits = route_limits
+        self._limiter_down_logged = 0.0
 
     async def authenticate(self, scope: Scope) -> UserPrincipal:
         token = bearer_token(scope_header(scope, b"authorization"))
@@ -48,9 +53,21 @@ class Edge:
         if tighter is not None:
             limits.append(tighter)
         for limit in limits:
-            decision = await self.limiter.hit(subject, limit)
+            try:
+                decision = await self.limiter.hit(subject, limit)
+            except (Unavailable, TimedOut) as exc:
+                # Fail open: a Redis outage must not take the whole API down with it (readyz
+                # reports Redis down meanwhile, and the outage is logged, at most once a second).
+                self._log_limiter_down(exc)
+                return
             if not decision.allowed:
                 raise RateLimited(decision.retry_after_s)
+
+    def _log_limiter_down(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._limiter_down_logged >= 1.0:
+            self._limiter_down_logged = now
+            log.warning("rate_limit_skipped", reason=str(exc))
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str
