@@ -21,6 +21,7 @@ from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.resp import PipelinedRedis
 from xtyl_gateway.adapters.upstream import Proxy
 from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.routes.docs import PublicApiDocs, docs_page, public_openapi
 from xtyl_gateway.routes.me import MeController
 from xtyl_gateway.routes.proxy import Edge, proxy_handlers
 from xtyl_gateway.settings import GatewaySettings
@@ -65,6 +66,14 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         readiness.add("redis", lambda: check_redis(redis))
         app.state.edge = edge
         app.state.users = UserRepository(pool)
+        app.state.public_docs = PublicApiDocs(
+            session,
+            {
+                "storage": settings.storage_url,
+                "rag": settings.rag_url,
+                "notify": settings.notify_url,
+            },
+        )
         app.state[VERIFIER_STATE_KEY] = verifier
         # user.created leaves auth.users through the gateway's outbox (written by the trigger)
         relay = OutboxRelay(pool, redis, schemas=["xtyl_gateway"], settings=event_settings)
@@ -83,10 +92,12 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
     return build_service_app(
         title="xtyl API",
         version=VERSION,
-        description="The public API of xtyl. Every /v1 route takes a Supabase access token"
+        description="The public API of xtyl (the whole of it, with the routes the services"
+        " behind the gateway serve: /v1/openapi.json, or /docs). Every /v1 route takes a"
+        " Supabase access token"
         " (Authorization: Bearer <token>); errors are RFC 9457 problem details with a stable"
         " `code`.",
-        route_handlers=[MeController, *proxy_handlers()],
+        route_handlers=[MeController, public_openapi, docs_page, *proxy_handlers()],
         lifespan=[lifespan],
         cors_origins=settings.cors_origin_list,
     )

@@ -209,3 +209,20 @@ async def test_unknown_user_id_in_body_is_refused(
         },
     ) as resp:
         assert resp.status == 422
+
+
+async def test_the_gateway_publishes_one_document_for_the_public_api(
+    stack: tuple[RunningService, RunningService], http: aiohttp.ClientSession
+) -> None:
+    gateway, _ = stack
+    async with http.get(gateway.url + "/v1/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert "/v1/me" in doc["paths"]
+    assert "/v1/files" in doc["paths"]
+    assert not [path for path in doc["paths"] if path.startswith("/internal")]
+    # rag and notify are not running in this test: named, not silently absent
+    assert {"rag", "notify"} <= set(doc["x-xtyl-missing"])
+    async with http.get(gateway.url + "/docs") as resp:
+        assert resp.status == 200
+        assert "/v1/openapi.json" in await resp.text()
