@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 DATA_DIR ?= .data
 
-.PHONY: help install up test test-fast lint fmt typecheck check migrate user streams bench env clean
+.PHONY: help install up test test-fast lint fmt typecheck check migrate user streams reembed bench env clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ user: .venv/.synced ## create a local user and print a token: make user EMAIL=ad
 
 streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, dead letters
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops
+
+reembed: .venv/.synced ## rebuild vectors with the configured embedding model, then switch search to it
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_rag.reembed
 
 bench: .venv/.synced ## run the benchmarks under bench/ (prints figures beside baselines)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done

@@ -1,0 +1,141 @@
+"""The storage service, over internal HTTP with a service token made for the file's owner.
+
+``GET {STORAGE_URL}/internal/files/{id}`` (metadata) and ``/internal/files/{id}/content``
+(bytes, read up to a cap so an oversized file never fills the worker's memory). Storage
+answers 404 for a file that does not exist or is not the named user's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+
+import aiohttp
+import msgspec
+import structlog
+
+from xtyl_common.auth import issue_service_token
+from xtyl_common.errors import NotFound, TimedOut, Unavailable
+from xtyl_common.http import HttpConfig, backoff_delay, request_headers
+from xtyl_rag.domain.documents import FileSource
+
+log = structlog.stdlib.get_logger("xtyl.rag.storage")
+
+SERVICE_NAME = "rag-worker"
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class StoredFileInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    size: int
+    content_type: str
+    sha256: str | None = None
+    created_at: datetime | None = None
+    key: str | None = None
+
+
+_info_decoder = msgspec.json.Decoder(StoredFileInfo)
+
+
+class FileTooLarge(Exception):
+    """The file has more bytes than the caller accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the file has more than {limit} bytes ({size} read or declared)")
+        self.size = size
+        self.limit = limit
+
+
+class StorageClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        internal_secret: str,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._secret = internal_secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5.0, sock_read=30.0)
+        self._retry = HttpConfig(retries=retries)
+
+    def _headers(self, owner_id: uuid.UUID) -> dict[str, str]:
+        token = issue_service_token(self._secret, service=SERVICE_NAME, user_id=owner_id)
+        return request_headers({"Authorization": f"Bearer {token}"})
+
+    async def file_info(self, file_id: uuid.UUID, owner_id: uuid.UUID) -> FileSource:
+        """The file's metadata, as indexing needs it; NotFound when it is not the owner's."""
+        body = await self._get(f"/internal/files/{file_id}", owner_id, limit=1024 * 1024)
+        try:
+            info = _info_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise Unavailable(f"storage sent unexpected file metadata: {exc}") from None
+        if info.owner_id != owner_id or info.sha256 is None:
+            raise NotFound("no such file", code="file_not_found")
+        return FileSource(
+            file_id=info.id,
+            owner_id=info.owner_id,
+            key=info.key,
+            name=info.name,
+            content_type=info.content_type,
+            size=info.size,
+            sha256=info.sha256,
+        )
+
+    async def content(self, file_id: uuid.UUID, owner_id: uuid.UUID, *, limit: int) -> bytes:
+        """The file's bytes; FileTooLarge past ``limit``, NotFound if storage has no such file
+        of this owner, Unavailable / TimedOut when storage fails (worth a retry)."""
+        return await self._get(f"/internal/files/{file_id}/content", owner_id, limit=limit)
+
+    async def _get(self, path: str, owner_id: uuid.UUID, *, limit: int) -> bytes:
+        url = self._base + path
+        attempts = 1 + self._retry.retries
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                async with self._session.get(
+                    url, headers=self._headers(owner_id), timeout=self._timeout
+                ) as resp:
+                    if resp.status == 200:
+                        declared = resp.content_length
+                        if declared is not None and declared > limit:
+                            raise FileTooLarge(declared, limit)
+                        return await _read_capped(resp, limit)
+                    if resp.status == 404:
+                        raise NotFound(
+                            "storage has no such file for this user", code="file_not_found"
+                        )
+                    if resp.status not in _RETRY_STATUSES or last:
+                        raise Unavailable(
+                            f"storage answered {resp.status} for {path}",
+                            code="storage_unavailable",
+                            extra={"upstream_status": resp.status},
+                        )
+            except TimeoutError as exc:
+                if last:
+                    raise TimedOut(f"storage timed out on {path}", code="storage_timeout") from exc
+            except aiohttp.ClientError as exc:
+                if last:
+                    raise Unavailable(
+                        f"storage unreachable: {type(exc).__name__}", code="storage_unavailable"
+                    ) from exc
+            log.info("storage_retry", path=path, attempt=attempt + 1)
+            await asyncio.sleep(backoff_delay(attempt, self._retry))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for block in resp.content.iter_chunked(256 * 1024):
+        size += len(block)
+        if size > limit:
+            raise FileTooLarge(size, limit)
+        parts.append(block)
+    return b"".join(parts)

@@ -1,0 +1,237 @@
+r"""Indexing: a document's bytes or text to chunks and vectors, status visible at every step.
+
+    pending -> extracting -> chunking -> embedding -> ready
+                                                   \-> failed (error_code, error)
+
+Failures are of two kinds. The document's fault (it cannot be read, is too large, has no
+text; see ``extraction.REASONS``, plus ``file_missing`` and ``too_many_attempts``) ends
+``failed`` with ``document.failed`` at once: retrying cannot help. A dependency's fault
+(storage, the embeddings endpoint or Postgres down) gives the lease back, keeps the error on
+the document and raises, so the job is retried with backoff; if every try fails, the
+reconciler re-emits the document later, and after ``max_index_attempts`` runs it fails with
+``too_many_attempts`` instead of looping. Nothing stays in a working state silently.
+
+Idempotent: a repeated ``file.uploaded`` for a file whose chunks already come from the same
+content (sha256) and model changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import structlog
+
+from xtyl_common.errors import NotFound
+from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
+from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
+from xtyl_rag.adapters.postgres import Claim, DocumentRepository, ModelRegistry, NewChunks
+from xtyl_rag.adapters.storage import FileTooLarge, StorageClient
+from xtyl_rag.adapters.vector_spaces import Embedders
+from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
+from xtyl_rag.domain.documents import Document, FileSource, should_index, title_from_filename
+from xtyl_rag.extraction import ExtractedText, ExtractionFailed, ExtractorPool
+from xtyl_rag.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
+
+log = structlog.stdlib.get_logger("xtyl.rag.indexing")
+
+Outcome = Literal["ready", "failed", "skipped", "held", "gone"]
+#: vectors computed per embedder call; the lease is renewed between calls
+EMBED_SLICE = 512
+
+
+def is_supported(content_type: str, name: str) -> bool:
+    """A type extraction reads (by content type, else by the name's extension)."""
+    media, _ = parse_content_type(content_type)
+    if media in CONTENT_TYPES:
+        return True
+    suffix = name.lower().rpartition(".")[2]
+    return f".{suffix}" in EXTENSIONS and media in ("", "application/octet-stream")
+
+
+class NoEmbedder(Exception):
+    """This process has no embedder for the model search reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    outcome: Outcome
+    chunks: int = 0
+    seconds: float = 0.0
+    error_code: str | None = None
+
+
+class Indexer:
+    def __init__(
+        self,
+        *,
+        documents: DocumentRepository,
+        models: ModelRegistry,
+        embedders: Embedders,
+        storage: StorageClient,
+        extractor: ExtractorPool,
+        counter: MiniLMTokenCounter,
+        max_document_bytes: int,
+        max_attempts: int,
+        policy: ChunkingPolicy | None = None,
+    ) -> None:
+        self.documents = documents
+        self.models = models
+        self.embedders = embedders
+        self.storage = storage
+        self.extractor = extractor
+        self.counter = counter
+        self.max_document_bytes = max_document_bytes
+        self.max_attempts = max_attempts
+        self.policy = policy or ChunkingPolicy()
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def on_file_uploaded(self, payload: FileUploadedPayload) -> IndexReport:
+        if not is_supported(payload.content_type, payload.name):
+            log.info("file_skipped", file_id=str(payload.file_id), type=payload.content_type)
+            return IndexReport("skipped")
+        source = FileSource(
+            file_id=payload.file_id,
+            owner_id=payload.owner_id,
+            key=payload.key,
+            name=payload.name,
+            content_type=payload.content_type,
+            size=payload.size,
+            sha256=payload.sha256,
+        )
+        document = await self.documents.upsert_file(source, title=title_from_filename(source.name))
+        return await self.index(document.id)
+
+    async def on_file_deleted(self, payload: FileDeletedPayload) -> int:
+        deleted = await self.documents.delete_file(payload.owner_id, payload.file_id)
+        log.info("file_documents_deleted", file_id=str(payload.file_id), documents=deleted)
+        return deleted
+
+    # --- one document -----------------------------------------------------------------------
+
+    async def index(  # noqa: PLR0911 - one return per outcome reads best here
+        self, document_id: uuid.UUID, *, data: bytes | None = None
+    ) -> IndexReport:
+        """Index one document. ``data``: the file's bytes when the caller has them already
+        (tests, tools); otherwise they come from storage."""
+        started = time.perf_counter()
+        document = await self.documents.find(document_id)
+        if document is None:
+            return IndexReport("gone")
+        writable = await self.models.writable()
+        active = next((m for m in writable if m.state == "active"), None)
+        if active is None:
+            raise RuntimeError("no active embedding model: the process did not register one")
+        if not should_index(document, active.model):
+            return IndexReport("skipped")
+        claim = await self.documents.claim(document_id)
+        if claim is None:
+            return IndexReport("held")
+        log_ = log.bind(document_id=str(document_id), owner_id=str(document.owner_id))
+        if claim.document.attempts > self.max_attempts:
+            reason = f"gave up after {self.max_attempts} attempts"
+            if document.error:
+                reason += f"; last error: {document.error}"
+            await self.documents.fail(
+                claim.document, code="too_many_attempts", error=reason, lease_id=claim.lease_id
+            )
+            log_.warning("document_failed", reason="too_many_attempts")
+            return IndexReport("failed", error_code="too_many_attempts")
+        try:
+            extracted = await self._extract(claim, data)
+            await self.documents.set_status(claim, "chunking")
+            chunks = await asyncio.to_thread(
+                chunk_text,
+                extracted.text,
+                self.counter,
+                self.policy,
+                page_starts=extracted.pages if extracted.pages else None,
+            )
+            if not chunks:
+                raise ExtractionFailed("no_text", "the document has no text to index")
+            await self.documents.set_status(claim, "embedding")
+            vectors = await self._embed(claim, chunks, [(m.model, m.dimension) for m in writable])
+            if active.model not in vectors:
+                raise NoEmbedder(f"this worker cannot embed with the active model {active.model}")
+            title = extracted.title if document.source == "file" and extracted.title else None
+            done = await self.documents.complete(
+                claim, NewChunks(chunks=chunks, vectors=vectors, model=active.model), title=title
+            )
+        except ExtractionFailed as exc:
+            await self.documents.fail(
+                claim.document,
+                code=exc.reason,
+                error=exc.detail or exc.reason,
+                lease_id=claim.lease_id,
+            )
+            log_.info("document_failed", reason=exc.reason, detail=exc.detail)
+            return IndexReport(
+                "failed", seconds=time.perf_counter() - started, error_code=exc.reason
+            )
+        except (NotFound, NoEmbedder) as exc:
+            code = "file_not_found" if isinstance(exc, NotFound) else "embedder_unavailable"
+            await self.documents.fail(
+                claim.document, code=code, error=str(exc), lease_id=claim.lease_id
+            )
+            log_.info("document_failed", reason=code)
+            return IndexReport("failed", seconds=time.perf_counter() - started, error_code=code)
+        except BaseException as exc:
+            # a dependency failed, or the job was cancelled: give the document back, retry
+            await asyncio.shield(self.documents.release(claim, f"{type(exc).__name__}: {exc}"))
+            log_.warning("document_retry", error=type(exc).__name__, detail=str(exc)[:300])
+            raise
+        seconds = time.perf_counter() - started
+        if not done:
+            log_.info("document_lost", reason="deleted or taken over while indexing")
+            return IndexReport("gone", seconds=seconds)
+        log_.info("document_indexed", chunks=len(chunks), ms=round(seconds * 1000))
+        return IndexReport("ready", chunks=len(chunks), seconds=seconds)
+
+    async def _extract(self, claim: Claim, data: bytes | None) -> ExtractedText:
+        document = claim.document
+        if document.source == "inline":
+            text = await self.documents.inline_text(document.id)
+            if text is None:
+                raise ExtractionFailed("no_text", "the inline text is gone")
+            return ExtractedText(text=await asyncio.to_thread(normalize_text, text))
+        return await self._extract_file(document, data)
+
+    async def _extract_file(self, document: Document, data: bytes | None) -> ExtractedText:
+        assert document.file_id is not None
+        limit = self.max_document_bytes
+        if document.size_bytes is not None and document.size_bytes > limit:
+            raise ExtractionFailed(
+                "too_large", f"the file has {document.size_bytes} bytes, the limit is {limit}"
+            )
+        if data is None:
+            try:
+                data = await self.storage.content(document.file_id, document.owner_id, limit=limit)
+            except FileTooLarge as exc:
+                raise ExtractionFailed("too_large", str(exc)) from None
+        return await self.extractor.extract_text(
+            data, document.content_type or "", document.file_name or ""
+        )
+
+    async def _embed(
+        self, claim: Claim, chunks: Sequence[Chunk], models: Sequence[tuple[str, int]]
+    ) -> dict[str, Vectors]:
+        """Vectors of every model this process can embed, in slices (renewing the lease)."""
+        texts = [chunk.content for chunk in chunks]
+        out: dict[str, Vectors] = {}
+        for model, dimension in models:
+            embedder = await self.embedders.for_model(model, dimension)
+            if embedder is None:
+                continue
+            parts: list[Vectors] = []
+            for start in range(0, len(texts), EMBED_SLICE):
+                parts.append(await embedder.embed(texts[start : start + EMBED_SLICE]))
+                if start + EMBED_SLICE < len(texts):
+                    await self.documents.set_status(claim, "embedding")
+            out[model] = np.concatenate(parts, axis=0)
+        return out

@@ -1,0 +1,102 @@
+"""``POST /v1/search`` and ``POST /v1/answer``: over the caller's chunks only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK
+
+from xtyl_common.auth import UserPrincipal
+from xtyl_common.errors import InvalidInput
+from xtyl_common.identity import USER
+from xtyl_rag.domain.snippets import make_snippet, query_terms
+from xtyl_rag.retrieval import AnswerEvent
+from xtyl_rag.routes.schemas import AnswerIn, SearchHitOut, SearchIn, SearchOut
+from xtyl_rag.routes.services import services_of
+
+_encoder = msgspec.json.Encoder()
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def format_sse(event: AnswerEvent) -> bytes:
+    """One server-sent event: ``event: <name>`` and one ``data:`` line of JSON."""
+    return b"event: " + event.event.encode() + b"\ndata: " + _encoder.encode(event.data) + b"\n\n"
+
+
+def _query(text: str) -> str:
+    query = " ".join(text.split())
+    if not query:
+        raise InvalidInput("the query is blank", code="blank_query")
+    return query
+
+
+class SearchController(Controller):
+    path = "/v1"
+    tags = ["search"]
+    dependencies = USER
+
+    @post(
+        "/search",
+        status_code=HTTP_200_OK,
+        summary="Search your documents",
+        description="`mode`: `semantic` (embeddings), `fulltext` (Postgres full-text search)"
+        " or `hybrid` (both, fused by reciprocal rank fusion; the default). At most `k` ≤ 50"
+        " chunks of your own documents, optionally only of `document_ids` or of documents"
+        " whose metadata contains `metadata`.",
+    )
+    async def search(
+        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], data: SearchIn
+    ) -> SearchOut:
+        query = _query(data.query)
+        result = await services_of(request).retriever.search(
+            user.user_id, query, k=data.k, mode=data.mode, filters=data.filters()
+        )
+        terms = query_terms(query)
+        return SearchOut(
+            mode=result.mode,
+            plan=result.plan,
+            model=result.model,
+            results=[
+                SearchHitOut(
+                    document_id=hit.document_id,
+                    title=hit.title,
+                    chunk_id=hit.chunk_id,
+                    ordinal=hit.ordinal,
+                    score=hit.score,
+                    snippet=make_snippet(hit.content, terms),
+                    page=hit.metadata.get("page"),
+                    semantic_rank=hit.semantic_rank,
+                    fulltext_rank=hit.fulltext_rank,
+                )
+                for hit in result.hits
+            ],
+        )
+
+    @post(
+        "/answer",
+        status_code=HTTP_200_OK,
+        summary="Ask your documents",
+        description="Retrieves like `/v1/search`, then streams `text/event-stream`: one"
+        " `citations` event (the numbered passages, all yours, and `mode`: `llm` or"
+        " `extractive`), `delta` events with the answer's text citing passages as `[n]`,"
+        " and a `done` event listing the passages cited. Without an LLM configured the"
+        " answer is the passages' best sentences (`mode: extractive`).",
+    )
+    async def answer(
+        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], data: AnswerIn
+    ) -> Stream:
+        query = _query(data.query)
+        _passages, events = await services_of(request).retriever.answer(
+            user.user_id, query, k=data.k, mode=data.mode, filters=data.filters()
+        )
+
+        async def body() -> AsyncIterator[bytes]:
+            async for event in events:
+                yield format_sse(event)
+
+        return Stream(body(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,182 @@
+"""The rag service on the real test stack: an in-process core (repositories, indexer) for the
+job functions, and real processes (API, worker) for the HTTP and stream paths."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from xtyl_common.events import EventSettings
+from xtyl_common.settings import load_settings
+from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.ports import free_port
+from xtyl_devstack.processes import ManagedProcess
+from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_rag.adapters.embedders import MiniLMTokenCounter
+from xtyl_rag.bootstrap import RagCore, open_core
+from xtyl_rag.domain.documents import Document, FileSource
+from xtyl_rag.extraction import ExtractorPool
+from xtyl_rag.indexing import Indexer
+from xtyl_rag.settings import RagSettings
+
+#: Small limits so the oversized-file tests stay fast.
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def stream_prefix() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"test:{worker}:{secrets.token_hex(4)}:events"
+
+
+@pytest.fixture(scope="session")
+def storage_port() -> int:
+    """Where the storage service of the full-path test listens (started only by that test)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def rag_env(
+    migrated_database_url: str,
+    redis_url: str,
+    auth_env: dict[str, str],
+    stream_prefix: str,
+    storage_port: int,
+) -> dict[str, str]:
+    return {
+        **auth_env,
+        "DATABASE_URL": migrated_database_url,
+        "REDIS_URL": redis_url,
+        "STORAGE_URL": f"http://127.0.0.1:{storage_port}",
+        "EVENTS_STREAM_PREFIX": stream_prefix,
+        "EVENTS_READ_BLOCK_MS": "200",
+        "EVENTS_RELAY_POLL_INTERVAL_S": "0.2",
+        "MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
+        "EXTRACTION_TIMEOUT_S": "20",
+        "EXTRACTION_MEMORY_MB": "768",
+        "EMBEDDING_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def rag_settings(rag_env: dict[str, str]) -> RagSettings:
+    return load_settings(RagSettings, environ=rag_env)
+
+
+@pytest.fixture(scope="session")
+async def core(rag_settings: RagSettings, stream_prefix: str) -> AsyncIterator[RagCore]:
+    async with open_core(rag_settings, EventSettings(stream_prefix=stream_prefix)) as opened:
+        await opened.models.ensure_index(opened.model_status.active.model, 384)
+        yield opened
+
+
+@pytest.fixture(scope="session")
+async def indexer(core: RagCore) -> AsyncIterator[Indexer]:
+    async with ExtractorPool(core.settings.extraction_limits()) as extractor:
+        counter = await asyncio.to_thread(MiniLMTokenCounter.load)
+        yield core.indexer(extractor, counter)
+
+
+@dataclass(frozen=True)
+class User:
+    id: uuid.UUID
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user(issuer: LocalIssuer) -> Callable[[], User]:
+    def make() -> User:
+        user_id = uuid.uuid4()
+        return User(user_id, issuer.mint(user_id=user_id, email=f"{user_id.hex[:8]}@example.com"))
+
+    return make
+
+
+async def add_file_document(
+    core: RagCore, owner: uuid.UUID, name: str, content_type: str, data: bytes
+) -> Document:
+    source = FileSource(
+        file_id=uuid.uuid4(),
+        owner_id=owner,
+        key=f"files/{owner}/{name}",
+        name=name,
+        content_type=content_type,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    return await core.documents.upsert_file(source, title=name)
+
+
+@pytest.fixture(scope="session")
+async def rag_service(
+    rag_env: dict[str, str], service_log_dir: Path
+) -> AsyncIterator[RunningService]:
+    async with running_service_async(
+        "xtyl_rag", rag_env, log_dir=service_log_dir, name="rag", ready_path="/readyz"
+    ) as service:
+        yield service
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "rag-worker") -> ManagedProcess:
+    log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+    process = ManagedProcess(
+        name,
+        [sys.executable, "-m", "xtyl_rag.worker"],
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "LOG_JSON": "true",
+            **env,
+        },
+        log_path=log_path,
+    )
+    process.start()
+    process.wait_ready(
+        lambda: log_path.exists() and b"rag_worker_started" in log_path.read_bytes(), timeout=60
+    )
+    return process
+
+
+@pytest.fixture(scope="session")
+async def rag_worker(
+    rag_env: dict[str, str], service_log_dir: Path
+) -> AsyncIterator[ManagedProcess]:
+    process = await asyncio.to_thread(start_worker, rag_env, service_log_dir)
+    yield process
+    await asyncio.to_thread(process.stop)
+
+
+async def wait_for_status(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    user: User,
+    document_id: str,
+    *,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Poll GET /v1/documents/{id} until ready or failed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        async with http.get(f"{base_url}/v1/documents/{document_id}", headers=user.headers) as resp:
+            assert resp.status == 200, await resp.text()
+            body: dict[str, Any] = await resp.json()
+        if body["status"] in ("ready", "failed"):
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"document still {body['status']} after {timeout_s} s: {body}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,148 @@
+"""Every search reads only the caller's chunks, and a caller with few chunks among many
+near-identical ones of another user still gets all of theirs, in every mode and plan."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from xtyl_rag.adapters.postgres.models import index_name
+from xtyl_rag.bootstrap import RagCore
+from xtyl_rag.domain.planning import SearchTuning, plan_semantic
+from xtyl_rag.domain.search import SearchFilters, SearchMode
+from xtyl_rag.retrieval import Retriever
+
+pytestmark = pytest.mark.integration
+
+QUERY = "quarterly revenue forecast for the northern region"
+B_CHUNKS = 10_000
+
+
+async def insert_chunks(
+    core: RagCore, owner: uuid.UUID, contents: list[str], vectors: np.ndarray
+) -> list[uuid.UUID]:
+    """One ready document holding these chunks and vectors (written directly, in bulk)."""
+    model = core.model_status.active.model
+    async with core.pool.acquire() as conn, conn.transaction():
+        document = await conn.fetchval(
+            "insert into xtyl_rag.documents (owner_id, source, title, status, content_sha256,"
+            " chunk_count, embedding_model) values ($1, 'inline', 'bulk', 'ready',"
+            " repeat('0', 64), $2, $3) returning id",
+            owner,
+            len(contents),
+            model,
+        )
+        ids = [uuid.uuid4() for _ in contents]
+        await conn.execute(
+            "insert into xtyl_rag.chunks (id, document_id, owner_id, ordinal, content,"
+            " token_count) select u.id, $2, $3, u.ordinal - 1, u.content, 10"
+            " from unnest($1::uuid[], $4::text[]) with ordinality as u(id, content, ordinal)",
+            ids,
+            document,
+            owner,
+            contents,
+        )
+        await conn.copy_records_to_table(
+            "chunk_embeddings",
+            schema_name="xtyl_rag",
+            columns=["chunk_id", "model", "owner_id", "document_id", "embedding"],
+            records=[(i, model, owner, document, v) for i, v in zip(ids, vectors, strict=True)],
+        )
+        await conn.execute(
+            "insert into xtyl_rag.owner_stats (owner_id, chunk_count) values ($1, $2)",
+            owner,
+            len(contents),
+        )
+        await conn.execute("analyze xtyl_rag.chunk_embeddings")
+    return ids
+
+
+def near(vector: np.ndarray, count: int, scale: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noisy = vector[None, :] + rng.normal(0, scale, size=(count, vector.shape[0]))
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+async def crowd(core: RagCore) -> tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]:
+    """A has 5 chunks about the query; B has 10,000 chunks nearer to it than A's."""
+    query_vector = (await core.embedders.configured.embed([QUERY]))[0]
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    a_ids = await insert_chunks(
+        core,
+        alice,
+        [f"Note {n}: the quarterly revenue forecast of the northern region." for n in range(5)],
+        near(query_vector, 5, 0.03, seed=1),
+    )
+    await insert_chunks(core, bob, [QUERY] * B_CHUNKS, near(query_vector, B_CHUNKS, 0.005, 2))
+    return alice, a_ids, bob
+
+
+def retriever(core: RagCore, exact_max_chunks: int) -> Retriever:
+    return Retriever(
+        chunks=core.chunks,
+        models=core.models,
+        embedders=core.embedders,
+        tuning=SearchTuning(exact_max_chunks=exact_max_chunks),
+        llm=None,
+    )
+
+
+@pytest.mark.parametrize("mode", ["semantic", "fulltext", "hybrid"])
+@pytest.mark.parametrize("threshold", [20_000, 0], ids=["exact", "hnsw"])
+async def test_a_gets_exactly_her_five_chunks(
+    core: RagCore,
+    crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID],
+    mode: SearchMode,
+    threshold: int,
+) -> None:
+    alice, a_ids, _bob = crowd
+    result = await retriever(core, threshold).search(
+        alice,
+        QUERY,
+        k=10,
+        mode=mode,
+        filters=SearchFilters(),  # type: ignore[arg-type]
+    )
+    assert sorted(hit.chunk_id for hit in result.hits) == sorted(a_ids)
+    if mode != "fulltext":
+        assert result.plan == ("exact" if threshold else "hnsw")
+
+
+async def test_b_gets_only_his_own(
+    core: RagCore, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
+) -> None:
+    _alice, a_ids, bob = crowd
+    result = await retriever(core, 20_000).search(
+        bob, QUERY, k=50, mode="hybrid", filters=SearchFilters()
+    )
+    assert len(result.hits) == 50
+    assert not {hit.chunk_id for hit in result.hits} & set(a_ids)
+    assert result.plan == "exact"  # 10,000 <= the threshold
+
+
+async def test_exact_plan_never_uses_the_hnsw_index(
+    core: RagCore, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
+) -> None:
+    alice, _a_ids, _bob = crowd
+    model = core.model_status.active.model
+    vector = (await core.embedders.configured.embed([QUERY]))[0]
+    async with core.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "explain select e.chunk_id from xtyl_rag.chunk_embeddings e"
+            " where e.owner_id = $1 and e.model = $3 order by e.embedding <=> $2 limit 10",
+            alice,
+            vector,
+            model,
+        )
+    plan = "\n".join(row[0] for row in rows)
+    assert index_name(model) not in plan
+    assert "chunk_embeddings_owner_idx" in plan
+
+
+def test_planner_switches_at_the_threshold() -> None:
+    tuning = SearchTuning(exact_max_chunks=1_000)
+    assert plan_semantic(1_000, 10, tuning).kind == "exact"
+    assert plan_semantic(1_001, 10, tuning).kind == "hnsw"
