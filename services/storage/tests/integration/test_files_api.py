@@ -230,6 +230,7 @@ async def test_internal_content_is_for_service_tokens_only(client: AsgiClient, a
     assert for_alice.content == data
     meta = await client.get(f"/internal/files/{file['id']}", headers=service_headers())
     assert meta.json()["owner_id"] == str(alice.id)
+    assert meta.json()["key"].startswith(f"{alice.id}/{file['id']}/")
 
     as_user = await client.get(f"/internal/files/{file['id']}/content", headers=alice.headers)
     assert as_user.status_code == 401

@@ -33,6 +33,7 @@ class InternalFilesController(Controller):
         return InternalFileOut(
             id=file.id,
             owner_id=file.owner_id,
+            key=file.key,
             name=file.name,
             size=file.size,
             content_type=file.content_type,

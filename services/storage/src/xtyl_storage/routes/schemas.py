@@ -68,6 +68,8 @@ class PresignOut(msgspec.Struct, frozen=True, kw_only=True):
 class InternalFileOut(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     owner_id: uuid.UUID
+    #: The object key (internal callers only: the RAG worker's file.uploaded re-emits carry it).
+    key: str
     name: str
     size: int
     content_type: str
