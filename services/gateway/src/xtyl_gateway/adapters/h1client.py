@@ -53,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self.head_complete = False
         self.message_complete = False
         self.status = 0
+        self.keep_alive = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -95,6 +96,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # llhttp forgets the message's keep-alive once it completes: read it now
+        self.keep_alive = self.parser.should_keep_alive()
         self.head_complete = True
 
     def on_body(self, body: bytes) -> None:
@@ -110,6 +113,7 @@ class _Connection(asyncio.Protocol):
         self.received_any = self.head_complete = self.message_complete = False
         self.early_answer = False
         self.status = 0
+        self.keep_alive = False
         self.headers = []
         self.body.clear()
         self.buffered = 0
@@ -195,7 +199,7 @@ class UpstreamResponse:
             and not self._head_only
             and not conn.early_answer
             and not conn.closed
-            and conn.parser.should_keep_alive()
+            and conn.keep_alive
         )
         self._pool.put_back(conn, reusable=reusable)
 
