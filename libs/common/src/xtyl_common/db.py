@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
 import structlog
 from pgvector.asyncpg import register_vector
+
+from xtyl_common.errors import Unavailable
 
 log = structlog.stdlib.get_logger("xtyl.db")
 
@@ -134,3 +139,30 @@ async def check_postgres(pool: asyncpg.Pool) -> None:
     """Readiness check: one round trip on a pooled connection."""
     async with pool.acquire(timeout=2.0) as conn:
         await conn.fetchval("select 1")
+
+
+#: Errors that mean "the database cannot be reached or is shutting down", not "this query is
+#: wrong": they become 503 for the caller; a constraint or syntax error stays a bug (500).
+DB_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+@asynccontextmanager
+async def connection(
+    pool: asyncpg.Pool, *, timeout_s: float, unavailable: str
+) -> AsyncGenerator[Any]:
+    """A pooled connection; an unreachable database raises ``Unavailable(unavailable)``
+    (code ``database_unavailable``) instead of a driver error."""
+    try:
+        async with pool.acquire(timeout=timeout_s) as conn:
+            yield conn
+    except DB_UNAVAILABLE_ERRORS as exc:
+        log.warning("db_failed", error=type(exc).__name__)
+        raise Unavailable(unavailable, code="database_unavailable") from exc

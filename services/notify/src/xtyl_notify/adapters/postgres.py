@@ -10,32 +10,25 @@ of an event from sending at the same time. Postgres failures become
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 
-from xtyl_common.errors import Unavailable
+from xtyl_common.db import connection
 from xtyl_common.pagination import Cursor
 from xtyl_notify.domain.emails import EmailKind, EmailRecord, EmailStatus, NewEmail, Recipient
 from xtyl_notify.domain.webhooks import Suppression
 
 log = structlog.stdlib.get_logger("xtyl.notify.db")
 
-DATABASE_UNAVAILABLE = "database_unavailable"
 _MAX_ERROR_CHARS = 1_000
 _COLUMNS = (
     "id, user_id, kind, to_address, subject, html_body, text_body, tags, dedupe_key, status,"
     " brevo_message_id, attempts, last_error, created_at, updated_at, sent_at"
-)
-_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
 )
 
 
@@ -52,16 +45,12 @@ class NotifyRepository:
         self._pool = pool
         self._timeout = timeout_s
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncGenerator[Any]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except _DB_ERRORS as exc:
-            log.warning("db_failed", error=type(exc).__name__)
-            raise Unavailable(
-                "the email log is unavailable, try again later", code=DATABASE_UNAVAILABLE
-            ) from exc
+    def _connection(self) -> AbstractAsyncContextManager[Any]:
+        return connection(
+            self._pool,
+            timeout_s=self._timeout,
+            unavailable="the email log is unavailable, try again later",
+        )
 
     # --- recipients -----------------------------------------------------------------------
 

@@ -7,29 +7,21 @@ Postgres failures become :class:`~xtyl_common.errors.Unavailable` (``database_un
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
-from xtyl_common.errors import Unavailable
+from xtyl_common.db import connection
 from xtyl_common.pagination import Cursor
 from xtyl_storage.adapters.events import file_deleted, file_uploaded, record_event
 from xtyl_storage.domain.files import FileStatus, StoredFile
 
 log = structlog.stdlib.get_logger("xtyl.storage.db")
 
-DATABASE_UNAVAILABLE = "database_unavailable"
 _COLUMNS = "id, owner_id, key, name, content_type, size, sha256, status, created_at, updated_at"
-_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
 
 
 def _to_file(row: asyncpg.Record) -> StoredFile:
@@ -43,16 +35,12 @@ class FileRepository:
         self._pool = pool
         self._timeout = timeout_s
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncGenerator[Any]:
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                yield conn
-        except _DB_ERRORS as exc:
-            log.warning("db_failed", error=type(exc).__name__)
-            raise Unavailable(
-                "the file catalogue is unavailable, try again later", code=DATABASE_UNAVAILABLE
-            ) from exc
+    def _connection(self) -> AbstractAsyncContextManager[Any]:
+        return connection(
+            self._pool,
+            timeout_s=self._timeout,
+            unavailable="the file catalogue is unavailable, try again later",
+        )
 
     async def add_ready(self, file: StoredFile) -> StoredFile:
         """Insert a file whose object is in the bucket, and its ``file.uploaded`` event."""
