@@ -3,8 +3,9 @@
 Measured in one run, on this machine, for:
   * a proxied GET (/v1/search) through the gateway  vs  the same GET straight to the service;
   * GET /v1/me (token check, rate limit, a Postgres read) through the gateway.
-The servers under test (gateway, upstream) are pinned to core 0, the load generator (wrk,
-falling back to a Python client) to core 1. CPU per request comes from /proc (utime + stime of
+The server under test is pinned to core 0 (the service when measured straight, the gateway
+when measured through it; the service then moves to core 1), the load generator (wrk, falling
+back to a Python client) to core 1. CPU per request comes from /proc (utime + stime of
 the gateway's processes) divided by the requests served. Then an open-loop run at half the
 direct rate compares p50 latency through the gateway with p50 straight to the service.
 
@@ -328,7 +329,9 @@ async def report(
     )
     # warm-up: caches, pools, JIT-free but connection set-up
     await closed_loop(gateway.url + "/v1/search", token, 2, c, gateway.pid)
+    pin(upstream_pid, SERVER_CORE)  # straight to the service: the service is under test
     direct = await closed_loop(upstream_url + "/v1/search", token, s, c, upstream_pid)
+    pin(upstream_pid, CLIENT_CORE)  # through the gateway: the gateway is, the service is not
     spy = None
     if args.profile:
         worker = psutil.Process(gateway.pid).children(recursive=True)[-1].pid
@@ -365,9 +368,11 @@ async def report(
         ("half the gateway's own rate", proxied["rps"] / 2),
     ):
         if shutil.which("wrk"):
+            pin(upstream_pid, SERVER_CORE)
             d = await asyncio.to_thread(
                 run_wrk_paced, upstream_url + "/v1/search", token, rate, s, c, script
             )
+            pin(upstream_pid, CLIENT_CORE)
             g = await asyncio.to_thread(
                 run_wrk_paced, gateway.url + "/v1/search", token, rate, s, c, script
             )
