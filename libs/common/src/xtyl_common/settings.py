@@ -81,6 +81,8 @@ def _to_settings_error(message: str, prefix: str) -> SettingsError:
     at = _PATH_RE.search(message)
     problem = message.split(" - at `", 1)[0].split(" (at `", 1)[0].strip()
     if at:
+        if problem.startswith("is required"):  # a __post_init__ rule on a missing value
+            return SettingsError(env_name(at.group(1), prefix), problem)
         return SettingsError(env_name(at.group(1), prefix), f"is malformed: {problem}")
     return SettingsError("configuration", problem)
 

@@ -71,3 +71,19 @@ def test_service_without_required_setting_exits_2_with_one_line(module: str) -> 
     assert len(lines) == 1, result.stderr
     assert re.search(r"^xtyl-\w+: configuration error: [A-Z_]+: is required but not set$", lines[0])
     assert "Traceback" not in result.stderr
+
+
+class ConditionalSettings(BaseSettings, frozen=True, kw_only=True):
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.api_key is None and self.xtyl_env != "local":
+            raise ValueError("is required unless XTYL_ENV=local (at `$.api_key`)")
+
+
+def test_a_conditionally_required_variable_reads_as_required() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(ConditionalSettings, environ={})
+    assert str(caught.value) == "API_KEY: is required unless XTYL_ENV=local"
+    assert load_settings(ConditionalSettings, environ={"XTYL_ENV": "local"}).api_key is None
