@@ -5,10 +5,9 @@ after Redis comes back empty, stuck work re-emitted by the reconciler."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,7 +15,6 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.events import (
     DocumentFailed,
     DocumentFailedPayload,
@@ -29,26 +27,18 @@ from xtyl_common.events import (
     UserCreated,
     add_event,
     encode_event,
-    install_outbox,
     reconciler_cron,
     stream_key,
 )
 from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.events.ops import render, streams_report
-from xtyl_common.migrate import apply_migrations, package_migrations
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.redis import RedisServer
+from xtyl_devstack.testing import eventually
 
 pytestmark = pytest.mark.integration
 
 GROUP = "workers"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll ``check`` (for state in another server, which has nothing to await) until true."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 class Recorder:
@@ -169,35 +159,15 @@ async def group_info(redis: Redis, settings: EventSettings) -> dict[str, Any]:
 # --- the end-to-end path with Postgres -----------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-async def migrated_url(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await apply_migrations(conn, package_migrations("common", "xtyl_common"))
-    finally:
-        await conn.close()
-    return database_url
-
-
 @pytest.fixture
-async def pool(migrated_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(DatabaseConfig(url=migrated_url, max_size=10))
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def schema(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    name = f"ev_{secrets.token_hex(4)}"
+async def schema(schema: str, pool: asyncpg.Pool) -> str:
+    """The outbox schema, plus the tables the handlers' side effects go to."""
     async with pool.acquire() as conn:
-        await install_outbox(conn, name)
         await conn.execute(
-            f"create table {name}.effects (event_id uuid primary key, handled int not null);"
-            f" create table {name}.files (id uuid primary key, status text not null)"
+            f"create table {schema}.effects (event_id uuid primary key, handled int not null);"
+            f" create table {schema}.files (id uuid primary key, status text not null)"
         )
-    yield name
-    async with pool.acquire() as conn:
-        await conn.execute(f"drop schema {name} cascade")
+    return schema
 
 
 async def test_1000_events_are_each_handled_once_and_nothing_stays_pending(

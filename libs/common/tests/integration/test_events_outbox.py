@@ -4,17 +4,15 @@ through Redis outages and with several relays at once."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.events import (
     EventSettings,
     FileDeleted,
@@ -23,48 +21,13 @@ from xtyl_common.events import (
     UserCreated,
     add_event,
     decode_event,
-    install_outbox,
     stream_key,
 )
-from xtyl_common.migrate import apply_migrations, package_migrations
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.redis import RedisServer
+from xtyl_devstack.testing import eventually
 
 pytestmark = pytest.mark.integration
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll ``check`` (for state in another server, which has nothing to await) until true."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.02)
-
-
-@pytest.fixture(scope="session")
-async def migrated_url(database_url: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await apply_migrations(conn, package_migrations("common", "xtyl_common"))
-    finally:
-        await conn.close()
-    return database_url
-
-
-@pytest.fixture
-async def pool(migrated_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(DatabaseConfig(url=migrated_url, max_size=8))
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def schema(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    name = f"ev_{secrets.token_hex(4)}"
-    async with pool.acquire() as conn:
-        await install_outbox(conn, name)
-    yield name
-    async with pool.acquire() as conn:
-        await conn.execute(f"drop schema {name} cascade")
 
 
 @pytest.fixture

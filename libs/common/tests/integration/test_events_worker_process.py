@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
 import msgspec
@@ -24,6 +24,7 @@ from xtyl_common.events import (
     stream_key,
 )
 from xtyl_common.redis_client import create_redis
+from xtyl_devstack.testing import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,13 +57,6 @@ run_worker(stream_worker_settings(
     events=settings, on_startup=startup, on_shutdown=shutdown, consumer_name="doomed",
 ))
 """
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    """Poll ``check`` (for state in another process, which has nothing to await) until true."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

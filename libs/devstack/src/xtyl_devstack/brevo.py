@@ -36,20 +36,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import re
 import secrets
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from xtyl_devstack.loopback import LoopbackServer, serve_until_signal
 
 SEND_PATH = "/v3/smtp/email"
 EMAILS_PATH = "/_local/emails"
@@ -192,7 +191,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> web.Response
     return web.json_response({"code": code, "message": message}, status=status, headers=headers)
 
 
-class LocalBrevo:
+class LocalBrevo(LoopbackServer):
     """The stand-in on 127.0.0.1; ``port=0`` picks a free port."""
 
     def __init__(
@@ -203,13 +202,9 @@ class LocalBrevo:
         port: int = 0,
         api_key: str | None = None,
     ) -> None:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError("the local Brevo stand-in listens on loopback only")
+        super().__init__(host=host, port=port)
         self.data_dir = data_dir
-        self._host = host
-        self._port = port
         self._api_key = api_key
-        self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
         self._idempotency: dict[str, tuple[float, str]] = {}
         #: Accepted emails, oldest first: the request body plus ``messageId`` and ``receivedAt``.
@@ -217,13 +212,6 @@ class LocalBrevo:
         #: Every send request answered, accepted or not: ``(status, [to addresses])``.
         self.requests: deque[tuple[int, list[str]]] = deque(maxlen=10_000)
         self.failures: list[Failure] = []
-
-    @property
-    def url(self) -> str:
-        """What ``BREVO_API_URL`` is for the services."""
-        if self._runner is None:
-            raise RuntimeError("LocalBrevo is not started")
-        return f"http://{self._host}:{self._port}"
 
     @property
     def emails_file(self) -> Path:
@@ -256,9 +244,8 @@ class LocalBrevo:
 
     # --- life cycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
+    async def make_app(self) -> web.Application:
+        """``url`` is what ``BREVO_API_URL`` is for the services."""
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         app = web.Application(client_max_size=20 * 1024 * 1024)
         app.router.add_post(SEND_PATH, self._send)
@@ -266,33 +253,7 @@ class LocalBrevo:
         app.router.add_delete(EMAILS_PATH, self._clear)
         app.router.add_post(FAILURES_PATH, self._add_failure)
         app.router.add_delete(FAILURES_PATH, self._clear_failures)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._port = int(runner.addresses[0][1])
-        self._runner = runner
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -390,20 +351,6 @@ class LocalBrevo:
         return web.Response(status=204)
 
 
-async def _serve_until_stopped(data_dir: Path, host: str, port: int, api_key: str | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with LocalBrevo(data_dir, host=host, port=port, api_key=api_key) as brevo:
-        print(
-            f"local Brevo: POST {brevo.url}{SEND_PATH}, received emails at {brevo.url}"
-            f"{EMAILS_PATH} and in {brevo.emails_file}",
-            flush=True,
-        )
-        await stop.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m xtyl_devstack.brevo --port PORT --data-dir DIR``: serve until SIGTERM."""
     parser = argparse.ArgumentParser(
@@ -415,7 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any)")
     args = parser.parse_args(argv)
-    asyncio.run(_serve_until_stopped(args.data_dir, args.host, args.port, args.api_key))
+    brevo = LocalBrevo(args.data_dir, host=args.host, port=args.port, api_key=args.api_key)
+    asyncio.run(
+        serve_until_signal(
+            brevo,
+            lambda: (
+                f"local Brevo: POST {brevo.url}{SEND_PATH}, received emails at {brevo.url}"
+                f"{EMAILS_PATH} and in {brevo.emails_file}"
+            ),
+        )
+    )
     return 0
 
 

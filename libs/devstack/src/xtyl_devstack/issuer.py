@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
-import signal
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import jwt
 import msgspec
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+
+from xtyl_devstack.loopback import LoopbackServer, serve_until_signal
 
 KEY_FILE = "local-issuer-es256.jwk.json"
 JWKS_PATH = "/auth/v1/.well-known/jwks.json"
@@ -231,17 +230,15 @@ JwksMode = Literal["ok", "fail", "hang"]
 _CREDENTIAL_HEADERS = ("Authorization", "apikey", "Cookie")
 
 
-class LocalIssuer:
+class LocalIssuer(LoopbackServer):
     """The JWKS and token endpoint on 127.0.0.1; ``port=0`` picks a free port."""
 
+    what = "the local issuer mints tokens for anyone: it"
+
     def __init__(self, key_dir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError("the local issuer mints tokens for anyone: loopback only")
+        super().__init__(host=host, port=port)
         self._key_dir = key_dir
-        self._host = host
-        self._port = port
         self._key: SigningKey | None = None
-        self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
         self._requested = asyncio.Event()
         self.jwks_mode: JwksMode = "ok"
@@ -254,12 +251,6 @@ class LocalIssuer:
         if self._key is None:
             raise RuntimeError("LocalIssuer is not started")
         return self._key
-
-    @property
-    def url(self) -> str:
-        if self._runner is None:
-            raise RuntimeError("LocalIssuer is not started")
-        return f"http://{self._host}:{self._port}"
 
     @property
     def supabase_url(self) -> str:
@@ -289,24 +280,12 @@ class LocalIssuer:
             **overrides,
         )
 
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
+    async def make_app(self) -> web.Application:
         self._key = await asyncio.to_thread(load_or_create_signing_key, self._key_dir)
         app = web.Application()
         app.router.add_get(JWKS_PATH, self._jwks, allow_head=False)
         app.router.add_post(TOKEN_PATH, self._token)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        address = runner.addresses[0]
-        self._port = int(address[1])
-        self._runner = runner
+        return app
 
     async def wait_for_jwks_requests(self, count: int = 1) -> None:
         """Return once the JWKS endpoint has been asked ``count`` times in all."""
@@ -321,21 +300,7 @@ class LocalIssuer:
 
     async def stop(self) -> None:
         self.release_hung_requests()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await super().stop()
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_requests += 1
@@ -383,23 +348,16 @@ def _invalid(detail: str) -> web.Response:
     )
 
 
-async def _serve_until_stopped(key_dir: Path, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with LocalIssuer(key_dir, port=port) as issuer:
-        print(f"local Supabase issuer: JWKS at {issuer.jwks_url}", flush=True)
-        await stop.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m xtyl_devstack.issuer --key-dir DIR --port PORT``: serve until SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m xtyl_devstack.issuer")
     parser.add_argument("--key-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(_serve_until_stopped(args.key_dir, args.port))
+    issuer = LocalIssuer(args.key_dir, port=args.port)
+    asyncio.run(
+        serve_until_signal(issuer, lambda: f"local Supabase issuer: JWKS at {issuer.jwks_url}")
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ import os
 import secrets
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_devstack.testing import eventually
 
 GROUP = "notify"
 BREVO_KEY = "test-brevo-api-key"
@@ -196,12 +197,6 @@ def document_failed(owner_id: uuid.UUID, reason: str = "encrypted") -> DocumentF
 async def email_rows(db: asyncpg.Pool, dedupe_key: str) -> list[dict[str, Any]]:
     rows = await db.fetch("select * from xtyl_notify.emails where dedupe_key = $1", dedupe_key)
     return [dict(row.items()) for row in rows]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 async def wait_for_status(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +23,14 @@ from .test_uploads import blocks, sha256_of
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def stack(
-    storage_env: dict[str, str],
-    auth_env: dict[str, str],
-    service_log_dir: Path,
-) -> AsyncIterator[tuple[RunningService, RunningService]]:
-    storage_env = {**storage_env, "MAX_UPLOAD_BYTES": str(10 * 1000 * 1000)}
+@asynccontextmanager
+async def storage_behind_gateway(
+    storage_env: dict[str, str], auth_env: dict[str, str], log_dir: Path, *, max_upload: int
+) -> AsyncGenerator[tuple[RunningService, RunningService]]:
+    """A storage process with ``max_upload`` bytes allowed, and a gateway in front of it."""
+    env = {**storage_env, "MAX_UPLOAD_BYTES": str(max_upload)}
     async with running_service_async(
-        "xtyl_storage",
-        storage_env,
-        log_dir=service_log_dir,
-        name="storage-gw",
-        ready_path="/readyz",
-    ) as storage:
-        gateway_env = {
-            **auth_env,
-            "DATABASE_URL": storage_env["DATABASE_URL"],
-            "REDIS_URL": storage_env["REDIS_URL"],
-            "STORAGE_URL": storage.url,
-            "RATE_LIMIT_REQUESTS": "100000",
-        }
-        async with running_service_async(
-            "xtyl_gateway", gateway_env, log_dir=service_log_dir, name="gateway-st"
-        ) as gateway:
-            yield gateway, storage
-
-
-@pytest.fixture
-async def big_stack(
-    storage_env: dict[str, str], service_log_dir: Path, auth_env: dict[str, str]
-) -> AsyncIterator[tuple[RunningService, RunningService]]:
-    env = {**storage_env, "MAX_UPLOAD_BYTES": str(256 * MIB)}
-    async with running_service_async(
-        "xtyl_storage", env, log_dir=service_log_dir, name="storage-big", ready_path="/readyz"
+        "xtyl_storage", env, log_dir=log_dir, name="storage-gw", ready_path="/readyz"
     ) as storage:
         gateway_env = {
             **auth_env,
@@ -65,9 +40,29 @@ async def big_stack(
             "RATE_LIMIT_REQUESTS": "100000",
         }
         async with running_service_async(
-            "xtyl_gateway", gateway_env, log_dir=service_log_dir, name="gateway-big"
+            "xtyl_gateway", gateway_env, log_dir=log_dir, name="gateway-st"
         ) as gateway:
             yield gateway, storage
+
+
+@pytest.fixture
+async def stack(
+    storage_env: dict[str, str], auth_env: dict[str, str], service_log_dir: Path
+) -> AsyncIterator[tuple[RunningService, RunningService]]:
+    async with storage_behind_gateway(
+        storage_env, auth_env, service_log_dir, max_upload=10 * 1000 * 1000
+    ) as services:
+        yield services
+
+
+@pytest.fixture
+async def big_stack(
+    storage_env: dict[str, str], auth_env: dict[str, str], service_log_dir: Path
+) -> AsyncIterator[tuple[RunningService, RunningService]]:
+    async with storage_behind_gateway(
+        storage_env, auth_env, service_log_dir, max_upload=256 * MIB
+    ) as services:
+        yield services
 
 
 async def test_200_mb_through_the_gateway_with_flat_memory_on_both(
