@@ -50,6 +50,15 @@ _STATUS_CODES: dict[int, type[errors.XtylError]] = {
 }
 
 
+def caller_path(scope: Scope) -> str:
+    """The path the caller asked for. Litestar hands a mounted app only the part below its
+    mount point in ``scope["path"]``; ``raw_path`` (as sent, percent-encoded) keeps all of it."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw:
+        return raw.decode("latin-1").partition("?")[0]
+    return scope.get("root_path", "") + scope["path"]
+
+
 class RequestContextMiddleware(ASGIMiddleware):
     """Binds a request id (the caller's, when plain, else a new one) and logs each request."""
 
@@ -77,7 +86,7 @@ class RequestContextMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_with_id)
         finally:
-            path: str = scope["path"]
+            path = caller_path(scope)
             if path not in _QUIET_PATHS:
                 log.info(
                     "request_handled",
@@ -102,7 +111,7 @@ def _handle_xtyl_error(request: Request[Any, Any, Any], exc: Exception) -> Respo
     assert isinstance(exc, errors.XtylError)
     if exc.status >= 500:
         log.warning("request_failed", code=exc.code, detail=exc.detail)
-    return problem_response(exc, instance=request.url.path)
+    return problem_response(exc, instance=caller_path(request.scope))
 
 
 def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -120,7 +129,7 @@ def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> R
         error = cls(exc.detail, code=code)
         error.status = exc.status_code  # type: ignore[misc]  # keep Litestar's precise status
         error.headers.update(exc.headers or {})
-    return problem_response(error, instance=request.url.path)
+    return problem_response(error, instance=caller_path(request.scope))
 
 
 #: Driver errors that mean "a dependency is down or slow", not "our code is wrong": they leave
@@ -167,12 +176,12 @@ def _handle_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> 
         if timed_out
         else errors.Unavailable(f"{dependency} is unavailable", code=f"{code}_unavailable")
     )
-    return problem_response(error, instance=request.url.path)
+    return problem_response(error, instance=caller_path(request.scope))
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
-    return problem_response(errors.XtylError(), instance=request.url.path)
+    log.exception("unhandled_error", path=caller_path(request.scope), error_type=type(exc).__name__)
+    return problem_response(errors.XtylError(), instance=caller_path(request.scope))
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Callable[..., Response[bytes]]] = {

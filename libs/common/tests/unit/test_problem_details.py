@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import get, post
+import structlog
+from litestar import asgi, get, post
 from litestar.params import JSONBody
 from litestar.testing import AsyncTestClient
+from litestar.types import Receive, Scope, Send
 
 from xtyl_common.errors import NotFound, RateLimited, Unavailable
 from xtyl_common.web import build_service_app
@@ -114,3 +116,22 @@ async def test_request_id_is_kept_when_plain_and_replaced_when_not() -> None:
     assert kept.headers["x-request-id"] == "req-123"
     assert replaced.headers["x-request-id"] not in {"", "bad id\r\nx"}
     assert len(fresh.headers["x-request-id"]) == 32
+
+
+@asgi("/mounted", is_mount=True, copy_scope=False)
+async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotFound("nothing under here", code="nothing_here")
+
+
+async def test_mounted_apps_log_and_report_the_full_path() -> None:
+    # Litestar hands a mounted app the path below its mount point; the access log and the
+    # problem's `instance` must still name the path the caller asked for.
+    with structlog.testing.capture_logs() as logs:
+        async with AsyncTestClient(
+            build_service_app(title="t", version="1", route_handlers=[mounted])
+        ) as client:
+            resp = await client.get("/mounted/deep/path")
+    assert resp.status_code == 404
+    assert resp.json()["instance"] == "/mounted/deep/path"
+    handled = [entry for entry in logs if entry["event"] == "request_handled"]
+    assert [(entry["path"], entry["status"]) for entry in handled] == [("/mounted/deep/path", 404)]

@@ -101,4 +101,4 @@ def _mounted(prefix: str, upstream: str) -> ASGIRouteHandler:
         edge: Edge = scope["app"].state.edge
         await edge.handle(scope, receive, send, prefix, upstream)
 
-    return asgi(prefix, is_mount=True, name=f"proxy:{prefix}")(forward)
+    return asgi(prefix, is_mount=True, copy_scope=False, name=f"proxy:{prefix}")(forward)
