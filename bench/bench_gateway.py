@@ -1,13 +1,18 @@
 """Gateway cost: requests/s, p50/p99 and the gateway's CPU time per request.
 
 Measured in one run, on this machine, for:
-  * a proxied GET (/v1/search) through the gateway  vs  the same GET straight to the service;
+  * a proxied GET through the gateway  vs  the same GET straight to the service;
   * GET /v1/me (token check, rate limit, a Postgres read) through the gateway.
+The proxied GET is measured against two upstreams: a bare ASGI app (the cheapest conceivable
+service, behind /v1/search: the gateway's own cost, undiluted) and the real storage service
+(GET /v1/files: its token check and a Postgres query, behind /v1/files).
 The server under test is pinned to core 0 (the service when measured straight, the gateway
 when measured through it; the service then moves to core 1), the load generator (wrk, falling
 back to a Python client) to core 1. CPU per request comes from /proc (utime + stime of
-the gateway's processes) divided by the requests served. Then an open-loop run at half the
-direct rate compares p50 latency through the gateway with p50 straight to the service.
+the gateway's processes) divided by the requests served. Then paced runs (each connection
+waits an exponentially distributed pause between requests, so arrivals are close to Poisson
+rather than synchronised bursts) at half the direct rate compare p50 latency through the
+gateway with p50 straight to the service.
 
     uv run python bench/bench_gateway.py [--seconds 10] [--connections 32]
 """
@@ -26,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import asyncpg
@@ -34,18 +40,34 @@ import psutil
 from xtyl_common.migrate import migrate
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.processes import ManagedProcess
+from xtyl_devstack.s3 import ensure_bucket, s3_client
 from xtyl_devstack.service_process import RunningService, running_service_async
-from xtyl_devstack.stack import Stack
+from xtyl_devstack.stack import Stack, StackInfo
 from xtyl_devstack.testing import TEST_INTERNAL_SECRET
 
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_CORE, CLIENT_CORE = 0, 1
 
 
-def pin(pid: int, core: int) -> None:
+def pin(pid: int, core: int | None) -> None:
+    """Pin a process and its children to one core (``None``: let them run on any)."""
     proc = psutil.Process(pid)
+    cores = [core] if core is not None else list(range(psutil.cpu_count() or 1))
     for p in [proc, *proc.children(recursive=True)]:
-        p.cpu_affinity([core])
+        p.cpu_affinity(cores)
+
+
+def backing_servers(info: StackInfo) -> list[int]:
+    """The stack's Postgres (postmaster: new backends inherit its affinity) and Redis."""
+    redis_port = info.redis_url.rsplit(":", 1)[1].split("/")[0]
+    found: list[int] = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        postgres = proc.info["name"] == "postgres" and info.data_dir in cmdline
+        redis = "valkey" in (proc.info["name"] or "") and f":{redis_port}" in cmdline
+        if postgres or redis:
+            found.append(proc.pid)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,7 +171,9 @@ async def closed_loop(
 
 _PACED_LUA = """
 local interval = tonumber(os.getenv("XTYL_BENCH_DELAY_MS"))
-function delay() return interval end
+math.randomseed(os.time())
+-- exponential pauses: the connections drift apart instead of firing in lock-step bursts
+function delay() return math.floor(-math.log(1 - math.random()) * interval + 0.5) end
 """
 
 
@@ -159,7 +183,7 @@ def run_wrk_paced(
     """wrk with a per-connection pause so the offered load is ``rate`` requests/s."""
     wrk = shutil.which("wrk")
     assert wrk is not None
-    delay_ms = max(1, round(connections / rate * 1000))
+    delay_ms = max(1.0, connections / rate * 1000)
     out = subprocess.run(
         [
             "taskset",
@@ -209,9 +233,12 @@ async def open_loop(url: str, token: str, rate: float, seconds: float) -> dict[s
             if delay > 0:
                 await asyncio.sleep(delay)
         await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
     latencies.sort()
     return {
         "rate": rate,
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
     }
@@ -237,55 +264,61 @@ async def main() -> None:
     try:
         with Stack(tmp / "stack", durable=False) as info:
             await migrate(info.database_url)
+            ensure_bucket(
+                s3_client(info.s3_endpoint, info.s3_access_key, info.s3_secret_key), "bench"
+            )
             async with LocalIssuer(tmp / "keys") as issuer:
-                await bench(args, info.database_url, info.redis_url, issuer, tmp)
+                await bench(args, info, issuer, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def bench(
-    args: argparse.Namespace, database_url: str, redis_url: str, issuer: LocalIssuer, tmp: Path
-) -> None:
-    upstream = ManagedProcess(
-        "echo-upstream",
+def _upstream(name: str, target: str, port: int, tmp: Path, *, factory: bool) -> ManagedProcess:
+    return ManagedProcess(
+        name,
         [
             sys.executable,
             "-m",
             "granian",
             "--interface",
             "asgi",
+            *(["--factory"] if factory else []),
             "--host",
             "127.0.0.1",
             "--port",
-            "18791",
+            str(port),
             "--no-ws",
             "--log-level",
             "warning",
-            "echo_upstream:app",
+            target,
         ],
         cwd=BENCH_DIR,
-        log_path=tmp / "upstream.log",
+        log_path=tmp / f"{name}.log",
     )
-    upstream.start()
-    upstream_url = "http://127.0.0.1:18791"
-    await asyncio.to_thread(
-        upstream.wait_ready, lambda: _answers(upstream_url + "/v1/search"), timeout=30
-    )
-    assert upstream.pid is not None
-    pin(upstream.pid, SERVER_CORE)
-    env = {
+
+
+async def bench(args: argparse.Namespace, info: StackInfo, issuer: LocalIssuer, tmp: Path) -> None:
+    echo = _upstream("echo-upstream", "echo_upstream:app", 18791, tmp, factory=False)
+    echo_url = "http://127.0.0.1:18791"
+    echo.start()
+    await asyncio.to_thread(echo.wait_ready, lambda: _answers(echo_url + "/v1/search"), timeout=30)
+    assert echo.pid is not None
+    common = {
         "SUPABASE_URL": issuer.supabase_url,
         "INTERNAL_JWT_SECRET": TEST_INTERNAL_SECRET,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "STORAGE_URL": upstream_url,
-        "RAG_URL": upstream_url,
-        "NOTIFY_URL": upstream_url,
-        "RATE_LIMIT_REQUESTS": "100000000",
+        "DATABASE_URL": info.database_url,
+        "REDIS_URL": info.redis_url,
         "LOG_LEVEL": "warning",
     }
+    storage_env = {
+        **common,
+        "R2_ENDPOINT": info.s3_endpoint,
+        "R2_ACCESS_KEY": info.s3_access_key,
+        "R2_SECRET_KEY": info.s3_secret_key,
+        "R2_BUCKET": "bench",
+    }
     user_id = uuid.uuid4()
-    conn = await asyncpg.connect(database_url)
+    conn = await asyncpg.connect(info.database_url)
     await conn.execute(
         "insert into auth.users (id, email, raw_user_meta_data) values ($1, $2, $3::jsonb)",
         user_id,
@@ -295,13 +328,40 @@ async def bench(
     await conn.close()
     token = issuer.mint(user_id=user_id, email="bench@example.com")
     try:
-        async with running_service_async(
-            "xtyl_gateway", env, log_dir=tmp, name="gateway"
-        ) as gateway:
+        async with (
+            running_service_async(
+                "xtyl_storage", storage_env, log_dir=tmp, name="storage"
+            ) as storage,
+            running_service_async(
+                "xtyl_gateway",
+                {
+                    **common,
+                    "STORAGE_URL": storage.url,  # /v1/files -> the storage service
+                    "RAG_URL": echo_url,  # /v1/search -> the bare ASGI app
+                    "NOTIFY_URL": echo_url,
+                    "RATE_LIMIT_REQUESTS": "100000000",
+                    "RATE_LIMIT_ROUTES": "",
+                },
+                log_dir=tmp,
+                name="gateway",
+            ) as gateway,
+        ):
             pin(gateway.pid, SERVER_CORE)
-            await report(args, gateway, upstream.pid, upstream_url, token)
+            upstreams = {
+                "bare": Upstream(echo.pid, echo_url + "/v1/search", gateway.url + "/v1/search"),
+                "storage": Upstream(
+                    storage.pid, storage.url + "/v1/files", gateway.url + "/v1/files"
+                ),
+            }
+            await report(args, gateway, upstreams, token, backing_servers(info))
     finally:
-        upstream.stop()
+        echo.stop()
+
+
+class Upstream(NamedTuple):
+    pid: int
+    direct_url: str
+    gateway_url: str
 
 
 def _answers(url: str) -> bool:
@@ -314,12 +374,15 @@ def _answers(url: str) -> bool:
         return False
 
 
+PACED_CONNECTIONS = 128  # long pauses per connection: the response time barely slows pacing
+
+
 async def report(
     args: argparse.Namespace,
     gateway: RunningService,
-    upstream_pid: int,
-    upstream_url: str,
+    upstreams: dict[str, Upstream],
     token: str,
+    backing: list[int],
 ) -> None:
     s, c = args.seconds, args.connections
     tool = "wrk" if shutil.which("wrk") else "python aiohttp client"
@@ -327,66 +390,119 @@ async def report(
         f"gateway benchmark: {s} s per run, {c} connections, load from {tool} on core "
         f"{CLIENT_CORE}, servers on core {SERVER_CORE}"
     )
-    # warm-up: caches, pools, JIT-free but connection set-up
-    await closed_loop(gateway.url + "/v1/search", token, 2, c, gateway.pid)
-    pin(upstream_pid, SERVER_CORE)  # straight to the service: the service is under test
-    direct = await closed_loop(upstream_url + "/v1/search", token, s, c, upstream_pid)
-    pin(upstream_pid, CLIENT_CORE)  # through the gateway: the gateway is, the service is not
-    spy = None
-    if args.profile:
-        worker = psutil.Process(gateway.pid).children(recursive=True)[-1].pid
-        spy = subprocess.Popen(
-            [
-                "uvx",
-                "--from",
-                "py-spy",
-                "py-spy",
-                "record",
-                "--format",
-                "raw",
-                "-o",
-                args.profile,
-                "-d",
-                str(s),
-                "-p",
-                str(worker),
-            ],
-        )
-    proxied = await closed_loop(gateway.url + "/v1/search", token, s, c, gateway.pid)
-    if spy is not None:
-        spy.wait()
+    bare, storage = upstreams["bare"], upstreams["storage"]
+    # warm-up: caches, pools, connection set-up
+    for upstream in (bare, storage):
+        await closed_loop(upstream.direct_url, token, 2, c, upstream.pid)
+        await closed_loop(upstream.gateway_url, token, 2, c, gateway.pid)
+    closed: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for name, upstream in upstreams.items():
+        pin(upstream.pid, SERVER_CORE)  # straight to the service: the service is under test
+        direct = await closed_loop(upstream.direct_url, token, s, c, upstream.pid)
+        pin(upstream.pid, CLIENT_CORE)  # through the gateway: the gateway is, the service not
+        spy = _start_profiler(args.profile, gateway.pid, s) if name == "bare" else None
+        proxied = await closed_loop(upstream.gateway_url, token, s, c, gateway.pid)
+        if spy is not None:
+            spy.wait()
+        closed[name] = (direct, proxied)
     me = await closed_loop(gateway.url + "/v1/me", token, s, c, gateway.pid)
-    print(row("GET /v1/search straight to service", direct))
-    print(row("GET /v1/search through gateway", proxied))
+    print("closed loop (as fast as the server answers):")
+    print(row("GET straight to a bare ASGI app", closed["bare"][0]))
+    print(row("  the same through the gateway", closed["bare"][1]))
+    print(row("GET /v1/files straight to storage", closed["storage"][0]))
+    print(row("  the same through the gateway", closed["storage"][1]))
     print(row("GET /v1/me (gateway, Postgres)", me))
-    print(f"  proxied / direct rate: {proxied['rps'] / direct['rps']:.2f}x")
-    print(f"  gateway CPU per proxied request: {proxied['cpu_us_per_req']:.0f} µs (aim: <= 400)")
+    cpu = closed["bare"][1]["cpu_us_per_req"]
+    print(f"  gateway CPU per proxied request: {cpu:.0f} µs (aim: <= 400)")
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(_PACED_LUA)
+    print(f"paced load ({PACED_CONNECTIONS} connections, exponential pauses):")
+    rate = closed["bare"][1]["rps"] / 2
+    d, g = await _paced_pair(bare, gateway.pid, token, rate, s, script, direct_core=SERVER_CORE)
+    _print_paced(f"half the gateway's own rate, bare app behind ({rate:.0f} req/s offered)", d, g)
+    # The storage service with its Postgres and Redis and the load generator all on core 1 in
+    # both runs, the gateway alone on core 0: the gateway is the only difference between them.
+    pin(storage.pid, CLIENT_CORE)
+    assert len(backing) == 2, f"expected the stack's Postgres and Redis, found {backing}"
+    for pid in backing:
+        pin(pid, CLIENT_CORE)
+    shared = await closed_loop(storage.direct_url, token, s, c, storage.pid)
+    print(
+        f"  storage's direct rate sharing core {CLIENT_CORE} with Postgres, Redis and the load"
+        f" generator: {shared['rps']:.0f} req/s (on a core of its own: "
+        f"{closed['storage'][0]['rps']:.0f} req/s)"
+    )
     for label, rate in (
-        ("half the direct rate", direct["rps"] / 2),
-        ("half the gateway's own rate", proxied["rps"] / 2),
+        ("half that shared-core direct rate", shared["rps"] / 2),
+        ("half its direct rate on a core of its own", closed["storage"][0]["rps"] / 2),
     ):
-        if shutil.which("wrk"):
-            pin(upstream_pid, SERVER_CORE)
-            d = await asyncio.to_thread(
-                run_wrk_paced, upstream_url + "/v1/search", token, rate, s, c, script
-            )
-            pin(upstream_pid, CLIENT_CORE)
-            g = await asyncio.to_thread(
-                run_wrk_paced, gateway.url + "/v1/search", token, rate, s, c, script
-            )
-        else:
-            d = await open_loop(upstream_url + "/v1/search", token, rate, s)
-            g = await open_loop(gateway.url + "/v1/search", token, rate, s)
-        print(f"  paced load at {label} ({rate:.0f} req/s offered):")
-        print(f"    straight p50 {d['p50_ms']:6.2f} ms  p99 {d['p99_ms']:7.2f} ms")
-        print(
-            f"    gateway  p50 {g['p50_ms']:6.2f} ms  p99 {g['p99_ms']:7.2f} ms"
-            f"  ({g.get('rps', rate):.0f} req/s served)"
+        d, g = await _paced_pair(
+            storage, gateway.pid, token, rate, s, script, direct_core=CLIENT_CORE
         )
-        print(f"    added to p50: {g['p50_ms'] - d['p50_ms']:.2f} ms (aim: <= 2 ms)")
+        _print_paced(f"GET /v1/files at {label} ({rate:.0f} req/s offered)", d, g)
+    for pid in backing:
+        pin(pid, None)
     script.unlink()
+
+
+def _print_paced(label: str, d: dict[str, float], g: dict[str, float]) -> None:
+    print(f"  {label}:")
+    print(
+        f"    straight p50 {d['p50_ms']:6.2f} ms  p99 {d['p99_ms']:7.2f} ms"
+        f"  ({d['rps']:.0f} req/s served, service CPU {d['cpu_us_per_req']:.0f} µs/req)"
+    )
+    print(
+        f"    gateway  p50 {g['p50_ms']:6.2f} ms  p99 {g['p99_ms']:7.2f} ms"
+        f"  ({g['rps']:.0f} req/s served, gateway CPU {g['cpu_us_per_req']:.0f} µs/req)"
+    )
+    print(f"    added to p50: {g['p50_ms'] - d['p50_ms']:.2f} ms (aim: <= 2 ms)")
+
+
+async def _paced_pair(
+    upstream: Upstream,
+    gateway_pid: int,
+    token: str,
+    rate: float,
+    seconds: int,
+    script: Path,
+    *,
+    direct_core: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    if not shutil.which("wrk"):
+        before = cpu_seconds(upstream.pid)
+        d = await open_loop(upstream.direct_url, token, rate, seconds)
+        d["cpu_us_per_req"] = (cpu_seconds(upstream.pid) - before) / d["requests"] * 1e6
+        before = cpu_seconds(gateway_pid)
+        g = await open_loop(upstream.gateway_url, token, rate, seconds)
+        g["cpu_us_per_req"] = (cpu_seconds(gateway_pid) - before) / g["requests"] * 1e6
+        return d, g
+    pin(upstream.pid, direct_core)
+    before = cpu_seconds(upstream.pid)
+    d = await asyncio.to_thread(
+        run_wrk_paced, upstream.direct_url, token, rate, seconds, PACED_CONNECTIONS, script
+    )
+    d["cpu_us_per_req"] = (cpu_seconds(upstream.pid) - before) / d["requests"] * 1e6
+    pin(upstream.pid, CLIENT_CORE)
+    before = cpu_seconds(gateway_pid)
+    g = await asyncio.to_thread(
+        run_wrk_paced, upstream.gateway_url, token, rate, seconds, PACED_CONNECTIONS, script
+    )
+    g["cpu_us_per_req"] = (cpu_seconds(gateway_pid) - before) / g["requests"] * 1e6
+    return d, g
+
+
+def _start_profiler(
+    path: str | None, gateway_pid: int, seconds: int
+) -> subprocess.Popen[bytes] | None:
+    if not path:
+        return None
+    worker = psutil.Process(gateway_pid).children(recursive=True)[-1].pid
+    return subprocess.Popen(
+        [
+            *("uvx", "--from", "py-spy", "py-spy", "record", "--format", "raw"),
+            *("-o", path, "-d", str(seconds), "-p", str(worker)),
+        ],
+    )
 
 
 if __name__ == "__main__":
