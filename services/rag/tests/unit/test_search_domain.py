@@ -29,7 +29,7 @@ def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:
     assert plan_semantic(5_000, 10, tuning).kind == "exact"
     big = plan_semantic(200_000, 30, tuning, total_chunks=1_000_000)
     assert big.kind == "hnsw"
-    assert big.ef_search == 300  # 2 * 30 / 0.2
+    assert big.ef_search == 600  # SHARE_OVERSAMPLING (4) * 30 / 0.2
     assert big.max_scan_tuples == 40_000
     small_share = plan_semantic(6_000, 30, tuning, total_chunks=10_000_000)
     assert small_share.ef_search == MAX_EF_SEARCH
@@ -55,3 +55,4 @@ def test_snippet_centres_on_the_terms() -> None:
     assert len(snippet) <= 122
     assert make_snippet("short  text\n here", ["x"]) == "short text here"
     assert make_snippet("a " * 300, []).startswith("a a")
+

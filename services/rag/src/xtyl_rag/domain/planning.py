@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 MAX_EF_SEARCH = 1000
+#: How many of the owner's rows the HNSW candidate list should hold, per row asked: ef_search
+#: is ``SHARE_OVERSAMPLING * limit / share``. At 2, owners of 125,000 chunks among 1,000,000
+#: (ef_search 160) had recall@10 between 0.916 and 0.958 from run to run; 4 (320) holds it
+#: above 0.95 for about a millisecond more.
+SHARE_OVERSAMPLING = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +57,14 @@ def plan_semantic(
 
     ``total_chunks`` (all owners, this model) lets the HNSW plan widen ``ef_search`` for an
     owner who is a small share of the table: the scan must see about ``limit / share`` rows
-    to meet ``limit`` of the owner's.
+    to meet ``limit`` of the owner's (and a margin: ``SHARE_OVERSAMPLING``).
     """
     if candidate_chunks <= tuning.exact_max_chunks:
         return SemanticPlan("exact", limit)
     ef_search = max(tuning.ef_search, limit)
     if total_chunks and candidate_chunks < total_chunks:
         share = candidate_chunks / total_chunks
-        ef_search = max(ef_search, min(MAX_EF_SEARCH, round(2 * limit / share)))
+        ef_search = max(ef_search, min(MAX_EF_SEARCH, round(SHARE_OVERSAMPLING * limit / share)))
     ef_search = min(ef_search, MAX_EF_SEARCH)
     return SemanticPlan(
         "hnsw", limit, ef_search=ef_search, max_scan_tuples=max(tuning.max_scan_tuples, ef_search)
