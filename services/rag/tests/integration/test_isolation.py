@@ -5,64 +5,19 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import pytest
 
 from xtyl_rag.adapters.postgres.models import index_name
 from xtyl_rag.bootstrap import RagCore
 from xtyl_rag.domain.planning import SearchTuning, plan_semantic
 from xtyl_rag.domain.search import SearchFilters, SearchMode
-from xtyl_rag.retrieval import Retriever
+
+from .bulk import insert_chunks, near, retriever
 
 pytestmark = pytest.mark.integration
 
 QUERY = "quarterly revenue forecast for the northern region"
 B_CHUNKS = 10_000
-
-
-async def insert_chunks(
-    core: RagCore, owner: uuid.UUID, contents: list[str], vectors: np.ndarray
-) -> list[uuid.UUID]:
-    """One ready document holding these chunks and vectors (written directly, in bulk)."""
-    model = core.model_status.active.model
-    async with core.pool.acquire() as conn, conn.transaction():
-        document = await conn.fetchval(
-            "insert into xtyl_rag.documents (owner_id, source, title, status, content_sha256,"
-            " chunk_count, embedding_model) values ($1, 'inline', 'bulk', 'ready',"
-            " repeat('0', 64), $2, $3) returning id",
-            owner,
-            len(contents),
-            model,
-        )
-        ids = [uuid.uuid4() for _ in contents]
-        await conn.execute(
-            "insert into xtyl_rag.chunks (id, document_id, owner_id, ordinal, content,"
-            " token_count) select u.id, $2, $3, u.ordinal - 1, u.content, 10"
-            " from unnest($1::uuid[], $4::text[]) with ordinality as u(id, content, ordinal)",
-            ids,
-            document,
-            owner,
-            contents,
-        )
-        await conn.copy_records_to_table(
-            "chunk_embeddings",
-            schema_name="xtyl_rag",
-            columns=["chunk_id", "model", "owner_id", "document_id", "embedding"],
-            records=[(i, model, owner, document, v) for i, v in zip(ids, vectors, strict=True)],
-        )
-        await conn.execute(
-            "insert into xtyl_rag.owner_stats (owner_id, chunk_count) values ($1, $2)",
-            owner,
-            len(contents),
-        )
-        await conn.execute("analyze xtyl_rag.chunk_embeddings")
-    return ids
-
-
-def near(vector: np.ndarray, count: int, scale: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noisy = vector[None, :] + rng.normal(0, scale, size=(count, vector.shape[0]))
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +33,6 @@ async def crowd(core: RagCore) -> tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]:
     )
     await insert_chunks(core, bob, [QUERY] * B_CHUNKS, near(query_vector, B_CHUNKS, 0.005, 2))
     return alice, a_ids, bob
-
-
-def retriever(core: RagCore, exact_max_chunks: int) -> Retriever:
-    return Retriever(
-        chunks=core.chunks,
-        models=core.models,
-        embedders=core.embedders,
-        tuning=SearchTuning(exact_max_chunks=exact_max_chunks),
-        llm=None,
-    )
 
 
 @pytest.mark.parametrize("mode", ["semantic", "fulltext", "hybrid"])

@@ -6,6 +6,7 @@ import pytest
 
 from xtyl_rag.domain.fusion import reciprocal_rank_fusion
 from xtyl_rag.domain.planning import MAX_EF_SEARCH, SearchTuning, candidate_depth, plan_semantic
+from xtyl_rag.domain.search import candidate_lexemes
 from xtyl_rag.domain.snippets import ELLIPSIS, make_snippet, query_terms
 
 
@@ -56,3 +57,14 @@ def test_snippet_centres_on_the_terms() -> None:
     assert make_snippet("short  text\n here", ["x"]) == "short text here"
     assert make_snippet("a " * 300, []).startswith("a a")
 
+
+def test_candidate_lexemes_take_the_rarest_within_the_budget() -> None:
+    counts = {"common": 9_000, "rare": 12, "mid": 700, "absent": 0, "other": 2_500}
+    assert candidate_lexemes(counts, 3_000) == (["rare", "mid"], False)
+    assert candidate_lexemes(counts, 100_000) == (["rare", "mid", "other", "common"], True)
+    # the rarest is always taken, even when it alone is over the budget
+    assert candidate_lexemes({"huge": 50_000, "bigger": 80_000}, 3_000) == (["huge"], False)
+    # nothing the owner has: nothing to rank, and that is the whole answer
+    assert candidate_lexemes({"absent": 0}, 3_000) == ([], True)
+    # ties broken by the lexeme, so a query ranks the same chunks every time
+    assert candidate_lexemes({"b": 5, "a": 5, "c": 5}, 10) == (["a", "b"], False)

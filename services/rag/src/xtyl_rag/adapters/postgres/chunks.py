@@ -14,7 +14,9 @@ Semantic search runs one of the two plans of ``domain/planning.py``:
 Full-text search ranks chunks that have all the query's lexemes first, then (when those are
 too few) chunks with any of them (``'a' | 'b'``; the ``english`` configuration drops stop
 words and stems), with ``ts_rank`` normalised by length, so a question in plain words finds
-chunks that share only some of its words.
+chunks that share only some of its words. For a large owner the chunks sharing any word are
+many, so those holding the query's rarer words (per-owner counts in ``owner_lexemes``) are
+ranked first, and the frequent words only score.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ import numpy as np
 
 from xtyl_rag.adapters.postgres.models import sql_literal
 from xtyl_rag.domain.planning import SemanticPlan
-from xtyl_rag.domain.search import ChunkHit, RankedChunk, SearchFilters
+from xtyl_rag.domain.search import (
+    CANDIDATE_BUDGET,
+    ChunkHit,
+    RankedChunk,
+    SearchFilters,
+    candidate_lexemes,
+)
 
 #: Chunks ranked at most by one full-text query over the GIN index (a large owner's chunks
 #: that share a common word with the query can be tens of thousands).
@@ -35,10 +43,19 @@ MAX_RANKED = 10_000
 #: The query's lexemes joined with ``&`` (``plainto_tsquery``).
 _ALL_LEXEMES = "plainto_tsquery('english'::regconfig, $2::text)"
 #: The query's lexemes joined with ``|`` (NULL when it has none: nothing matches).
-_ANY_LEXEME = (
-    "(select string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', '''''') || '''', ' | ')"
-    " from unnest(tsvector_to_array(to_tsvector('english'::regconfig, $2::text))) as l)::tsquery"
-)
+_QUERY_LEXEMES = "tsvector_to_array(to_tsvector('english'::regconfig, $2::text))"
+
+
+def _or_query(lexemes: str) -> str:
+    """A tsquery of the text[] ``lexemes`` (an SQL expression of this module, never input)
+    joined with ``|`` (NULL when empty: nothing matches)."""
+    return (
+        "(select string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', '''''') || '''',"  # noqa: S608
+        f" ' | ') from unnest({lexemes}) as l)::tsquery"
+    )
+
+
+_ANY_LEXEME = _or_query(_QUERY_LEXEMES)
 
 
 def _filters(
@@ -153,42 +170,81 @@ class ChunkSearch:
         then by ``ts_rank`` (normalised by length).
 
         ``scan_owner`` (an owner with few chunks): read the owner's rows and test each, in a
-        materialised CTE the planner cannot turn into a scan of the GIN index, whose bitmap
-        for common words spans every owner's rows. Otherwise the GIN index, ranking at most
-        ``MAX_RANKED`` matching chunks.
+        materialised CTE the planner cannot turn into a scan of the GIN index. Otherwise the
+        GIN index on ``(owner_id, tsv)`` (migration 0004): first the chunks with every lexeme;
+        when they are fewer than ``limit``, the chunks holding the query's rarer lexemes
+        (``candidate_lexemes``: within ``CANDIDATE_BUDGET`` chunks); when those are too few
+        as well, all the chunks sharing any lexeme. Each step ranks at most ``MAX_RANKED``.
         """
         sql, params = _filters(filters, 5, alias="c")
         rank = (
             "ts_rank(m.tsv, q.any_lexeme, 1)"
             " + case when m.tsv @@ q.all_lexemes then 1 else 0 end as score"
         )
-        if scan_owner:
-            source = (
-                " mine as materialized (select c.id, c.tsv from xtyl_rag.chunks c"  # noqa: S608
-                f" where c.owner_id = $1{sql} and $4::int > 0)"
-                f" select m.id, {rank} from mine m, q where m.tsv @@ q.any_lexeme"
-            )
-        else:
-            source = (
-                " m as materialized (select c.id, c.tsv from xtyl_rag.chunks c, q"  # noqa: S608
-                f" where c.owner_id = $1 and c.tsv @@ q.any_lexeme{sql} limit $4)"
-                f" select m.id, {rank} from m, q"
-            )
-        statement = (
-            f"with q as (select {_ANY_LEXEME} as any_lexeme, {_ALL_LEXEMES} as all_lexemes),"
-            f"{source} order by score desc, m.id limit $3"
-        )
+        lexemes = f"with q as (select {_ANY_LEXEME} as any_lexeme, {_ALL_LEXEMES} as all_lexemes),"
         args = (owner_id, query, limit, MAX_RANKED, *params)
         if scan_owner:
-            rows = await self._pool.fetch(statement, *args)
-        else:
-            async with self._pool.acquire() as conn, conn.transaction():
-                # a generic plan (after five runs of a prepared statement) does not know the
-                # owner is large and reads all of its rows through the btree: 0.5 s measured
-                await conn.execute(
-                    "select set_config('plan_cache_mode', 'force_custom_plan', true)"
+            rows = await self._pool.fetch(
+                f"{lexemes} mine as materialized (select c.id, c.tsv"  # noqa: S608
+                f" from xtyl_rag.chunks c where c.owner_id = $1{sql} and $4::int > 0)"
+                f" select m.id, {rank} from mine m, q where m.tsv @@ q.any_lexeme"
+                " order by score desc, m.id limit $3",
+                *args,
+            )
+            return [RankedChunk(row["id"], float(row["score"])) for row in rows]
+        async with self._pool.acquire() as conn, conn.transaction():
+            # a generic plan (after five runs of a prepared statement) does not know the
+            # owner is large and reads all of its rows through the btree: 0.5 s measured
+            await conn.execute("select set_config('plan_cache_mode', 'force_custom_plan', true)")
+            # Chunks with every lexeme outrank any chunk without (+1), so when there are at
+            # least `limit` of them they are the whole answer, and the (GIN-intersected, small)
+            # set of all-lexeme matches is ranked instead of every chunk sharing one word.
+            rows = await conn.fetch(
+                f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
+                f" from xtyl_rag.chunks c, q where c.owner_id = $1 and c.tsv @@ q.all_lexemes{sql}"
+                " limit $4)"
+                " select m.id, ts_rank(m.tsv, q.any_lexeme, 1) + 1 as score from m, q"
+                " order by score desc, m.id limit $3",
+                *args,
+            )
+            if len(rows) >= limit:
+                return [RankedChunk(row["id"], float(row["score"])) for row in rows]
+            # Then the chunks holding the query's rarer lexemes (owner_lexemes, migration
+            # 0005): all of a big owner's chunks that share some common word would be
+            # thousands to rank. Only if those are too few, every chunk sharing any lexeme.
+            frequencies = await conn.fetch(
+                f"select l.lexeme, coalesce(o.chunks, 0) as chunks from unnest({_QUERY_LEXEMES})"  # noqa: S608
+                " as l(lexeme) left join xtyl_rag.owner_lexemes o"
+                " on o.owner_id = $1 and o.lexeme = l.lexeme",
+                owner_id,
+                query,
+            )
+            chosen, complete = candidate_lexemes(
+                {row["lexeme"]: int(row["chunks"]) for row in frequencies}, CANDIDATE_BUDGET
+            )
+            rows = []
+            if chosen and not complete:
+                rarer_sql, rarer_params = _filters(filters, 6, alias="c")
+                rows = await conn.fetch(
+                    f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
+                    " from xtyl_rag.chunks c where c.owner_id = $1"
+                    f" and c.tsv @@ {_or_query('$5::text[]')}{rarer_sql} limit $4)"
+                    f" select m.id, {rank} from m, q order by score desc, m.id limit $3",
+                    owner_id,
+                    query,
+                    limit,
+                    MAX_RANKED,
+                    chosen,
+                    *rarer_params,
                 )
-                rows = await conn.fetch(statement, *args)
+            if len(rows) < limit:
+                rows = await conn.fetch(
+                    f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
+                    f" from xtyl_rag.chunks c, q where c.owner_id = $1"
+                    f" and c.tsv @@ q.any_lexeme{sql} limit $4)"
+                    f" select m.id, {rank} from m, q order by score desc, m.id limit $3",
+                    *args,
+                )
         return [RankedChunk(row["id"], float(row["score"])) for row in rows]
 
     async def hits(self, owner_id: uuid.UUID, chunk_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
