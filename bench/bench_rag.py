@@ -169,10 +169,8 @@ async def load(
     rng: np.random.Generator,
 ) -> int:
     await conn.execute("set session_replication_role = replica")  # no FK checks while loading
-    await conn.execute(
-        "drop index if exists xtyl_rag.chunks_tsv_idx, xtyl_rag.chunks_owner_idx,"
-        " xtyl_rag.chunk_embeddings_owner_idx"
-    )
+    for name, _ in await secondary_indexes(conn):
+        await conn.execute(f"drop index xtyl_rag.{name}")
     await conn.execute(
         "insert into xtyl_rag.embedding_models (model, dimension, state, activated_at)"
         " values ($1, $2, 'active', now()) on conflict do nothing",
@@ -266,17 +264,24 @@ async def load(
     return loaded
 
 
-async def build_indexes(conn: Any, timings: Timings) -> None:
+async def secondary_indexes(conn: Any) -> list[tuple[str, str]]:
+    """The migrations' search indexes on chunks and chunk_embeddings (name, definition):
+    dropped while loading, rebuilt after, so the bench always measures the schema it ships."""
+    rows = await conn.fetch(
+        "select i.indexname, i.indexdef from pg_catalog.pg_indexes i"
+        " join pg_catalog.pg_class c on c.relname = i.indexname"
+        " join pg_catalog.pg_index x on x.indexrelid = c.oid"
+        " where i.schemaname = 'xtyl_rag' and i.tablename in ('chunks', 'chunk_embeddings')"
+        " and not x.indisunique and not x.indisprimary order by i.indexname"
+    )
+    return [(row["indexname"], row["indexdef"]) for row in rows]
+
+
+async def build_indexes(conn: Any, timings: Timings, indexes: list[tuple[str, str]]) -> None:
     await conn.execute("set maintenance_work_mem = '6GB'")
     await conn.execute("set max_parallel_maintenance_workers = 1")
     for name, sql in (
-        (
-            "btree (owner_id, model)",
-            "create index chunk_embeddings_owner_idx on"
-            " xtyl_rag.chunk_embeddings (owner_id, model)",
-        ),
-        ("btree chunks(owner_id)", "create index chunks_owner_idx on xtyl_rag.chunks (owner_id)"),
-        ("GIN tsvector", "create index chunks_tsv_idx on xtyl_rag.chunks using gin (tsv)"),
+        *indexes,
         (
             "HNSW cosine (m=16, ef_construction=64)",
             f"create index {index_name(MODEL)} on xtyl_rag.chunk_embeddings using hnsw"
@@ -286,6 +291,16 @@ async def build_indexes(conn: Any, timings: Timings) -> None:
         started = time.perf_counter()
         await conn.execute(sql, timeout=None)
         timings.run(f"index {name}", started)
+    started = time.perf_counter()
+    # COPY ran with triggers off: count the owners' lexemes as migration 0005's backfill does
+    await conn.execute(
+        "insert into xtyl_rag.owner_lexemes (owner_id, lexeme, chunks)"
+        " select c.owner_id, l.lexeme, count(*)::integer from xtyl_rag.chunks c"
+        " cross join lateral unnest(tsvector_to_array(c.tsv)) as l(lexeme)"
+        " group by c.owner_id, l.lexeme on conflict (owner_id, lexeme) do nothing",
+        timeout=None,
+    )
+    timings.run("owner lexeme counts", started)
     started = time.perf_counter()
     await conn.execute("vacuum analyze xtyl_rag.chunk_embeddings", timeout=None)
     await conn.execute("vacuum analyze xtyl_rag.chunks", timeout=None)
@@ -346,6 +361,50 @@ class Query:
     truth: list[uuid.UUID]
 
 
+async def time_searches(
+    retriever: Retriever, queries: dict[str, list[Query]], tuning: SearchTuning, per_group: int
+) -> None:
+    # Two passes over every query: the first after a (re)start of Postgres reads the index
+    # pages into shared buffers ("cold"), the second is the steady state of a busy service.
+    measured: dict[tuple[str, str, str], list[float]] = {}
+    recalls: dict[tuple[str, str], list[float]] = {}
+    plans: dict[tuple[str, str], str] = {}
+    for phase in ("cold", "warm"):
+        for group, picked in queries.items():
+            for mode in MODES:
+                latencies = measured.setdefault((phase, group, mode), [])
+                for query in picked:
+                    started = time.perf_counter()
+                    result = await retriever.search(
+                        query.owner.id, query.text, k=K, mode=mode, filters=SearchFilters()
+                    )
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    plans[group, mode] = result.plan or "-"
+                    if mode == "semantic" and phase == "warm":
+                        got = {hit.chunk_id for hit in result.hits}
+                        recalls.setdefault((group, mode), []).append(
+                            len(got & set(query.truth)) / max(1, len(query.truth))
+                        )
+    print(
+        f"\nsearch: k={K}, {per_group} queries per group, threshold"
+        f" {tuning.exact_max_chunks} chunks, ef_search {tuning.ef_search};"
+        " p50/p99 of the second pass, cold: the first pass after Postgres started"
+    )
+    print(
+        f"  {'group':>6} {'mode':>9} {'plan':>6} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}"
+        f" {'cold p50':>8} {'cold p99':>8}"
+    )
+    for group in queries:
+        for mode in MODES:
+            warm, cold = measured["warm", group, mode], measured["cold", group, mode]
+            got = recalls.get((group, mode))
+            recall = f"{statistics.mean(got):.3f}" if got else "-"
+            print(
+                f"  {group:>6} {mode:>9} {plans[group, mode]:>6} {pct(warm, 0.5):7.1f}"
+                f" {pct(warm, 0.99):7.1f} {recall:>9} {pct(cold, 0.5):8.1f} {pct(cold, 0.99):8.1f}"
+            )
+
+
 async def search_bench(
     pool: asyncpg.Pool,
     per_group: int,
@@ -385,36 +444,7 @@ async def search_bench(
             picked.append(Query(owner, text, vector, await exact_top(pool, owner.id, vector)))
         queries[group] = picked
     total = await chunks.total_vectors()
-    for query in (q for group in queries.values() for q in group[:5]):  # warm the caches
-        await retriever.search(
-            query.owner.id, query.text, k=K, mode="hybrid", filters=SearchFilters()
-        )
-
-    print(
-        f"\nsearch: k={K}, {per_group} queries per group, threshold"
-        f" {tuning.exact_max_chunks} chunks, ef_search {tuning.ef_search}"
-    )
-    print(f"  {'group':>6} {'mode':>9} {'plan':>6} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}")
-    for group, picked in queries.items():
-        for mode in MODES:
-            latencies: list[float] = []
-            recalls: list[float] = []
-            plan = "-"
-            for query in picked:
-                started = time.perf_counter()
-                result = await retriever.search(
-                    query.owner.id, query.text, k=K, mode=mode, filters=SearchFilters()
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                plan = result.plan or "-"
-                if mode == "semantic":
-                    got = {hit.chunk_id for hit in result.hits}
-                    recalls.append(len(got & set(query.truth)) / max(1, len(query.truth)))
-            recall = f"{statistics.mean(recalls):.3f}" if recalls else "-"
-            print(
-                f"  {group:>6} {mode:>9} {plan:>6} {pct(latencies, 0.5):7.1f}"
-                f" {pct(latencies, 0.99):7.1f} {recall:>9}"
-            )
+    await time_searches(retriever, queries, tuning, per_group)
 
     print("\nsemantic plans forced per group (the threshold is where exact stops being cheaper):")
     print(
@@ -634,10 +664,11 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             timings.run(f"embed {len(texts)} base sentences", started)
             owners = layout(args.chunks, len(texts), random.Random(42))
             async with pool.acquire() as conn:
+                indexes = await secondary_indexes(conn)
                 started = time.perf_counter()
                 loaded = await load(conn, owners, texts, base_vectors, rng)
                 timings.run(f"COPY {loaded} chunks of {len(owners)} owners", started)
-                await build_indexes(conn, timings)
+                await build_indexes(conn, timings, indexes)
         tuning = SearchTuning(exact_max_chunks=args.threshold, ef_search=args.ef_search)
         await search_bench(pool, args.queries, tuning, rng)
         if not args.skip_ingest:
