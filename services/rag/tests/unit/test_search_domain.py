@@ -28,9 +28,9 @@ def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:
     tuning = SearchTuning(exact_max_chunks=5_000, ef_search=100, max_scan_tuples=40_000)
     assert plan_semantic(0, 10, tuning).kind == "exact"
     assert plan_semantic(5_000, 10, tuning).kind == "exact"
-    big = plan_semantic(200_000, 30, tuning, total_chunks=1_000_000)
+    big = plan_semantic(200_000, 10, tuning, total_chunks=1_000_000)
     assert big.kind == "hnsw"
-    assert big.ef_search == 600  # SHARE_OVERSAMPLING (4) * 30 / 0.2
+    assert big.ef_search == 400  # SHARE_OVERSAMPLING (8) * 10 / 0.2
     assert big.max_scan_tuples == 40_000
     small_share = plan_semantic(6_000, 30, tuning, total_chunks=10_000_000)
     assert small_share.ef_search == MAX_EF_SEARCH
