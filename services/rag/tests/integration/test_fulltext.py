@@ -3,6 +3,7 @@ counts that choose a large owner's candidates, and what those candidates are."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -163,3 +164,28 @@ async def test_a_large_owner_ranks_the_chunks_of_rarer_words(
     )
     assert len(filled.hits) == 40
     assert {h.chunk_id for h in filled.hits[:5]} == set(both)
+
+
+async def test_concurrent_writes_of_one_owner_keep_exact_counts(core: RagCore) -> None:
+    # Writers of one owner's chunks update the same counter rows; they must wait for each
+    # other (rows locked in one order), never deadlock, and the counts must equal a recount.
+    owner = uuid.uuid4()
+    dimension = core.model_status.active.dimension
+    words = ["apple", "banana", "cherry", "damson", "elder", "fig", "grape", "hazel"]
+
+    async def write(n: int) -> None:
+        texts = [" ".join(words[(n + i) % 8 :] + words[: (n + i) % 8]) for i in range(40)]
+        vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 100 + n)
+        ids = await insert_chunks(core, owner, texts, vectors)
+        if n % 2:
+            await core.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
+
+    await asyncio.gather(*(write(n) for n in range(8)))
+    recount = await core.pool.fetch(
+        "select l.lexeme, count(*)::integer as chunks from xtyl_rag.chunks c"
+        " cross join lateral unnest(tsvector_to_array(c.tsv)) as l(lexeme)"
+        " where c.owner_id = $1 group by l.lexeme",
+        owner,
+    )
+    assert await lexeme_counts(core, owner) == {row["lexeme"]: row["chunks"] for row in recount}
+    assert sum((await lexeme_counts(core, owner)).values()) == (8 * 40 - 4 * 20) * 8
