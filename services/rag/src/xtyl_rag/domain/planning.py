@@ -15,10 +15,11 @@ distance) always has recall 1.0 and costs time linear in the caller's chunks. So
   owners that are a small share of the table, results re-sorted by exact distance.
 
 ``exact_max_chunks`` is measured by ``bench/bench_rag.py`` (the owner size where the exact
-scan's p50 passes the HNSW path's), not guessed. On 1,000,000 x 384 here (warm): exact 0.5 ms
-at 20 chunks, 1.8 ms at 2,000, 14.9 ms at 20,000, 92 ms at 125,000 (~0.75 us a row); HNSW
-205 ms and recall 0.63 at 20 chunks (the filter starves the scan), 7.5 ms at 2,000, 6.4 ms
-(recall 0.986) at 20,000, 2.2 ms (0.958) at 125,000. The lines cross near 10,000 chunks.
+scan's p50 passes the HNSW path's), not guessed. On 1,000,000 x 384 here (warm): exact 0.3 ms
+at 20 chunks, 1.9 ms at 2,000, 15.3 ms at 20,000, 90 ms at 125,000 (~0.7 us a row); HNSW
+191 ms and recall 0.70 at 20 chunks (the filter starves the scan), 6.6 ms at 2,000, 5.3 ms
+(recall 0.980) at 20,000, 3.8 ms (0.972, ef_search 640) at 125,000. The lines cross near
+10,000 chunks.
 """
 
 from __future__ import annotations
