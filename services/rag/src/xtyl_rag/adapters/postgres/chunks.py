@@ -56,6 +56,22 @@ def _or_query(lexemes: str) -> str:
 
 
 _ANY_LEXEME = _or_query(_QUERY_LEXEMES)
+#: Every full-text statement starts with the query's two tsqueries, as ``q``.
+_LEXEMES_CTE = f"with q as (select {_ANY_LEXEME} as any_lexeme, {_ALL_LEXEMES} as all_lexemes),"
+#: ``ts_rank`` (normalised by length), plus 1 for a chunk holding every lexeme.
+_SCORE = (
+    "ts_rank(m.tsv, q.any_lexeme, 1) + case when m.tsv @@ q.all_lexemes then 1 else 0 end as score"
+)
+
+
+def _ranked_matches(match: str, filters_sql: str) -> str:
+    """The owner's chunks for which ``tsv @@ match`` holds, read through the GIN index on
+    ``(owner_id, tsv)``, at most ``MAX_RANKED`` ($4) of them ranked, the best $3 returned."""
+    return (
+        f"{_LEXEMES_CTE} m as materialized (select c.id, c.tsv"  # noqa: S608
+        f" from xtyl_rag.chunks c, q where c.owner_id = $1 and c.tsv @@ {match}{filters_sql}"
+        f" limit $4) select m.id, {_SCORE} from m, q order by score desc, m.id limit $3"
+    )
 
 
 def _filters(
@@ -177,21 +193,16 @@ class ChunkSearch:
         as well, all the chunks sharing any lexeme. Each step ranks at most ``MAX_RANKED``.
         """
         sql, params = _filters(filters, 5, alias="c")
-        rank = (
-            "ts_rank(m.tsv, q.any_lexeme, 1)"
-            " + case when m.tsv @@ q.all_lexemes then 1 else 0 end as score"
-        )
-        lexemes = f"with q as (select {_ANY_LEXEME} as any_lexeme, {_ALL_LEXEMES} as all_lexemes),"
         args = (owner_id, query, limit, MAX_RANKED, *params)
         if scan_owner:
             rows = await self._pool.fetch(
-                f"{lexemes} mine as materialized (select c.id, c.tsv"  # noqa: S608
+                f"{_LEXEMES_CTE} mine as materialized (select c.id, c.tsv"  # noqa: S608
                 f" from xtyl_rag.chunks c where c.owner_id = $1{sql} and $4::int > 0)"
-                f" select m.id, {rank} from mine m, q where m.tsv @@ q.any_lexeme"
+                f" select m.id, {_SCORE} from mine m, q where m.tsv @@ q.any_lexeme"
                 " order by score desc, m.id limit $3",
                 *args,
             )
-            return [RankedChunk(row["id"], float(row["score"])) for row in rows]
+            return _ranked(rows)
         async with self._pool.acquire() as conn, conn.transaction():
             # a generic plan (after five runs of a prepared statement) does not know the
             # owner is large and reads all of its rows through the btree: 0.5 s measured
@@ -199,16 +210,9 @@ class ChunkSearch:
             # Chunks with every lexeme outrank any chunk without (+1), so when there are at
             # least `limit` of them they are the whole answer, and the (GIN-intersected, small)
             # set of all-lexeme matches is ranked instead of every chunk sharing one word.
-            rows = await conn.fetch(
-                f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
-                f" from xtyl_rag.chunks c, q where c.owner_id = $1 and c.tsv @@ q.all_lexemes{sql}"
-                " limit $4)"
-                " select m.id, ts_rank(m.tsv, q.any_lexeme, 1) + 1 as score from m, q"
-                " order by score desc, m.id limit $3",
-                *args,
-            )
+            rows = await conn.fetch(_ranked_matches("q.all_lexemes", sql), *args)
             if len(rows) >= limit:
-                return [RankedChunk(row["id"], float(row["score"])) for row in rows]
+                return _ranked(rows)
             # Then the chunks holding the query's rarer lexemes (owner_lexemes, migration
             # 0005): all of a big owner's chunks that share some common word would be
             # thousands to rank. Only if those are too few, every chunk sharing any lexeme.
@@ -226,10 +230,7 @@ class ChunkSearch:
             if chosen and not complete:
                 rarer_sql, rarer_params = _filters(filters, 6, alias="c")
                 rows = await conn.fetch(
-                    f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
-                    " from xtyl_rag.chunks c where c.owner_id = $1"
-                    f" and c.tsv @@ {_or_query('$5::text[]')}{rarer_sql} limit $4)"
-                    f" select m.id, {rank} from m, q order by score desc, m.id limit $3",
+                    _ranked_matches(_or_query("$5::text[]"), rarer_sql),
                     owner_id,
                     query,
                     limit,
@@ -238,14 +239,8 @@ class ChunkSearch:
                     *rarer_params,
                 )
             if len(rows) < limit:
-                rows = await conn.fetch(
-                    f"{lexemes} m as materialized (select c.id, c.tsv"  # noqa: S608
-                    f" from xtyl_rag.chunks c, q where c.owner_id = $1"
-                    f" and c.tsv @@ q.any_lexeme{sql} limit $4)"
-                    f" select m.id, {rank} from m, q order by score desc, m.id limit $3",
-                    *args,
-                )
-        return [RankedChunk(row["id"], float(row["score"])) for row in rows]
+                rows = await conn.fetch(_ranked_matches("q.any_lexeme", sql), *args)
+        return _ranked(rows)
 
     async def hits(self, owner_id: uuid.UUID, chunk_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
         """The owner's chunks by id, with their documents' titles (ids of others are absent).
@@ -262,6 +257,10 @@ class ChunkSearch:
             chunk_ids,
         )
         return {row["id"]: row for row in rows}
+
+
+def _ranked(rows: list[asyncpg.Record]) -> list[RankedChunk]:
+    return [RankedChunk(row["id"], float(row["score"])) for row in rows]
 
 
 def _distance(row: asyncpg.Record) -> float:
