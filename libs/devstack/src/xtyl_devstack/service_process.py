@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -42,6 +43,38 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A service's environment: ``env`` over a minimal base, JSON logs (nothing inherited)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),  # noqa: S108 - only a fallback for HOME
+        "LOG_JSON": "true",
+        **env,
+    }
+
+
+def start_worker_process(
+    module: str,
+    env: Mapping[str, str],
+    *,
+    log_dir: Path,
+    name: str,
+    ready_log: bytes,
+    timeout_s: float = 60.0,
+) -> ManagedProcess:
+    """Start ``python -m module`` (a worker: no port) and wait until its log shows
+    ``ready_log``; the caller stops it."""
+    log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+    process = ManagedProcess(
+        name, [sys.executable, "-m", module], env=_process_env(env), log_path=log_path
+    )
+    process.start()
+    process.wait_ready(
+        lambda: log_path.exists() and ready_log in log_path.read_bytes(), timeout=timeout_s
+    )
+    return process
+
+
 def _start(
     module: str,
     env: Mapping[str, str],
@@ -54,18 +87,10 @@ def _start(
 ) -> RunningService:
     name = name or module
     port = port or free_port()
-    full_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/tmp"),  # noqa: S108 - only a fallback for HOME
-        "LOG_JSON": "true",
-        **env,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-    }
     process = ManagedProcess(
         name,
         [sys.executable, "-m", module],
-        env=full_env,
+        env=_process_env({**env, "HOST": "127.0.0.1", "PORT": str(port)}),
         log_path=log_dir / f"{name}-{port}.log",
     )
     process.start()

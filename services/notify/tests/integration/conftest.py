@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +32,11 @@ from xtyl_common.redis_client import create_redis
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.processes import ManagedProcess
-from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_devstack.service_process import (
+    RunningService,
+    running_service_async,
+    start_worker_process,
+)
 from xtyl_devstack.testing import eventually
 
 GROUP = "notify"
@@ -81,31 +84,18 @@ def notify_env(
     }
 
 
-def start_worker(env: dict[str, str], log_dir: Path) -> ManagedProcess:
-    log_path = log_dir / f"notify-worker-{secrets.token_hex(3)}.log"
-    process = ManagedProcess(
-        "notify-worker",
-        [sys.executable, "-m", "xtyl_notify.worker"],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "LOG_JSON": "true",
-            **env,
-        },
-        log_path=log_path,
-    )
-    process.start()
-    process.wait_ready(
-        lambda: log_path.exists() and b"consumer_started" in log_path.read_bytes(), timeout=60
-    )
-    return process
-
-
 @pytest.fixture(scope="session")
 async def notify_worker(
     notify_env: dict[str, str], service_log_dir: Path
 ) -> AsyncIterator[ManagedProcess]:
-    process = await asyncio.to_thread(start_worker, notify_env, service_log_dir)
+    process = await asyncio.to_thread(
+        start_worker_process,
+        "xtyl_notify.worker",
+        notify_env,
+        log_dir=service_log_dir,
+        name="notify-worker",
+        ready_log=b"consumer_started",
+    )
     yield process
     await asyncio.to_thread(process.stop)
 

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,7 +21,11 @@ from xtyl_common.settings import load_settings
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.ports import free_port
 from xtyl_devstack.processes import ManagedProcess
-from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_devstack.service_process import (
+    RunningService,
+    running_service_async,
+    start_worker_process,
+)
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
 from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import Document, FileSource
@@ -132,31 +135,18 @@ async def rag_service(
         yield service
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "rag-worker") -> ManagedProcess:
-    log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
-    process = ManagedProcess(
-        name,
-        [sys.executable, "-m", "xtyl_rag.worker"],
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "LOG_JSON": "true",
-            **env,
-        },
-        log_path=log_path,
-    )
-    process.start()
-    process.wait_ready(
-        lambda: log_path.exists() and b"rag_worker_started" in log_path.read_bytes(), timeout=60
-    )
-    return process
-
-
 @pytest.fixture(scope="session")
 async def rag_worker(
     rag_env: dict[str, str], service_log_dir: Path
 ) -> AsyncIterator[ManagedProcess]:
-    process = await asyncio.to_thread(start_worker, rag_env, service_log_dir)
+    process = await asyncio.to_thread(
+        start_worker_process,
+        "xtyl_rag.worker",
+        rag_env,
+        log_dir=service_log_dir,
+        name="rag-worker",
+        ready_log=b"rag_worker_started",
+    )
     yield process
     await asyncio.to_thread(process.stop)
 
