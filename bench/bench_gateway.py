@@ -41,7 +41,7 @@ from xtyl_common.migrate import migrate
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.s3 import ensure_bucket, s3_client
-from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_devstack.service_process import RunningService, answers, running_service_async
 from xtyl_devstack.stack import Stack, StackInfo
 from xtyl_devstack.testing import TEST_INTERNAL_SECRET
 
@@ -100,28 +100,39 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def run_wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(
+    url: str,
+    token: str,
+    seconds: int,
+    connections: int,
+    *,
+    rate: float | None = None,
+    script: Path | None = None,
+) -> dict[str, float]:
+    """wrk on the client core; with ``rate`` and the pacing ``script``, each connection pauses
+    between requests so the offered load is ``rate`` requests/s."""
     wrk = shutil.which("wrk")
     assert wrk is not None
+    env = dict(os.environ)
+    paced: list[str] = []
+    if rate is not None and script is not None:
+        env["XTYL_BENCH_DELAY_MS"] = str(max(1.0, connections / rate * 1000))
+        paced = ["-s", str(script)]
     out = subprocess.run(
         [
-            "taskset",
-            "-c",
-            str(CLIENT_CORE),
-            wrk,
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-H",
-            f"Authorization: Bearer {token}",
-            url,
+            *("taskset", "-c", str(CLIENT_CORE), wrk, "-t1"),
+            *(f"-c{connections}", f"-d{seconds}s", "--latency", *paced),
+            *("-H", f"Authorization: Bearer {token}", url),
         ],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
-    return parse_wrk(out)
+    result = parse_wrk(out)
+    if rate is not None:
+        result["rate"] = rate
+    return result
 
 
 async def run_python_closed(
@@ -175,39 +186,6 @@ math.randomseed(os.time())
 -- exponential pauses: the connections drift apart instead of firing in lock-step bursts
 function delay() return math.floor(-math.log(1 - math.random()) * interval + 0.5) end
 """
-
-
-def run_wrk_paced(
-    url: str, token: str, rate: float, seconds: int, connections: int, script: Path
-) -> dict[str, float]:
-    """wrk with a per-connection pause so the offered load is ``rate`` requests/s."""
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    delay_ms = max(1.0, connections / rate * 1000)
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            str(CLIENT_CORE),
-            wrk,
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            "-H",
-            f"Authorization: Bearer {token}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "XTYL_BENCH_DELAY_MS": str(delay_ms)},
-    ).stdout
-    result = parse_wrk(out)
-    result["rate"] = rate
-    return result
 
 
 async def open_loop(url: str, token: str, rate: float, seconds: float) -> dict[str, float]:
@@ -273,7 +251,7 @@ async def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _upstream(name: str, target: str, port: int, tmp: Path, *, factory: bool) -> ManagedProcess:
+def _upstream(name: str, target: str, port: int, tmp: Path) -> ManagedProcess:
     return ManagedProcess(
         name,
         [
@@ -282,7 +260,6 @@ def _upstream(name: str, target: str, port: int, tmp: Path, *, factory: bool) ->
             "granian",
             "--interface",
             "asgi",
-            *(["--factory"] if factory else []),
             "--host",
             "127.0.0.1",
             "--port",
@@ -298,10 +275,10 @@ def _upstream(name: str, target: str, port: int, tmp: Path, *, factory: bool) ->
 
 
 async def bench(args: argparse.Namespace, info: StackInfo, issuer: LocalIssuer, tmp: Path) -> None:
-    echo = _upstream("echo-upstream", "echo_upstream:app", 18791, tmp, factory=False)
+    echo = _upstream("echo-upstream", "echo_upstream:app", 18791, tmp)
     echo_url = "http://127.0.0.1:18791"
     echo.start()
-    await asyncio.to_thread(echo.wait_ready, lambda: _answers(echo_url + "/v1/search"), timeout=30)
+    await asyncio.to_thread(echo.wait_ready, lambda: answers(echo_url + "/v1/search"), timeout=30)
     assert echo.pid is not None
     common = {
         "SUPABASE_URL": issuer.supabase_url,
@@ -362,16 +339,6 @@ class Upstream(NamedTuple):
     pid: int
     direct_url: str
     gateway_url: str
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310
-            return int(resp.status) == 200
-    except OSError:
-        return False
 
 
 PACED_CONNECTIONS = 128  # long pauses per connection: the response time barely slows pacing
@@ -479,13 +446,25 @@ async def _paced_pair(
     pin(upstream.pid, direct_core)
     before = cpu_seconds(upstream.pid)
     d = await asyncio.to_thread(
-        run_wrk_paced, upstream.direct_url, token, rate, seconds, PACED_CONNECTIONS, script
+        run_wrk,
+        upstream.direct_url,
+        token,
+        seconds,
+        PACED_CONNECTIONS,
+        rate=rate,
+        script=script,
     )
     d["cpu_us_per_req"] = (cpu_seconds(upstream.pid) - before) / d["requests"] * 1e6
     pin(upstream.pid, CLIENT_CORE)
     before = cpu_seconds(gateway_pid)
     g = await asyncio.to_thread(
-        run_wrk_paced, upstream.gateway_url, token, rate, seconds, PACED_CONNECTIONS, script
+        run_wrk,
+        upstream.gateway_url,
+        token,
+        seconds,
+        PACED_CONNECTIONS,
+        rate=rate,
+        script=script,
     )
     g["cpu_us_per_req"] = (cpu_seconds(gateway_pid) - before) / g["requests"] * 1e6
     return d, g

@@ -35,7 +35,8 @@ class RunningService:
         return pid
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own http URL
             return int(resp.status) == 200
@@ -95,7 +96,7 @@ def _start(
     )
     process.start()
     url = f"http://127.0.0.1:{port}"
-    process.wait_ready(lambda: _answers(url + ready_path), timeout=timeout_s)
+    process.wait_ready(lambda: answers(url + ready_path), timeout=timeout_s)
     return RunningService(name, url, process)
 
 
