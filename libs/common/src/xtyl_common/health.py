@@ -7,6 +7,12 @@ A service registers one check per dependency in its lifespan::
 ``/readyz`` runs them concurrently, each with a timeout, and answers 200 with each check's state,
 or 503 problem details (code ``not_ready``) naming what is down. Liveness never looks at
 dependencies: restarting a process does not bring Postgres back.
+
+A dependency the service can work without (the gateway's rate limiter fails open when Redis
+is gone) is registered with ``critical=False``: its failure shows as ``"degraded: …"`` and
+``/readyz`` stays 200, so an outage of it does not take every replica out of service::
+
+    readiness_of(app).add("redis", limiter.check_health, critical=False)
 """
 
 from __future__ import annotations
@@ -33,17 +39,34 @@ class Readiness:
     def __init__(self, timeout_s: float = 2.0) -> None:
         self.timeout_s = timeout_s
         self._checks: dict[str, HealthCheck] = {}
+        self._non_critical: set[str] = set()
 
-    def add(self, name: str, check: HealthCheck) -> None:
+    def add(self, name: str, check: HealthCheck, *, critical: bool = True) -> None:
+        """Register ``check`` (raises when the dependency is not usable). A failing critical
+        check is ``"down: …"`` and makes ``/readyz`` 503; a non-critical one is
+        ``"degraded: …"`` and ``/readyz`` stays 200."""
         self._checks[name] = check
+        if critical:
+            self._non_critical.discard(name)
+        else:
+            self._non_critical.add(name)
 
     def remove(self, name: str) -> None:
         self._checks.pop(name, None)
+        self._non_critical.discard(name)
 
     async def run(self) -> dict[str, str]:
+        """Each check's state: ``"up"``, ``"down: reason"`` or ``"degraded: reason"``."""
         names = list(self._checks)
         results = await asyncio.gather(*(self._run_one(self._checks[name]) for name in names))
-        return dict(zip(names, results, strict=True))
+        return {
+            name: (
+                "degraded" + state.removeprefix("down")
+                if name in self._non_critical and state.startswith("down:")
+                else state
+            )
+            for name, state in zip(names, results, strict=True)
+        }
 
     async def _run_one(self, check: HealthCheck) -> str:
         try:
@@ -70,12 +93,13 @@ def livez() -> dict[str, str]:
 @get("/readyz", include_in_schema=False)
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     checks = await readiness_of(request.app).run()
-    down = [name for name, state in checks.items() if state != "up"]
+    down = [name for name, state in checks.items() if state.startswith("down")]
     if not down:
-        return Response(
-            _encoder.encode({"status": "ready", "checks": checks}),
-            media_type="application/json",
-        )
+        degraded = [name for name, state in checks.items() if state != "up"]
+        ready: dict[str, object] = {"status": "ready", "checks": checks}
+        if degraded:
+            ready = {"status": "degraded", "checks": checks, "degraded": degraded}
+        return Response(_encoder.encode(ready), media_type="application/json")
     body = {
         "type": PROBLEM_TYPE_BASE + "not_ready",
         "title": "Service not ready",
