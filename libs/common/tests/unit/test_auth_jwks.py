@@ -203,6 +203,44 @@ async def test_endpoint_down_at_start_gives_401_then_recovers(stack: Stack) -> N
     assert stack.issuer.jwks_requests == 2
 
 
+async def test_endpoint_down_at_start_is_retried_with_a_short_backoff_not_the_cooldown(
+    stack: Stack,
+) -> None:
+    verifier = stack.verifier()
+    stack.issuer.jwks_mode = "fail"
+    assert await verifier.warm_up() is False  # fetch 1 fails: next try 0.5 s later
+
+    stack.clock.advance(0.4)
+    assert await codes_of(verifier, [stack.token() for _ in range(50)]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 1
+    stack.clock.advance(0.1)
+    assert await codes_of(verifier, [stack.token() for _ in range(50)]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 2  # failed again: next try 1 s later
+
+    stack.clock.advance(0.9)
+    assert await codes_of(verifier, [stack.token()]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 2
+    for _ in range(5):  # 1 s, then 2 s, 2 s …: the backoff stops growing at 2 s
+        stack.clock.advance(2)
+        assert await codes_of(verifier, [stack.token()]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 7
+
+    stack.issuer.jwks_mode = "ok"
+    stack.clock.advance(2)
+    assert (await verifier.verify_user_token(stack.token())).role == "authenticated"
+    assert stack.issuer.jwks_requests == 8
+
+    # keys known: unknown kids are back to one fetch per cooldown, even when it fails
+    stack.issuer.jwks_mode = "fail"
+    stack.clock.advance(COOLDOWN_S)
+    assert await codes_of(verifier, [random_kid_token() for _ in range(10)]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 9
+    stack.clock.advance(COOLDOWN_S - 1)
+    assert await codes_of(verifier, [random_kid_token() for _ in range(10)]) == {"unknown_key"}
+    assert stack.issuer.jwks_requests == 9
+    assert (await verifier.verify_user_token(stack.token())).role == "authenticated"
+
+
 async def test_endpoint_down_later_keeps_cached_keys_working(stack: Stack) -> None:
     verifier = stack.verifier(jwks_max_stale_s=3600)
     assert await verifier.warm_up() is True

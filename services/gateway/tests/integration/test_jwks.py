@@ -79,3 +79,51 @@ async def test_jwks_down_keeps_cached_keys_and_refuses_unknown_ones(
     ) as resp:
         assert resp.status == 401
         assert (await resp.json(content_type=None))["code"] == "unknown_key"
+
+
+@pytest.fixture
+async def gateway_started_without_jwks(
+    gateway_env: dict[str, str], service_log_dir: Path, issuer: LocalIssuer
+) -> AsyncIterator[RunningService]:
+    issuer.jwks_mode = "fail"
+    try:
+        async with running_service_async(
+            "xtyl_gateway", gateway_env, log_dir=service_log_dir, name="no-jwks-gw"
+        ) as service:
+            yield service
+    finally:
+        issuer.jwks_mode = "ok"
+
+
+async def test_jwks_down_at_start_then_back_accepts_es256_within_seconds(
+    gateway_started_without_jwks: RunningService,
+    issuer: LocalIssuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    url = gateway_started_without_jwks.url + "/v1/search"
+    user = uuid.uuid4()
+
+    async def status() -> tuple[int, str | None]:
+        headers = {"Authorization": f"Bearer {issuer.mint(user_id=user)}"}
+        async with http.get(url, headers=headers) as resp:
+            body = await resp.json(content_type=None)
+            return resp.status, body.get("code")
+
+    # down for a while: every ES256 user is refused, and the endpoint is not hammered
+    before = issuer.jwks_requests
+    started = loop_time()
+    while loop_time() - started < 3:
+        assert await status() == (401, "unknown_key")
+        await asyncio.sleep(0.05)
+    assert issuer.jwks_requests - before <= 5, "a short backoff, not a fetch per request"
+
+    issuer.jwks_mode = "ok"
+    back = loop_time()
+    async with asyncio.timeout(10):
+        while (await status())[0] != 200:
+            await asyncio.sleep(0.05)
+    assert loop_time() - back < 3.0, "accepted within the retry backoff, not the 30 s cooldown"
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

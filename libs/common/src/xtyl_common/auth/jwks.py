@@ -4,6 +4,10 @@
 - An unknown ``kid`` refetches at most once per ``cooldown_s``; every caller that misses while a
   fetch is running waits for that same fetch (one in flight, shared, shielded from the
   cancellation of any single request).
+- While no key is usable at all (the endpoint was down at start-up, or for longer than
+  ``max_stale_s``), a failed fetch is retried sooner: ``retry_initial_s`` after it failed,
+  doubling up to ``retry_max_s``, so asymmetric tokens work again within seconds of the
+  endpoint coming back, not a whole cooldown later. Once keys are known, the cooldown applies.
 - When the endpoint fails, the last good keys keep working for up to ``max_stale_s``, and a
   kid that is not among them is simply unknown: a 401, never a 500.
 """
@@ -64,6 +68,8 @@ class JwksCache:
         cooldown_s: float,
         timeout_s: float,
         max_stale_s: float,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
@@ -76,6 +82,10 @@ class JwksCache:
         self._keys: dict[str, PublicKey] = {}
         self._fetched_at: float | None = None  # last success
         self._attempted_at: float | None = None  # last attempt, success or not
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._retry_s = 0.0  # backoff after the last failure while no key is usable; 0: none
+        self._retry_at = 0.0
         self._inflight: asyncio.Task[None] | None = None
         self.fetches = 0
 
@@ -106,11 +116,11 @@ class JwksCache:
         return self._keys
 
     def _may_fetch(self, now: float) -> bool:
-        return (
-            self._inflight is not None
-            or self._attempted_at is None
-            or now - self._attempted_at >= self._cooldown_s
-        )
+        if self._inflight is not None or self._attempted_at is None:
+            return True
+        if self._retry_s and not self._usable():  # no key at all: short backoff, not cooldown
+            return now >= self._retry_at
+        return now - self._attempted_at >= self._cooldown_s
 
     async def _refresh(self) -> None:
         task = self._inflight
@@ -124,10 +134,15 @@ class JwksCache:
             self.fetches += 1
             keys = await self._download()
         except Exception as exc:  # a failed fetch must never fail a request
+            self._retry_s = min(
+                self._retry_max_s, self._retry_s * 2 if self._retry_s else self._retry_initial_s
+            )
+            self._retry_at = self._monotonic() + self._retry_s
             log.warning("jwks_fetch_failed", url=self._url, error=type(exc).__name__)
         else:
             self._keys = keys
             self._fetched_at = self._monotonic()
+            self._retry_s = 0.0
             log.info("jwks_fetched", url=self._url, kids=sorted(keys))
         finally:
             self._inflight = None
