@@ -53,6 +53,8 @@ DESCRIPTIONS: dict[str, str] = {
     "RATE_LIMIT_REQUESTS": "requests per user per window on every /v1 route",
     "RATE_LIMIT_WINDOW_S": "length of the rate-limit window",
     "RATE_LIMIT_ROUTES": "tighter per-route limits per window, e.g. `/v1/answer=30,/v1/files=120`",
+    "RATE_LIMIT_REDIS_TIMEOUT_S": "the rate limiter's budget for each wait on Redis; past it (or"
+    " while Redis keeps failing) requests pass unlimited",
     "R2_ENDPOINT": "S3 endpoint of R2 (`https://<account>.r2.cloudflarestorage.com`)",
     "R2_ACCESS_KEY": "R2 API token access key id",
     "R2_SECRET_KEY": "R2 API token secret",

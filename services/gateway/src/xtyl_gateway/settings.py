@@ -23,11 +23,16 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     rate_limit_window_s: float = 60.0
     #: Tighter limits for some routes, per window: ``/v1/answer=30,/v1/files=120``.
     rate_limit_routes: str = "/v1/answer=30"
+    #: The limiter's budget for each wait on Redis (a pooled connection, connecting, a
+    #: reply); past it the request passes unlimited (fail open).
+    rate_limit_redis_timeout_s: float = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rate_limit_requests < 1 or self.rate_limit_window_s <= 0:
             raise ValueError("must be a positive number (at `$.rate_limit_requests`)")
+        if not 0 < self.rate_limit_redis_timeout_s <= 5:
+            raise ValueError("must be in (0, 5] seconds (at `$.rate_limit_redis_timeout_s`)")
         try:
             self.route_limits()
         except ValueError as exc:

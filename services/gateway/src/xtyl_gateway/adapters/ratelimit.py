@@ -4,16 +4,38 @@ GCRA (the generic cell rate algorithm, as in redis-cell and Stripe's limiter): o
 (user, bucket) holds the "theoretical arrival time". A limit of N per window lets a burst of N
 through, then one request every window/N. One EVALSHA per request, with Redis' own clock, so
 replicas with skewed clocks still agree. Retry-After is exact, not "try again next minute".
+
+The limiter fails open, and fast. It talks to Redis through one redis-py client per process
+(hiredis parser, a pool that connects outside its lock, no retries, no per-command health
+PING, no CLIENT SETINFO on connect), and every step of a call (waiting for a pooled
+connection, connecting, each reply) is bounded by ``timeout_s`` (~50 ms). Those are
+redis-py's own timeouts: they fail at well-defined points and close the connection, instead
+of a cancellation landing anywhere inside the driver. Behind that, a circuit breaker: after
+``failures_to_open`` failures in a row nobody calls Redis for ``cooldown_s``, then one request
+probes it. While Redis is down or stalled, ``hit`` raises ``Unavailable``/``TimedOut`` within
+the budget (at once while the circuit is open); nothing ever waits behind another request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 import msgspec
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
-from xtyl_gateway.adapters.resp import PipelinedRedis, RedisReplyError
+from xtyl_common.errors import TimedOut, Unavailable
+from xtyl_gateway.domain.circuit import CircuitBreaker
+
+log = structlog.stdlib.get_logger("xtyl.gateway.ratelimit")
+
+T = TypeVar("T")
 
 _GCRA = """
 local t = redis.call('TIME')
@@ -45,28 +67,101 @@ class Decision(msgspec.Struct, frozen=True):
     retry_after_s: int
 
 
-_GCRA_SHA = hashlib.sha1(_GCRA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+def limiter_redis(url: str, *, timeout_s: float, max_connections: int) -> Redis:
+    """The limiter's own redis-py client: every wait bounded by ``timeout_s``, no retries."""
+    pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,  # waiting for a free pooled connection
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        lib_name=None,  # no CLIENT SETINFO round trips on each (re)connect
+        lib_version=None,
+        decode_responses=False,
+    )
+    return Redis(connection_pool=pool)
 
 
 class RateLimiter:
-    def __init__(self, redis: PipelinedRedis, *, prefix: str = "xtyl:rl") -> None:
+    """``hit`` counts one request; raises ``Unavailable``/``TimedOut`` when Redis cannot say.
+
+    Build one per process with :meth:`from_url` and :meth:`close` it on shutdown.
+    """
+
+    def __init__(self, redis: Redis, breaker: CircuitBreaker, *, prefix: str = "xtyl:rl") -> None:
         self._redis = redis
+        self._breaker = breaker
         self._prefix = prefix
+        self._script = redis.register_script(_GCRA)  # EVALSHA, SCRIPT LOAD on NOSCRIPT
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 0.05,
+        max_connections: int = 64,
+        failures_to_open: int = 3,
+        cooldown_s: float = 1.0,
+    ) -> RateLimiter:
+        return cls(
+            limiter_redis(url, timeout_s=timeout_s, max_connections=max_connections),
+            CircuitBreaker(failures_to_open=failures_to_open, cooldown_s=cooldown_s),
+        )
 
     async def hit(self, subject: str, limit: Limit) -> Decision:
         interval_ms = max(1, int(limit.window_s * 1000 / limit.requests))
         burst_ms = interval_ms * limit.requests
         key = f"{self._prefix}:{limit.name}:{subject}"
-        result = await self._eval(key, interval_ms, burst_ms)
-        allowed, wait_ms = int(result[0]), int(result[1])
+        reply = await self._guarded(lambda: self._gcra(key, interval_ms, burst_ms))
+        allowed, wait_ms = reply
         return Decision(allowed == 1, 0 if allowed else max(1, math.ceil(wait_ms / 1000)))
 
-    async def _eval(self, key: str, interval_ms: int, burst_ms: int) -> list[int]:
+    def state(self) -> str:
+        """``"up"``, or ``"degraded: …"`` while the circuit is open (limits not enforced)."""
+        if self._breaker.state == "closed":
+            return "up"
+        return f"degraded: {self._open_reason()}"
+
+    async def check_health(self) -> None:
+        """Readiness check (register it as non-critical): a PING through the breaker; raises
+        while the limiter fails open."""
+        await self._guarded(self._ping)
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
+
+    async def _gcra(self, key: str, interval_ms: int, burst_ms: int) -> tuple[int, int]:
+        reply = cast(list[int], await self._script(keys=[key], args=[interval_ms, burst_ms]))
+        return int(reply[0]), int(reply[1])
+
+    async def _ping(self) -> None:
+        await self._redis.ping()  # pyright: ignore[reportUnknownMemberType]
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        breaker = self._breaker
+        if not breaker.allow():
+            raise Unavailable(self._open_reason(), code="redis_circuit_open")
         try:
-            reply = await self._redis.execute("EVALSHA", _GCRA_SHA, 1, key, interval_ms, burst_ms)
-        except RedisReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            # first use, or Redis restarted and lost its script cache: EVAL loads it again
-            reply = await self._redis.execute("EVAL", _GCRA, 1, key, interval_ms, burst_ms)
-        return [int(value) for value in reply]
+            result = await call()
+        except RedisTimeoutError as exc:
+            self._failed(f"Redis timed out: {exc}")
+            raise TimedOut(f"Redis did not answer in time: {exc}", code="redis_timeout") from None
+        except (RedisError, OSError) as exc:  # refused, reset, LOADING, READONLY, pool full …
+            self._failed(f"Redis failed: {exc}")
+            raise Unavailable(f"Redis failed: {exc}", code="redis_unavailable") from None
+        except BaseException:  # cancelled: no verdict on Redis
+            breaker.abandon()
+            raise
+        if breaker.record_success():
+            log.info("rate_limiter_recovered")
+        return result
+
+    def _failed(self, reason: str) -> None:
+        if self._breaker.record_failure(reason):
+            log.warning("rate_limiter_circuit_opened", reason=reason)
+
+    def _open_reason(self) -> str:
+        return f"rate limits not enforced, circuit open ({self._breaker.last_failure})"
