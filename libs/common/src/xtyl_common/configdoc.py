@@ -49,6 +49,14 @@ DESCRIPTIONS: dict[str, str] = {
     "NOTIFY_URL": "base URL of the notify service",
     "UPSTREAM_CONNECT_TIMEOUT_S": "gateway → service connect timeout",
     "UPSTREAM_READ_TIMEOUT_S": "longest silence between two reads of a service's response",
+    "UPSTREAM_POOL_SIZE": "most exchanges in flight to one service from one gateway process",
+    "UPSTREAM_POOL_WAIT_S": "longest wait for a free exchange slot to a service; past it, 503"
+    " `upstream_busy`",
+    "REQUEST_BODY_IDLE_TIMEOUT_S": "longest silence while a client sends a request body; past"
+    " it, 408 `request_timeout`",
+    "USER_MAX_IN_FLIGHT": "most requests one user (or address, on anonymous routes) has in"
+    " flight at once per gateway process; past it, 429 `too_many_in_flight`; below"
+    " UPSTREAM_POOL_SIZE",
     "CORS_ORIGINS": "comma-separated origins of the frontend",
     "RATE_LIMIT_REQUESTS": "requests per user per window on every /v1 route",
     "RATE_LIMIT_WINDOW_S": "length of the rate-limit window",

@@ -6,10 +6,12 @@
     │   ├── Unauthorized           401 unauthorized (codes: token_expired, token_invalid, ...)
     │   ├── Forbidden              403 forbidden
     │   ├── NotFound               404 not_found
+    │   ├── RequestTimeout         408 request_timeout (the request body stalled)
     │   ├── Conflict               409 conflict
     │   ├── PayloadTooLarge        413 payload_too_large
     │   ├── UnsupportedMediaType   415 unsupported_media_type
-    │   └── RateLimited            429 rate_limited (carries retry_after)
+    │   ├── RateLimited            429 rate_limited (carries retry_after)
+    │   └── ClientDisconnected     499 client_disconnected (for logs: nobody reads it)
     └── DependencyError            5xx: something we depend on failed
         ├── Unavailable            503 dependency_unavailable
         └── TimedOut               504 dependency_timeout
@@ -22,7 +24,7 @@ their status and default code; callers may give a more precise code, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 PROBLEM_TYPE_BASE = "https://errors.xtyl.dev/"
@@ -49,6 +51,10 @@ class XtylError(Exception):
         self.code = code or self.default_code
         self.extra: dict[str, Any] = dict(extra or {})
         self.headers: dict[str, str] = dict(headers or {})
+        #: Work to run once the problem response has been sent, in the same request (e.g. read
+        #: and drop the rest of an upload the answer refused, so the client reads the answer
+        #: instead of a reset connection).
+        self.after_response: Callable[[], Awaitable[None]] | None = None
 
     def to_problem(self, *, instance: str | None = None) -> dict[str, Any]:
         """The RFC 9457 body. Extension members never override the standard ones."""
@@ -115,6 +121,12 @@ class MethodNotAllowed(ClientError):
     title = "Method not allowed"
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    default_code = "request_timeout"
+    title = "Request timeout"
+
+
 class Conflict(ClientError):
     status = 409
     default_code = "conflict"
@@ -138,14 +150,25 @@ class RateLimited(ClientError):
     default_code = "rate_limited"
     title = "Too many requests"
 
-    def __init__(self, retry_after_s: int, detail: str | None = None) -> None:
+    def __init__(
+        self, retry_after_s: int, detail: str | None = None, *, code: str | None = None
+    ) -> None:
         retry_after_s = max(1, retry_after_s)
         super().__init__(
             detail or f"rate limit exceeded, retry in {retry_after_s} s",
+            code=code,
             extra={"retry_after": retry_after_s},
             headers={"Retry-After": str(retry_after_s)},
         )
         self.retry_after_s = retry_after_s
+
+
+class ClientDisconnected(ClientError):
+    """The client went away mid-request: the status only reaches the access log."""
+
+    status = 499
+    default_code = "client_disconnected"
+    title = "Client closed the request"
 
 
 class DependencyError(XtylError):

@@ -18,10 +18,11 @@ from granian.server import Server
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import BaseSettings, load_settings_or_exit
 
-#: Large enough that an oversized bearer token (1 MB) still reaches the app and gets a 401
-#: problem with a stable code (``token_too_large``) instead of the server's bare 431; the buffer
-#: only grows for a request that needs it. A front proxy usually caps headers lower still.
-MAX_HEADER_BUFFER_BYTES = 1536 * 1024
+#: The most a request's head (request line and headers) may take: past it the server answers a
+#: bare 431 and closes. Each open connection may hold this much, so it bounds what unfinished
+#: heads cost (200 connections x 64 KiB = 12.5 MiB; it was 1.5 MiB each, 300 MB in all). A
+#: token over ``max_token_bytes`` (8 KiB) that fits still gets 401 ``token_too_large``.
+MAX_HEADER_BUFFER_BYTES = 64 * 1024
 #: Slow-header clients (slowloris) are cut after this long.
 HEADER_READ_TIMEOUT_MS = 10_000
 

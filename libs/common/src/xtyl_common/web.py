@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response
+from litestar.background_tasks import BackgroundTask
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException, ValidationException
@@ -111,7 +112,10 @@ def _handle_xtyl_error(request: Request[Any, Any, Any], exc: Exception) -> Respo
     assert isinstance(exc, errors.XtylError)
     if exc.status >= 500:
         log.warning("request_failed", code=exc.code, detail=exc.detail)
-    return problem_response(exc, instance=caller_path(request.scope))
+    response = problem_response(exc, instance=caller_path(request.scope))
+    if exc.after_response is not None:
+        response.background = BackgroundTask(exc.after_response)
+    return response
 
 
 def _handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -18,9 +18,9 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
-from xtyl_gateway.adapters.resp import PipelinedRedis
-from xtyl_gateway.adapters.upstream import Proxy
+from xtyl_gateway.adapters.upstream import Proxy, ProxyConfig
 from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.domain.admission import InFlightLimit
 from xtyl_gateway.routes.docs import PublicApiDocs, docs_page, public_openapi
 from xtyl_gateway.routes.me import MeController
 from xtyl_gateway.routes.proxy import Edge, proxy_handlers
@@ -38,28 +38,35 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
             DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
         )
         redis = create_redis(settings.redis_url)
-        session = create_session(HttpConfig(max_connections=1000, max_connections_per_host=500))
-        limiter_redis = PipelinedRedis(settings.redis_url)
+        # JWKS fetches and the OpenAPI merge; the proxy has a session of its own
+        session = create_session(HttpConfig())
+        limiter = RateLimiter.from_url(settings.redis_url)
         verifier = TokenVerifier(settings.auth_config(), session)
         await verifier.warm_up()
         window = settings.rate_limit_window_s
         edge = Edge(
             verifier,
-            RateLimiter(limiter_redis),
+            limiter,
             Proxy(
                 {
                     "storage": settings.storage_url,
                     "rag": settings.rag_url,
                     "notify": settings.notify_url,
                 },
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-                read_timeout_s=settings.upstream_read_timeout_s,
+                ProxyConfig(
+                    connect_timeout_s=settings.upstream_connect_timeout_s,
+                    read_timeout_s=settings.upstream_read_timeout_s,
+                    pool_size=settings.upstream_pool_size,
+                    pool_wait_s=settings.upstream_pool_wait_s,
+                    body_idle_timeout_s=settings.request_body_idle_timeout_s,
+                ),
             ),
             default_limit=Limit("all", settings.rate_limit_requests, window),
             route_limits={
                 prefix: Limit(prefix, count, window)
                 for prefix, count in settings.route_limits().items()
             },
+            in_flight=InFlightLimit(settings.user_max_in_flight),
         )
         readiness = readiness_of(app)
         readiness.add("postgres", lambda: check_postgres(pool))
@@ -84,7 +91,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
             await relay.stop()
             await edge.proxy.close()
             await verifier.close()
-            await limiter_redis.close()
+            await limiter.close()
             await session.close()
             await redis.aclose()
             await pool.close()

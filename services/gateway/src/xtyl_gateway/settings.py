@@ -16,6 +16,15 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     upstream_connect_timeout_s: float = 3.0
     #: Longest silence between two reads of an upstream response (answers stream slowly).
     upstream_read_timeout_s: float = 60.0
+    #: Most exchanges in flight to one service from this process.
+    upstream_pool_size: int = 256
+    #: Longest wait for a free exchange slot to a service before 503 ``upstream_busy``.
+    upstream_pool_wait_s: float = 2.0
+    #: Longest silence while a client sends its request body before 408 ``request_timeout``.
+    request_body_idle_timeout_s: float = 15.0
+    #: Most requests one user (or one address, on anonymous routes) has in flight at once in
+    #: this process; past it, 429 ``too_many_in_flight``.
+    user_max_in_flight: int = 20
     #: Comma-separated origins of the frontend allowed by CORS.
     cors_origins: str = ""
     #: Per-user limit on every /v1 route: this many requests per window.
@@ -33,6 +42,19 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
             raise ValueError("must be a positive number (at `$.rate_limit_requests`)")
         if not 0 < self.rate_limit_redis_timeout_s <= 5:
             raise ValueError("must be in (0, 5] seconds (at `$.rate_limit_redis_timeout_s`)")
+        for name in (
+            "upstream_pool_size",
+            "upstream_pool_wait_s",
+            "request_body_idle_timeout_s",
+            "user_max_in_flight",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"must be a positive number (at `$.{name}`)")
+        if self.user_max_in_flight >= self.upstream_pool_size:
+            raise ValueError(
+                "must be below UPSTREAM_POOL_SIZE, so one user cannot take every connection"
+                " to a service (at `$.user_max_in_flight`)"
+            )
         try:
             self.route_limits()
         except ValueError as exc:

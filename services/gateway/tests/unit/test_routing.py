@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from xtyl_gateway.domain.routing import (
+    BadRequestFraming,
     downstream_response_headers,
+    is_suspect_path,
     match_route,
     upstream_request_headers,
 )
@@ -35,10 +37,11 @@ def test_routes(path: str, upstream: str | None) -> None:
     assert (route.upstream if route else None) == upstream
 
 
-def test_identity_and_hop_by_hop_headers_are_dropped() -> None:
+def test_only_allowed_request_headers_cross() -> None:
     headers = [
         (b"authorization", b"Bearer abc"),
         (b"content-type", b"application/json"),
+        (b"content-length", b"12"),
         (b"x-user-id", b"someone-else"),
         (b"x-xtyl-service", b"storage"),
         (b"x-internal-token", b"t"),
@@ -47,24 +50,79 @@ def test_identity_and_hop_by_hop_headers_are_dropped() -> None:
         (b"x-supabase-role", b"service_role"),
         (b"connection", b"keep-alive, x-custom-hop"),
         (b"x-custom-hop", b"1"),
-        (b"transfer-encoding", b"chunked"),
         (b"host", b"evil"),
         (b"x-request-id", b"client-chosen"),
         (b"x-forwarded-for", b"1.2.3.4"),
+        (b"expect", b"100-continue"),
+        (b"x-original-url", b"/internal/files"),
+        (b"x-rewrite-url", b"/internal/files"),
+        (b"x-http-method-override", b"DELETE"),
+        (b"x-forwarded-port", b"443"),
+        (b"x-forwarded-prefix", b"/internal"),
+        (b"x-client-ip", b"10.0.0.1"),
+        (b"true-client-ip", b"10.0.0.1"),
+        (b"cf-connecting-ip", b"10.0.0.1"),
         (b"accept", b"a"),
         (b"accept", b"b"),
+        (b"idempotency-key", b"k1"),
     ]
     out = upstream_request_headers(
         headers, [(b"x-request-id", b"rid"), (b"x-forwarded-for", b"9.9.9.9")]
     )
-    assert out == [
-        (b"authorization", b"Bearer abc"),
-        (b"content-type", b"application/json"),
-        (b"accept", b"a"),
-        (b"accept", b"b"),
-        (b"x-request-id", b"rid"),
-        (b"x-forwarded-for", b"9.9.9.9"),
+    assert out.headers == [
+        ("authorization", "Bearer abc"),
+        ("content-type", "application/json"),
+        ("accept", "a"),
+        ("accept", "b"),
+        ("idempotency-key", "k1"),
+        ("x-request-id", "rid"),
+        ("x-forwarded-for", "9.9.9.9"),
     ]
+    assert out.length == 12
+    assert not out.chunked
+
+
+def test_chunked_is_the_only_transfer_coding() -> None:
+    assert upstream_request_headers([(b"transfer-encoding", b"chunked")], []).chunked
+    for value in (b"gzip, chunked", b"chunked, chunked", b"identity", b"gzip"):
+        with pytest.raises(BadRequestFraming) as caught:
+            upstream_request_headers([(b"transfer-encoding", value)], [])
+        assert caught.value.code == "unsupported_transfer_coding"
+
+
+def test_a_length_and_a_transfer_coding_together_are_refused() -> None:
+    with pytest.raises(BadRequestFraming) as caught:
+        upstream_request_headers(
+            [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")], []
+        )
+    assert caught.value.code == "conflicting_framing"
+    with pytest.raises(BadRequestFraming):
+        upstream_request_headers([(b"content-length", b"5"), (b"content-length", b"5")], [])
+
+
+def test_compressed_request_bodies_are_refused() -> None:
+    with pytest.raises(BadRequestFraming) as caught:
+        upstream_request_headers([(b"content-encoding", b"gzip")], [])
+    assert caught.value.code == "unsupported_content_encoding"
+    assert upstream_request_headers([(b"content-encoding", b"identity")], []).headers == []
+
+
+@pytest.mark.parametrize(
+    ("path", "suspect"),
+    [
+        ("/v1/files/3f1c/content", False),
+        ("/v1/files/a.b.c", False),
+        ("/v1/files/../internal/files", True),
+        ("/v1/files/./x", True),
+        ("/v1/files/%2e%2e/internal", True),
+        ("/v1/files/.%2E/internal", True),
+        ("/v1/files/..%2finternal", True),
+        ("/v1/files/..%5Cinternal", True),
+        ("/v1/files/a%00b", True),
+    ],
+)
+def test_suspect_paths(path: str, suspect: bool) -> None:
+    assert is_suspect_path(path) is suspect
 
 
 def test_response_hop_by_hop_headers_are_dropped() -> None:

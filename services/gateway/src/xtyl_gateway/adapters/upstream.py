@@ -1,65 +1,202 @@
-"""The streaming reverse proxy to the services behind the gateway.
+"""The streaming reverse proxy to the services behind the gateway, on aiohttp.
 
-Bodies stream both ways: a 1 GB upload passes through in chunks and never sits in memory. A
-refused or reset upstream connection is 503 problem details, an upstream that does not answer
-in time is 504; once the response has started, a failure can only cut the stream (the status
-line is already on the wire).
+HTTP/1.1 is aiohttp's; what stays ours is the routing, the header policy and the streaming
+glue. One session per process, no cookie jar, no decompression, no automatic headers, and
+bodies streamed both ways as they arrive (a 1 GB upload never sits in memory).
+
+The rules that keep one user's request from touching another's:
+
+* ``Expect`` never goes upstream (the header policy drops it). granian answers the client's
+  ``100 Continue`` itself when the body is first read, and aiohttp skips any interim ``1xx`` a
+  service sends, so a client gets exactly one final response.
+* A connection whose exchange did not finish cleanly (the request body not wholly sent, or the
+  response not wholly read) is closed, never returned to the pool.
+* The request body streams with an idle timeout: a client silent for longer is answered 408
+  ``request_timeout`` and both connections are released. A client that goes away mid-body ends
+  the exchange (499, for the log). A chunked body that breaks off is 400 ``malformed_body``.
+* A service's early final answer (413 a few bytes into an oversized upload) reaches the client
+  at once, even while the client is idle, and nothing more of the body is sent.
+* Each service gets at most ``pool_size`` exchanges at once; waiting longer than ``pool_wait_s``
+  for one is 503 ``upstream_busy``. (Each user's share is capped before this, by the edge.)
+* A refused or reset service is 503 ``upstream_unavailable``, a silent one 504
+  ``upstream_timeout``; once the response has started, a failure can only cut the stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import structlog
 from litestar.types import Receive, Scope, Send
+from yarl import URL
 
-from xtyl_common.errors import ClientError, TimedOut, Unavailable
-from xtyl_gateway.adapters.h1client import (
-    UpstreamPool,
-    UpstreamTimeoutError,
-    UpstreamUnavailableError,
+from xtyl_common.errors import (
+    ClientDisconnected,
+    ClientError,
+    RequestTimeout,
+    TimedOut,
+    Unavailable,
+    XtylError,
 )
 from xtyl_gateway.domain.routing import downstream_response_headers, upstream_request_headers
 
 log = structlog.stdlib.get_logger("xtyl.gateway.proxy")
 
-#: Bodies up to this size are read whole and sent with a Content-Length; larger ones stream.
-_SMALL_BODY = 64 * 1024
+#: After relaying an early answer, the rest of the client's body is read and dropped, up to
+#: this much and this long, so the client reads the answer instead of a reset connection.
+EARLY_ANSWER_DRAIN_BYTES = 8 * 1024 * 1024
+EARLY_ANSWER_DRAIN_S = 5.0
+
+#: Bodies up to this size are read whole first and sent with a Content-Length, so a slow
+#: client never holds an upstream connection for them; larger ones stream.
+SMALL_BODY_BYTES = 64 * 1024
 
 
-class ClientDisconnectedError(ClientError):
-    status = 499
-    default_code = "client_disconnected"
-    title = "Client closed the request"
+class ProxyConfig:
+    """Limits of the gateway → service hop (from the gateway's settings)."""
 
-
-class Proxy:
     def __init__(
         self,
-        upstreams: Mapping[str, str],
         *,
         connect_timeout_s: float,
         read_timeout_s: float,
+        pool_size: int,
+        pool_wait_s: float,
+        body_idle_timeout_s: float,
     ) -> None:
-        self._pools: dict[str, UpstreamPool] = {}
-        self._prefixes: dict[str, bytes] = {}
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.pool_size = pool_size
+        self.pool_wait_s = pool_wait_s
+        self.body_idle_timeout_s = body_idle_timeout_s
+
+
+class RequestBody:
+    """The client's request body, read from ASGI ``receive`` as it arrives.
+
+    Any failure is kept in :attr:`error`: aiohttp reads the body in a task of its own and
+    wraps what that task raises, so the proxy asks the body what went wrong first.
+    """
+
+    def __init__(self, receive: Receive, *, idle_timeout_s: float, chunked: bool) -> None:
+        self._receive = receive
+        self._idle_timeout_s = idle_timeout_s
+        self._chunked = chunked
+        self.complete = False
+        self.error: XtylError | None = None
+        self._head = b""  # what read_small() took before finding the body too large
+        # aiohttp reads the body in its writer task; after an early answer that task is
+        # cancelled and drain() takes over: never two receive() calls at once
+        self._reading = asyncio.Lock()
+
+    async def _next(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_timeout_s), self._reading:
+                message = await self._receive()
+        except TimeoutError:
+            raise self._fail(
+                RequestTimeout(
+                    f"no request body bytes arrived for {self._idle_timeout_s:g} s",
+                    code="request_timeout",
+                )
+            ) from None
+        if message["type"] == "http.disconnect":
+            # granian reports a broken chunked framing and a closed connection alike; a
+            # client that is still there reads the 400, one that left never will.
+            if self._chunked:
+                raise self._fail(
+                    ClientError(
+                        "the chunked request body is malformed or ended early",
+                        code="malformed_body",
+                    )
+                )
+            raise self._fail(ClientDisconnected("the client closed the connection mid-body"))
+        if not message.get("more_body", False):
+            self.complete = True
+        chunk: bytes = message.get("body", b"")
+        return chunk
+
+    def _fail(self, error: XtylError) -> XtylError:
+        self.error = error
+        return error
+
+    async def read_small(self, limit: int) -> bytes | None:
+        """The whole body when it ends within ``limit`` bytes, else ``None`` (stream it)."""
+        chunks: list[bytes] = []
+        size = 0
+        while not self.complete:
+            chunk = await self._next()
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit and not self.complete:
+                self._head = b"".join(chunks)
+                return None
+        return b"".join(chunks)
+
+    async def drain(self, *, max_bytes: int, timeout_s: float) -> None:
+        """Read and drop what is left of the body, within bounds; never raises."""
+        dropped = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.complete and dropped <= max_bytes:
+                    dropped += len(await self._next())
+        except (TimeoutError, XtylError):
+            pass
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self._head:
+            yield self._head
+            self._head = b""
+        while not self.complete:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
+
+
+class Proxy:
+    def __init__(self, upstreams: Mapping[str, str], config: ProxyConfig) -> None:
+        self._config = config
+        self._bases: dict[str, str] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
         for name, url in upstreams.items():
             parts = urlsplit(url)
             if parts.scheme != "http" or not parts.hostname:
                 raise ValueError(f"{name} upstream must be an http:// URL inside the cluster")
-            self._pools[name] = UpstreamPool(
-                parts.hostname,
-                parts.port or 80,
-                connect_timeout_s=connect_timeout_s,
-                read_timeout_s=read_timeout_s,
+            self._bases[name] = f"http://{parts.netloc}{parts.path.rstrip('/')}"
+            self._slots[name] = asyncio.Semaphore(config.pool_size)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,  # the wait for a pool slot is ours (pool_wait_s), see forward()
+            sock_connect=config.connect_timeout_s,
+            sock_read=config.read_timeout_s,
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the running loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0,  # bounded per service by our slots
+                    limit_per_host=self._config.pool_size,
+                    keepalive_timeout=30,
+                    enable_cleanup_closed=True,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+                timeout=self._timeout,
+                raise_for_status=False,
             )
-            self._prefixes[name] = parts.path.rstrip("/").encode()
+        return self._session
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            await pool.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def forward(
         self,
@@ -69,81 +206,117 @@ class Proxy:
         upstream: str,
         extra: Iterable[tuple[bytes, bytes]],
     ) -> None:
-        pool = self._pools[upstream]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
-        target = self._prefixes[upstream] + raw_path + (b"?" + query if query else b"")
-        headers = upstream_request_headers(scope["headers"], extra)
+        target = self._bases[upstream] + raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
         method: str = scope.get("method", "GET")
-        body = await _request_body(scope, receive)
+        forwarded = upstream_request_headers(scope["headers"], extra)
+        length = forwarded.length
+        body = RequestBody(
+            receive, idle_timeout_s=self._config.body_idle_timeout_s, chunked=forwarded.chunked
+        )
+        headers = forwarded.headers
+        data: bytes | AsyncIterator[bytes] | None = None
+        if length or forwarded.chunked:
+            small = None
+            if length is None or length <= SMALL_BODY_BYTES:
+                small = await body.read_small(SMALL_BODY_BYTES)
+            if small is not None:
+                data = small  # aiohttp sends its Content-Length
+            else:
+                data = body.stream()  # chunked, or the client's length (aiohttp stops there)
+                if length is not None:
+                    headers = [*headers, ("Content-Length", str(length))]
+        elif length == 0:
+            data = b""
+        await self._exchange(upstream, method, target, headers, data, body, send)
+
+    async def _exchange(  # noqa: PLR0917 - one private call site, every argument distinct
+        self,
+        upstream: str,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        data: bytes | AsyncIterator[bytes] | None,
+        body: RequestBody,
+        send: Send,
+    ) -> None:
+        slots = self._slots[upstream]
         try:
-            resp = await pool.request(method, target, headers, body)
-        except UpstreamTimeoutError as exc:
-            log.warning("upstream_timeout", upstream=upstream, method=method)
-            raise TimedOut(
-                f"the {upstream} service did not answer in time", code="upstream_timeout"
-            ) from exc
-        except UpstreamUnavailableError as exc:
-            log.warning("upstream_unavailable", upstream=upstream, error=str(exc))
+            async with asyncio.timeout(self._config.pool_wait_s):
+                await slots.acquire()
+        except TimeoutError:
+            log.warning("upstream_busy", upstream=upstream)
             raise Unavailable(
-                f"the {upstream} service is unavailable", code="upstream_unavailable"
-            ) from exc
+                f"the {upstream} service is busy, retry shortly",
+                code="upstream_busy",
+                headers={"Retry-After": "1"},
+            ) from None
+        response: aiohttp.ClientResponse | None = None
+        clean = False
+        answered = False
         try:
+            try:
+                response = await self._client().request(
+                    method,
+                    URL(target, encoded=True),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._failure(upstream, method, exc, body) from exc
+            answered = True
             await send(
                 {
                     "type": "http.response.start",
-                    "status": resp.status,
-                    "headers": downstream_response_headers(resp.headers),
+                    "status": response.status,
+                    "headers": downstream_response_headers(response.raw_headers),
                 }
             )
-            async for chunk in resp.iter_body():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The status is on the wire already: all we can do is cut the stream.
+                log.warning("upstream_stream_broken", upstream=upstream, error=repr(exc))
+                raise self._failure(upstream, method, exc, None) from exc
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (UpstreamTimeoutError, UpstreamUnavailableError) as exc:
-            # The status is already sent: all we can do is cut the stream so the client sees it.
-            log.warning("upstream_stream_broken", upstream=upstream, error=str(exc))
-            raise
+            clean = data is None or isinstance(data, bytes) or body.complete
         finally:
-            resp.release()
+            if response is not None:
+                if clean:
+                    response.release()
+                else:  # an early answer, an aborted client or a broken stream: never pooled
+                    response.close()
+            slots.release()
+        if answered and not body.complete and body.error is None and data is not None:
+            # the service answered before the body ended (413, 401 …): the client has that
+            # answer; drop what it still sends for a moment, so closing does not reset it
+            await body.drain(max_bytes=EARLY_ANSWER_DRAIN_BYTES, timeout_s=EARLY_ANSWER_DRAIN_S)
 
-
-async def _request_body(scope: Scope, receive: Receive) -> bytes | AsyncIterator[bytes] | None:
-    length: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            length = value
-            break
-    if length is None or (length.isdigit() and int(length) <= _SMALL_BODY):
-        # no body, a small one, or a chunked one whose first message tells
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnectedError()
-            chunk: bytes = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                body = b"".join(chunks)
-                return body if body or length is not None else None
-            if length is None and size > _SMALL_BODY:
-                return _stream_rest(b"".join(chunks), receive)
-    return _stream_rest(b"", receive)
-
-
-async def _stream_rest(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError()
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+    @staticmethod
+    def _failure(
+        upstream: str, method: str, exc: BaseException, body: RequestBody | None
+    ) -> XtylError:
+        if body is not None and body.error is not None:
+            return body.error
+        if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+            exc, aiohttp.ConnectionTimeoutError
+        ):
+            log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
+            return Unavailable(
+                f"the {upstream} service is unavailable", code="upstream_unavailable"
+            )
+        if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+            log.warning("upstream_timeout", upstream=upstream, method=method)
+            return TimedOut(
+                f"the {upstream} service did not answer in time", code="upstream_timeout"
+            )
+        log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
+        return Unavailable(f"the {upstream} service is unavailable", code="upstream_unavailable")
 
 
 def scope_header(scope: Scope, name: bytes) -> str | None:

@@ -21,32 +21,6 @@ ROUTES: tuple[tuple[str, str], ...] = (
 #: carries a shared secret); the gateway rate-limits them per client address instead.
 ANONYMOUS_PREFIXES = frozenset({"/webhooks/brevo"})
 
-#: RFC 9110 §7.6.1 hop-by-hop headers, plus ones a proxy must set itself.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"x-request-id",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-real-ip",
-    }
-)
-
-#: Headers that would claim an identity or an internal privilege: a client never sets them.
-_IDENTITY_PREFIXES = (b"x-user", b"x-xtyl", b"x-internal", b"x-service", b"x-auth", b"x-supabase")
-_IDENTITY_EXACT = frozenset({b"x-forwarded-user", b"x-remote-user", b"remote-user", b"x-owner-id"})
-
 
 class Route(msgspec.Struct, frozen=True):
     prefix: str
@@ -64,9 +38,107 @@ def match_route(path: str) -> Route | None:
     return None
 
 
-def is_forbidden_request_header(name: bytes) -> bool:
-    """``name`` is lower-case, as ASGI gives it."""
-    return name in HOP_BY_HOP or name in _IDENTITY_EXACT or name.startswith(_IDENTITY_PREFIXES)
+#: The request headers a client's request carries through to a service; every other header is
+#: dropped. An allow-list, so a header invented tomorrow (``X-Original-URL``, ``X-Rewrite-URL``,
+#: ``X-HTTP-Method-Override``, ``True-Client-IP``, ``Expect``, any identity claim) never
+#: reaches a service. The gateway adds ``X-Request-ID`` and ``X-Forwarded-For``/``-Proto``;
+#: the body's framing (``Content-Length`` or chunked) is set for the bytes actually sent.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        b"accept",
+        b"accept-language",
+        b"authorization",
+        b"cache-control",
+        b"content-disposition",
+        b"content-language",
+        b"content-type",
+        b"idempotency-key",
+        b"if-match",
+        b"if-modified-since",
+        b"if-none-match",
+        b"if-range",
+        b"if-unmodified-since",
+        b"last-event-id",
+        b"range",
+        b"user-agent",
+        # Standard Webhooks signatures (Supabase's Send Email Hook)
+        b"webhook-id",
+        b"webhook-signature",
+        b"webhook-timestamp",
+    }
+)
+
+
+class BadRequestFraming(ValueError):
+    """The request's framing headers are not something the gateway forwards."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ForwardedRequest(msgspec.Struct, frozen=True):
+    """What crosses to the service: headers (as aiohttp takes them) and the body's framing."""
+
+    headers: list[tuple[str, str]]
+    #: the client's Content-Length, or None
+    length: int | None
+    #: the body arrives chunked (no Content-Length)
+    chunked: bool
+
+
+def upstream_request_headers(
+    headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
+) -> ForwardedRequest:
+    """The allowed client headers plus what the gateway adds, and the body's framing.
+
+    Raises :class:`BadRequestFraming` for a transfer coding other than plain ``chunked``
+    (``gzip, chunked`` would reach the service still compressed), both a length and a
+    transfer coding (the classic smuggling pair: which one frames the body?), or a compressed
+    request body.
+    """
+    out: list[tuple[str, str]] = []
+    length: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise BadRequestFraming(
+                    "only the chunked transfer coding is accepted", "unsupported_transfer_coding"
+                )
+            chunked = True
+        elif name == b"content-encoding":
+            if value.strip().lower() not in (b"", b"identity"):
+                raise BadRequestFraming(
+                    "request bodies are accepted uncompressed only",
+                    "unsupported_content_encoding",
+                )
+        elif name == b"content-length":
+            # the server refuses malformed and repeated lengths first; never trust it alone
+            if not value.isdigit() or length is not None:
+                raise BadRequestFraming("one plain Content-Length, please", "bad_request")
+            length = int(value)
+        elif name in FORWARDED_REQUEST_HEADERS:
+            out.append((name.decode("latin-1"), value.decode("latin-1")))
+    if chunked and length is not None:
+        raise BadRequestFraming(
+            "a request has a Content-Length or a Transfer-Encoding, never both",
+            "conflicting_framing",
+        )
+    out.extend((name.decode("latin-1"), value.decode("latin-1")) for name, value in extra)
+    return ForwardedRequest(out, length, chunked)
+
+
+#: Path segments no route of ours has, that a service's router might read as a way elsewhere.
+_SUSPECT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+
+
+def is_suspect_path(raw_path: str) -> bool:
+    """Dot segments (plain or percent-encoded), encoded slashes or backslashes: never ours."""
+    lowered = raw_path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in lowered or "%00" in lowered:
+        return True
+    return any(segment in _SUSPECT_SEGMENTS for segment in lowered.split("/"))
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -76,23 +148,6 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
         if name == b"connection":
             names.update(token.strip().lower() for token in value.split(b","))
     return frozenset(names)
-
-
-def upstream_request_headers(
-    headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    """Client headers minus hop-by-hop and identity ones, plus what the gateway adds."""
-    header_list = list(headers)
-    dropped = (
-        connection_tokens(header_list) if any(n == b"connection" for n, _ in header_list) else ()
-    )
-    out = [
-        (name, value)
-        for name, value in header_list
-        if not (is_forbidden_request_header(name) or name in dropped)
-    ]
-    out.extend(extra)
-    return out
 
 
 RESPONSE_HOP_BY_HOP = frozenset(

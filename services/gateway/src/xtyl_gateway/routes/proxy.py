@@ -11,10 +11,16 @@ from litestar.types import Receive, Scope, Send
 
 from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
 from xtyl_common.context import current_request_id
-from xtyl_common.errors import NotFound, RateLimited, TimedOut, Unavailable
+from xtyl_common.errors import ClientError, NotFound, RateLimited, TimedOut, Unavailable
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.upstream import Proxy, client_host, scope_header
-from xtyl_gateway.domain.routing import ROUTES, match_route
+from xtyl_gateway.domain.admission import InFlightLimit
+from xtyl_gateway.domain.routing import (
+    ROUTES,
+    BadRequestFraming,
+    is_suspect_path,
+    match_route,
+)
 
 log = structlog.stdlib.get_logger("xtyl.gateway.edge")
 
@@ -30,10 +36,12 @@ class Edge:
         *,
         default_limit: Limit,
         route_limits: dict[str, Limit],
+        in_flight: InFlightLimit,
     ) -> None:
         self.verifier = verifier
         self.limiter = limiter
         self.proxy = proxy
+        self.in_flight = in_flight
         self.default_limit = default_limit
         self.route_limits = route_limits
         self._limiter_down_logged = 0.0
@@ -74,21 +82,34 @@ class Edge:
     ) -> None:
         # Litestar mounts match by string prefix: /v1/files also catches /v1/filesystem.
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        route = match_route(raw_path.decode("latin-1"))
-        if route is None or route.prefix != prefix:
+        path = raw_path.decode("latin-1")
+        route = match_route(path)
+        if route is None or route.prefix != prefix or is_suspect_path(path):
             raise NotFound()
         host = client_host(scope)
         if route.anonymous:
-            await self.limit_subject(f"ip:{host}", prefix)
+            subject = f"ip:{host}"
+            await self.limit_subject(subject, prefix)
         else:
-            await self.limit(await self.authenticate(scope), prefix)
+            user = await self.authenticate(scope)
+            subject = str(user.user_id)
+            await self.limit(user, prefix)
+        with self.in_flight.hold(subject):
+            await self._forward(scope, receive, send, upstream, host)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, upstream: str, host: str | None
+    ) -> None:
         extra = [
             (b"x-request-id", (current_request_id() or "").encode()),
             (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
         ]
         if host is not None:
             extra.append((b"x-forwarded-for", host.encode()))
-        await self.proxy.forward(scope, receive, send, upstream, extra)
+        try:
+            await self.proxy.forward(scope, receive, send, upstream, extra)
+        except BadRequestFraming as exc:
+            raise ClientError(str(exc), code=exc.code) from None
 
 
 def proxy_handlers() -> list[ASGIRouteHandler]:

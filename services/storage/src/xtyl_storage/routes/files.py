@@ -3,6 +3,7 @@ files answer 404 exactly like ids that do not exist."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -117,10 +118,12 @@ class FilesController(Controller):
             stored = await _receive_upload(request, service, user, body)
         except ClientDisconnected:
             raise
-        except XtylError:
-            # up to twice the limit: a client that sent a bit too much (11 MB against 10 MB,
-            # refused from its Content-Length before a byte was read) still reads the 413
-            await body.drain(
+        except XtylError as exc:
+            # Answer at once, then read and drop up to twice the limit of what the client is
+            # still sending (a client that sent 11 MB against 10 MB, refused from its
+            # Content-Length before a byte was read, still reads the 413, never a reset).
+            exc.after_response = functools.partial(
+                body.drain,
                 max_bytes=2 * service.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
                 timeout_s=DRAIN_TIMEOUT_S,
             )

@@ -1,0 +1,45 @@
+"""How many requests one caller may have in flight at once, in this gateway process. Pure logic.
+
+A rate limit counts requests over a window; it does not stop one caller from opening hundreds
+of slow uploads at once and holding every connection to a service. This cap does: past it, the
+caller's next request is 429 ``too_many_in_flight`` until one of theirs ends, and nobody else
+is affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import contextmanager
+
+from xtyl_common.errors import RateLimited
+
+
+class InFlightLimit:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def in_flight(self, subject: str) -> int:
+        return self._counts.get(subject, 0)
+
+    @contextmanager
+    def hold(self, subject: str) -> Generator[None]:
+        """One request of ``subject`` for the duration of the block, or 429 at the cap."""
+        count = self._counts.get(subject, 0)
+        if count >= self.limit:
+            raise RateLimited(
+                1,
+                f"at most {self.limit} requests at once per caller: wait for one to finish",
+                code="too_many_in_flight",
+            )
+        self._counts[subject] = count + 1
+        try:
+            yield
+        finally:
+            remaining = self._counts[subject] - 1
+            if remaining:
+                self._counts[subject] = remaining
+            else:
+                del self._counts[subject]
