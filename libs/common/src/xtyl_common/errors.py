@@ -3,6 +3,7 @@
     XtylError                      500 internal_error (never leaks details)
     ├── ClientError                4xx: the caller can fix the request
     │   ├── InvalidInput           422 invalid_input
+    │   │   └── InvalidText        422 invalid_text (NUL, lone surrogates: text Postgres refuses)
     │   ├── Unauthorized           401 unauthorized (codes: token_expired, token_invalid, ...)
     │   ├── Forbidden              403 forbidden
     │   ├── NotFound               404 not_found
@@ -84,6 +85,14 @@ class InvalidInput(ClientError):
     status = 422
     default_code = "invalid_input"
     title = "Invalid input"
+
+
+class InvalidText(InvalidInput):
+    """Text Postgres cannot store: a NUL character, a lone UTF-16 surrogate, bytes that are not
+    UTF-8 (see :mod:`xtyl_common.text`)."""
+
+    default_code = "invalid_text"
+    title = "Invalid text"
 
 
 class Unauthorized(ClientError):

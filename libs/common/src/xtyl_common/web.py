@@ -2,7 +2,9 @@
 
 ``build_service_app`` gives each service the same edge: request ids, access logs, problem
 details for every error (RFC 9457, ``application/problem+json`` with a stable ``code``),
-``/livez`` and ``/readyz``, and OpenAPI docs at ``/schema`` (Swagger UI at ``/schema/swagger``).
+``/livez`` and ``/readyz``, OpenAPI docs at ``/schema`` (Swagger UI at ``/schema/swagger``), and
+422 ``invalid_text`` for text Postgres cannot store (:mod:`xtyl_common.text`) in JSON bodies,
+query and path parameters, checked before the handler runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from litestar import Litestar, Request, Response
 from litestar.background_tasks import BackgroundTask
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
@@ -29,6 +33,7 @@ from redis import exceptions as redis_exceptions
 from xtyl_common import errors
 from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
 from xtyl_common.health import READINESS_STATE_KEY, Readiness, health_handlers
+from xtyl_common.text import NUL_ESCAPE, check_storable, invalid_text, refused_json_text
 
 log = structlog.stdlib.get_logger("xtyl.http")
 
@@ -188,9 +193,78 @@ def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return problem_response(errors.XtylError(), instance=caller_path(request.scope))
 
 
+def _handle_postgres_data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The net under :func:`refuse_unstorable_text`: Postgres refusing a NUL (22021 in text,
+    22P05 in jsonb) or asyncpg unable to encode a lone surrogate is the caller's text, 422
+    ``invalid_text``; the statement failed, so its transaction changed nothing. Any other data
+    exception (22xxx) is our bug: 500."""
+    refused_text = isinstance(
+        exc,
+        asyncpg.exceptions.CharacterNotInRepertoireError
+        | asyncpg.exceptions.UntranslatableCharacterError,
+    ) or isinstance(exc.__cause__, UnicodeEncodeError)
+    if not refused_text:
+        return _handle_unexpected(request, exc)
+    log.warning("text_refused_by_postgres", sqlstate=getattr(exc, "sqlstate", None))
+    error = invalid_text(None, source="request")
+    return problem_response(error, instance=caller_path(request.scope))
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _takes_json_body(handler: HTTPRouteHandler) -> bool:
+    """Whether Litestar decodes the request body as JSON for ``handler``'s ``data``."""
+    data = handler.parsed_data_field
+    if data is None or handler.resolve_data_dto() is not None:
+        return False
+    media_type = getattr(data.kwarg_definition, "media_type", RequestEncodingType.JSON)
+    return media_type == RequestEncodingType.JSON
+
+
+def _reads_own_body(handler: HTTPRouteHandler, method: str) -> bool:
+    """A POST, PUT or PATCH whose handler takes no ``data`` or ``body``: it reads the body
+    itself (an upload, a webhook)."""
+    parameters = handler.parsed_fn_signature.parameters
+    return method in _BODY_METHODS and "data" not in parameters and "body" not in parameters
+
+
+async def refuse_unstorable_text(request: Request[Any, Any, Any]) -> None:
+    """Every service's ``before_request``: 422 ``invalid_text`` when the JSON body, a query or a
+    path parameter holds text Postgres cannot store, before anything is read or written.
+
+    Costs next to nothing on a clean request: a NUL reaches a decoded JSON string only as
+    ``\\u0000`` and a query parameter only as ``%00``, so only then are the values walked. The
+    body is decoded here with ``request.json()``, which Litestar caches for the handler's
+    ``data``. A handler that reads its body itself is left alone: answering before it would cut
+    off a client still sending (the handler drains the body before its own errors), so it checks
+    the text it uses with :mod:`xtyl_common.text` (storage's file name, notify's webhook).
+    """
+    handler = request.route_handler
+    if _reads_own_body(handler, request.method):
+        return
+    if _takes_json_body(handler) and (body := await request.body()):
+        try:
+            decoded = await request.json()
+        except (SerializationException, UnicodeDecodeError) as exc:
+            refused = refused_json_text(body)  # never None for a UnicodeDecodeError
+            if refused is not None:
+                raise refused from exc
+            return  # broken JSON: Litestar answers it as it always did
+        if NUL_ESCAPE in body:
+            check_storable(decoded)
+    if b"%00" in request.scope.get("query_string", b""):
+        for name, value in request.query_params.multi_items():
+            check_storable({name: value}, source="query")
+    for name, value in request.path_params.items():
+        if isinstance(value, str):
+            check_storable({name: value}, source="path")
+
+
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Callable[..., Response[bytes]]] = {
     errors.XtylError: _handle_xtyl_error,
     HTTPException: _handle_http_exception,
+    asyncpg.DataError: _handle_postgres_data_error,
     **{cls: _handle_dependency_down for cls, _ in _DEPENDENCY_DOWN},
     Exception: _handle_unexpected,
 }
@@ -223,6 +297,8 @@ def build_service_app(
         route_handlers=[*health_handlers(), *route_handlers],
         lifespan=list(lifespan),
         middleware=[RequestContextMiddleware()],
+        # app-wide; a before_request set on a router, controller or handler would replace it
+        before_request=refuse_unstorable_text,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title=title,

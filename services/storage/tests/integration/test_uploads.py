@@ -381,7 +381,6 @@ async def test_bad_upload_bodies_are_clear_4xx_and_store_nothing(
         ("../../etc/passwd", "passwd", "passwd"),
         ("%2e%2e%2f%2e%2e%2fsecret.txt", "secret.txt", "secret.txt"),
         ("..\\..\\windows\\win.ini", "win.ini", "win.ini"),
-        ("evil\x00name.txt", "evilname.txt", "evilname.txt"),
         ("line\r\nbreak.txt", "line break.txt", "line-break.txt"),
         ("invoice\u202egnp.exe", "invoicegnp.exe", "invoicegnp.exe"),
         ("résumé 2024.txt", "résumé 2024.txt", "resume-2024.txt"),

@@ -19,6 +19,7 @@ import structlog
 from litestar import Request, post
 
 from xtyl_common.errors import InvalidInput, NotFound, Unauthorized
+from xtyl_common.text import decode_storable_json
 from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.webhooks import BrevoWebhookEvent, suppressions_from
 from xtyl_notify.routes.schemas import WebhookReceipt
@@ -66,7 +67,7 @@ def check_secret(request: Request[Any, Any, Any], expected: str | None) -> None:
 async def brevo_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
     check_secret(request, request.app.state.webhook_secret)
     try:
-        decoded = _events_decoder.decode(await request.body())
+        decoded = decode_storable_json(_events_decoder, await request.body())
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"not a Brevo webhook event: {exc}", code="invalid_webhook") from None
     events = decoded if isinstance(decoded, list) else [decoded]

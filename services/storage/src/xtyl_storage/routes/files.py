@@ -17,6 +17,7 @@ from xtyl_common.auth import UserPrincipal
 from xtyl_common.errors import InvalidInput, XtylError
 from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from xtyl_common.text import check_storable
 from xtyl_storage.domain.files import FileStatus, StoredFile
 from xtyl_storage.domain.names import content_disposition
 from xtyl_storage.routes.bodies import (
@@ -79,6 +80,7 @@ async def _receive_upload(
                 "send multipart/form-data, or the raw body with ?filename=",
                 code="missing_filename",
             )
+        check_storable(filename, at="filename", source="query")
         content_type = service.accepted_content_type(header_type)
         chunks = body.chunks(max_bytes=limit, file_limit=limit)
     else:
@@ -88,6 +90,7 @@ async def _receive_upload(
         )
         part = await form.file()
         filename = part.filename
+        check_storable(filename, at="filename")
         content_type = service.accepted_content_type(part.content_type)
         chunks = part.chunks()
     return await service.upload(
