@@ -14,7 +14,7 @@ from xtyl_common.health import readiness_of
 from xtyl_common.http import HttpConfig, create_session
 from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
-from xtyl_common.redis_client import check_redis, create_redis
+from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
@@ -40,7 +40,9 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         redis = create_redis(settings.redis_url)
         # JWKS fetches and the OpenAPI merge; the proxy has a session of its own
         session = create_session(HttpConfig())
-        limiter = RateLimiter.from_url(settings.redis_url)
+        limiter = RateLimiter.from_url(
+            settings.redis_url, timeout_s=settings.rate_limit_redis_timeout_s
+        )
         verifier = TokenVerifier(settings.auth_config(), session)
         await verifier.warm_up()
         window = settings.rate_limit_window_s
@@ -70,7 +72,8 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         )
         readiness = readiness_of(app)
         readiness.add("postgres", lambda: check_postgres(pool))
-        readiness.add("redis", lambda: check_redis(redis))
+        # the limiter fails open: Redis down is "degraded", never a reason to leave the pool
+        readiness.add("redis", limiter.check_health, critical=False)
         app.state.edge = edge
         app.state.users = UserRepository(pool)
         app.state.public_docs = PublicApiDocs(

@@ -65,7 +65,7 @@ class Edge:
                 decision = await self.limiter.hit(subject, limit)
             except (Unavailable, TimedOut) as exc:
                 # Fail open: a Redis outage must not take the whole API down with it (readyz
-                # reports Redis down meanwhile, and the outage is logged, at most once a second).
+                # reports Redis degraded meanwhile; the outage is logged at most once a second).
                 self._log_limiter_down(exc)
                 return
             if not decision.allowed:
