@@ -67,7 +67,7 @@ async def test_readyz_names_postgres_while_it_is_down_and_recovers_without_resta
 
         await asyncio.to_thread(postgres_control.start)
         body = await until_status(http, gateway.url + "/readyz", 200)
-        assert body["checks"] == {"postgres": "up", "redis": "up"}
+        assert body["checks"] == {"postgres": "up", "redis": "up", "outbox_relay": "up"}
         assert gateway.process.pid == pid, "recovered without a restart"
 
 

@@ -88,6 +88,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         # user.created leaves auth.users through the gateway's outbox (written by the trigger)
         relay = OutboxRelay(pool, redis, schemas=["xtyl_gateway"], settings=event_settings)
         relay.start()
+        readiness.add("outbox_relay", relay.check_health)
         try:
             yield
         finally:

@@ -64,6 +64,7 @@ def create_app(
                 app.state[VERIFIER_STATE_KEY] = verifier
                 if run_relay:
                     relay.start()
+                    readiness.add("outbox_relay", relay.check_health)
                 try:
                     yield
                 finally:

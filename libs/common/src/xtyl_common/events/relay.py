@@ -22,13 +22,23 @@ operation, including any number of relays, publishes each row exactly once.
 The relay wakes on ``LISTEN xtyl_outbox`` (the outbox trigger NOTIFYs at commit) and also polls
 every ``relay_poll_interval_s``, since LISTEN does not pass the transaction pooler. Published rows
 older than ``outbox_retention_s`` are deleted every ``prune_interval_s``.
+
+**The loop is supervised** (:mod:`xtyl_common.supervise`): whatever a pass raises (Postgres
+or Redis gone, a timeout, a LISTEN connection that broke and went back to the pool, a bug),
+the relay logs it (``relay_failed``; with the traceback when it is not a dependency error),
+backs off (``relay_backoff_initial_s`` doubling to ``relay_backoff_max_s``, jittered, never
+above it) and tries again; only :meth:`OutboxRelay.stop` (cancellation) ends it. So after a
+Postgres restart the pending rows are published at most ``relay_backoff_max_s`` after its
+return. :meth:`OutboxRelay.check_health` is a ``/readyz`` check: it fails when the relay's task
+has ended, or when no pass has succeeded for ``stale_after_s`` while Postgres and Redis both
+answer (a relay waiting for a dependency that is down is healthy: that dependency's own check
+says what is wrong). :meth:`OutboxRelay.state` is the same as plain data, for a worker's
+health listener.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -40,10 +50,12 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from xtyl_common.errors import Unavailable
 from xtyl_common.events.contracts import stream_key
 from xtyl_common.events.outbox import check_schema_name
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import EVENT_FIELD, TYPE_FIELD
+from xtyl_common.supervise import Backoff, LoopHealth, LoopState, describe, log_failure
 
 log = structlog.stdlib.get_logger("xtyl.events.relay")
 
@@ -51,7 +63,11 @@ NOTIFY_CHANNEL = "xtyl_outbox"
 _LOCK_CLASS = 7_291_002  # first key of the per-outbox advisory lock
 _PRUNE_CHUNK = 5_000
 
+#: Dependency errors: logged as warnings. Anything else a pass raises is logged with its
+#: traceback; either way the relay backs off and goes on.
 _TRANSIENT = (RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: How long a health probe of Postgres or Redis may take (inside ``/readyz``'s own timeout).
+_PROBE_TIMEOUT_S = 1.0
 
 # {outbox} is a checked identifier (check_schema_name), never user input.
 _SELECT_BATCH = (
@@ -93,9 +109,22 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
 _wire_encoder = msgspec.json.Encoder()
 
 
+def stale_after_s(settings: EventSettings) -> float:
+    """How long without a successful pass makes a relay unhealthy: ten poll intervals plus
+    two of its longest backoffs plus one slow batch (35 s with the defaults)."""
+    s = settings
+    return (
+        10 * s.relay_poll_interval_s
+        + 2 * s.relay_backoff_max_s
+        + s.db_timeout_s
+        + s.redis_timeout_s
+    )
+
+
 class OutboxRelay:
-    """Publishes the outboxes of ``schemas``; run :meth:`run` as a task or use
-    :meth:`start`/:meth:`stop` from a lifespan or arq's ``on_startup``/``on_shutdown``."""
+    """Publishes the outboxes of ``schemas``; use :meth:`start`/:meth:`stop` from a lifespan
+    or arq's ``on_startup``/``on_shutdown`` (or run :meth:`run` as a task of your own), and
+    register :meth:`check_health` as a readiness check."""
 
     def __init__(
         self,
@@ -115,6 +144,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._listen_conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._task: asyncio.Task[None] | None = None
+        self.health = LoopHealth("outbox relay", stale_after_s=stale_after_s(self.settings))
 
     # --- one pass -------------------------------------------------------------------------
 
@@ -125,6 +155,8 @@ class OutboxRelay:
             while True:
                 published = await self.publish_batch(schema)
                 total += published or 0
+                if published:
+                    self.health.progressed()
                 if published is None or published < self.settings.relay_batch_size:
                     break
         return total
@@ -188,14 +220,16 @@ class OutboxRelay:
 
     async def _record_failure(self, failure: _PublishFailed) -> None:
         """Count the failed attempt on the rows (best effort: the database may be down too)."""
-        with contextlib.suppress(*_TRANSIENT):
+        try:
             async with self.pool.acquire(timeout=self.settings.db_timeout_s) as conn:
                 await conn.execute(
                     _sql(_RECORD_FAILURE, failure.schema),
                     failure.seqs,
-                    _describe(failure.cause)[:500],
+                    describe(failure.cause)[:500],
                     timeout=self.settings.db_timeout_s,
                 )
+        except Exception as exc:
+            log_failure(log, "relay_record_failure_failed", exc, expected=_TRANSIENT)
 
     async def prune(self) -> int:
         """Delete published rows older than the retention; rows deleted."""
@@ -220,63 +254,77 @@ class OutboxRelay:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Publish until :meth:`stop`: on NOTIFY, every poll interval, with backoff on errors."""
+        """Publish until :meth:`stop`: on NOTIFY, every poll interval, with backoff after a
+        failed pass. No exception ends it: each is logged, backed off and retried."""
         s = self.settings
-        backoff = s.relay_backoff_initial_s
+        backoff = Backoff(s.relay_backoff_initial_s, s.relay_backoff_max_s)
         next_prune = time.monotonic()
         log.info("relay_started", schemas=self.schemas, stream_prefix=s.stream_prefix)
         try:
             while not self._stopping.is_set():
-                await self._ensure_listening()
                 self._wakeup.clear()
                 try:
+                    await self._ensure_listening()
                     published = await self.publish_pending()
                     if time.monotonic() >= next_prune:
                         next_prune = time.monotonic() + s.prune_interval_s
                         await self.prune()
-                except _PublishFailed as failure:
-                    await self._record_failure(failure)
-                    log.warning(
-                        "relay_publish_failed",
-                        schema=failure.schema,
-                        rows=len(failure.seqs),
-                        error=_describe(failure.cause),
-                        retry_in_s=round(backoff, 2),
-                    )
-                    await self._pause(backoff)
-                    backoff = min(backoff * 2, s.relay_backoff_max_s) * random.uniform(0.8, 1.2)  # noqa: S311
+                except Exception as exc:
+                    delay = backoff.next_delay()
+                    self.health.failed(exc)
+                    await self._after_failure(exc, delay)
+                    await self._pause(delay)
                     continue
-                except _TRANSIENT as exc:
-                    log.warning("relay_failed", error=_describe(exc), retry_in_s=round(backoff, 2))
-                    await self._drop_listener()
-                    await self._pause(backoff)
-                    backoff = min(backoff * 2, s.relay_backoff_max_s) * random.uniform(0.8, 1.2)  # noqa: S311
-                    continue
+                self.health.passed()
+                backoff.reset()
                 if published:
                     log.info("events_published", count=published)
-                backoff = s.relay_backoff_initial_s
                 await self._pause(s.relay_poll_interval_s, wake_on_notify=True)
         finally:
             await self._drop_listener()
             log.info("relay_stopped")
 
+    async def _after_failure(self, exc: Exception, retry_in_s: float) -> None:
+        """Log a failed pass; keep what can be kept (never raises)."""
+        retry = round(retry_in_s, 2)
+        if isinstance(exc, _PublishFailed):
+            # Redis refused the rows: Postgres is fine, keep the LISTEN connection.
+            await self._record_failure(exc)
+            log_failure(
+                log,
+                "relay_publish_failed",
+                exc.cause,
+                expected=_TRANSIENT,
+                schema=exc.schema,
+                rows=len(exc.seqs),
+                retry_in_s=retry,
+            )
+            return
+        log_failure(log, "relay_failed", exc, expected=_TRANSIENT, retry_in_s=retry)
+        await self._drop_listener()
+
     def start(self) -> asyncio.Task[None]:
         self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        self.health.watch(self._task)
         return self._task
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
         self._wakeup.set()
-        if self._task is not None:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._task
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.warning("relay_stop_timeout", waited_s=timeout_s)
+        except Exception as exc:  # only a task someone else broke: run() never raises
+            log.error("relay_ended_with_error", error=describe(exc), exc_info=exc)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _pause(self, seconds: float, *, wake_on_notify: bool = False) -> None:
         waits = [asyncio.ensure_future(self._stopping.wait())]
@@ -288,24 +336,66 @@ class OutboxRelay:
             for waiter in waits:
                 waiter.cancel()
 
+    # --- health ---------------------------------------------------------------------------
+
+    def state(self) -> LoopState:
+        """The relay loop's health as plain data (for a worker's health listener)."""
+        return self.health.state()
+
+    def healthy(self) -> bool:
+        """Running, and a pass succeeded within ``stale_after_s`` (no dependency probe)."""
+        return self.health.healthy()
+
+    async def check_health(self) -> None:
+        """``/readyz`` check: raises :class:`~xtyl_common.errors.Unavailable` with the reason
+        when the relay's task has ended, or when no pass has succeeded for ``stale_after_s``
+        although Postgres and Redis both answer. While one of them is down the relay is only
+        waiting for it, and that dependency's own check is the one to fail."""
+        problem = self.health.problem()
+        if problem is None:
+            return
+        if self.health.running and not await self._dependencies_answer():
+            return
+        raise Unavailable(problem, code="outbox_relay_unhealthy")
+
+    async def _dependencies_answer(self) -> bool:
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("select 1")
+                await self.redis.ping()  # pyright: ignore[reportUnknownMemberType]
+        except Exception:  # the probe's answer is the point, not its error
+            return False
+        return True
+
     # --- LISTEN ---------------------------------------------------------------------------
 
+    def _listening(self) -> bool:
+        conn = self._listen_conn
+        if conn is None:
+            return False
+        try:
+            return not conn.is_closed()
+        except asyncpg.InterfaceError:
+            # its connection broke (a Postgres restart) and asyncpg gave it back to the pool
+            return False
+
     async def _ensure_listening(self) -> None:
-        if not self.listen:
-            return
-        if self._listen_conn is not None and not self._listen_conn.is_closed():
+        """LISTEN on a pooled connection, again after it broke. Failing to is not a failed
+        pass (the poll still publishes): it is logged and tried again next pass."""
+        if not self.listen or self._listening():
             return
         await self._drop_listener()
         try:
             conn = await self.pool.acquire(timeout=self.settings.db_timeout_s)
-        except _TRANSIENT as exc:
-            log.warning("relay_listen_failed", error=_describe(exc))
+        except Exception as exc:
+            log_failure(log, "relay_listen_failed", exc, expected=_TRANSIENT)
             return
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except _TRANSIENT as exc:
-            log.warning("relay_listen_failed", error=_describe(exc))
-            await self.pool.release(conn)
+        except Exception as exc:
+            log_failure(log, "relay_listen_failed", exc, expected=_TRANSIENT)
+            await self._release(conn)
             return
         self._listen_conn = conn
 
@@ -316,10 +406,19 @@ class OutboxRelay:
         conn, self._listen_conn = self._listen_conn, None
         if conn is None:
             return
-        with contextlib.suppress(*_TRANSIENT):
+        try:
             await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-        with contextlib.suppress(*_TRANSIENT):
+        except asyncpg.InterfaceError:
+            pass  # already back in the pool: its connection broke, and the listener with it
+        except Exception as exc:
+            log_failure(log, "relay_unlisten_failed", exc, expected=_TRANSIENT)
+        await self._release(conn)
+
+    async def _release(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        try:
             await self.pool.release(conn, timeout=self.settings.db_timeout_s)
+        except Exception as exc:
+            log_failure(log, "relay_release_failed", exc, expected=_TRANSIENT)
 
 
 class _PublishFailed(Exception):
@@ -328,8 +427,3 @@ class _PublishFailed(Exception):
         self.schema = schema
         self.seqs = seqs
         self.cause = cause
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -28,7 +28,9 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: Poll even without NOTIFY (Supabase's transaction pooler drops LISTEN).
     relay_poll_interval_s: float = 1.0
     relay_backoff_initial_s: float = 0.2
-    relay_backoff_max_s: float = 10.0
+    #: A cap, jitter included: rows pending when Postgres or Redis returns are published
+    #: at most this long after it (a retry against a down server is one refused connect).
+    relay_backoff_max_s: float = 5.0
     #: Published rows are deleted after this long.
     outbox_retention_s: float = 7 * 24 * 3600
     prune_interval_s: float = 300.0
