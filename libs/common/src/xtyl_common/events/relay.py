@@ -316,15 +316,17 @@ class OutboxRelay:
         if task is None:
             return
         try:
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(task)
-        except TimeoutError:
+            done, _ = await asyncio.wait([task], timeout=timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
             log.warning("relay_stop_timeout", waited_s=timeout_s)
-        except Exception as exc:  # only a task someone else broke: run() never raises
-            log.error("relay_ended_with_error", error=describe(exc), exc_info=exc)
-        if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        elif not task.cancelled() and (error := task.exception()) is not None:
+            # run() never raises: only a task someone else broke gets here
+            log.error("relay_ended_with_error", error=describe(error), exc_info=error)
 
     async def _pause(self, seconds: float, *, wake_on_notify: bool = False) -> None:
         waits = [asyncio.ensure_future(self._stopping.wait())]
