@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from types import CellType
 from typing import Any
 
 import asyncpg
@@ -27,12 +28,14 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 from redis import exceptions as redis_exceptions
 
 from xtyl_common import errors
 from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
 from xtyl_common.health import READINESS_STATE_KEY, Readiness, health_handlers
+from xtyl_common.openapi import ClosedStructSchemaPlugin, document_problems
 from xtyl_common.text import NUL_ESCAPE, check_storable, invalid_text, refused_json_text
 
 log = structlog.stdlib.get_logger("xtyl.http")
@@ -270,6 +273,26 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Callable[..., Response[bytes]]] 
 }
 
 
+def repair_options_allow(app: Litestar) -> None:
+    """Make Litestar's automatic ``OPTIONS`` answer list every method of its path.
+
+    Litestar 2 builds that handler with the path's first route and, when more handlers join the
+    path, builds a new route but keeps the old handler, whose ``Allow`` still names the first
+    methods only (``GET, OPTIONS`` on a path that also takes ``POST``; litestar-org/litestar#4169,
+    fixed in Litestar 3). Point each such handler at the route it serves.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            closure: tuple[CellType, ...] | None = getattr(handler.fn, "__closure__", None)
+            if handler.http_methods != {"OPTIONS"} or closure is None:
+                continue
+            for cell in closure:
+                if isinstance(cell.cell_contents, HTTPRoute):
+                    cell.cell_contents = route
+
+
 def build_service_app(
     *,
     title: str,
@@ -293,7 +316,7 @@ def build_service_app(
         if cors_origins
         else None
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[*health_handlers(), *route_handlers],
         lifespan=list(lifespan),
         middleware=[RequestContextMiddleware()],
@@ -312,4 +335,8 @@ def build_service_app(
         debug=debug,
         request_max_body_size=request_max_body_size,
         state=State({READINESS_STATE_KEY: Readiness(), **(state or {})}),
+        plugins=[ClosedStructSchemaPlugin()],
+        on_startup=[document_problems],
     )
+    repair_options_allow(app)
+    return app

@@ -19,6 +19,7 @@ class MeController(Controller):
 
     @get(
         "/",
+        problems=(404,),  # no public.users row yet
         summary="The signed-in user",
         description="The caller's profile, copied from Supabase Auth by a database trigger.",
     )

@@ -59,6 +59,7 @@ def check_secret(request: Request[Any, Any, Any], expected: str | None) -> None:
     "/webhooks/brevo",
     status_code=200,
     request_max_body_size=MAX_WEBHOOK_BYTES,
+    problems=(401, 404, 413, 422),  # wrong secret, no secret set, too large, not an event
     summary="Brevo transactional webhook",
     description="Hard bounces, spam complaints, unsubscriptions, blocked and invalid addresses"
     " become suppressions (never emailed again). Authenticated with BREVO_WEBHOOK_SECRET.",

@@ -47,6 +47,7 @@ class DocumentsController(Controller):
     @post(
         "/",
         status_code=HTTP_202_ACCEPTED,
+        problems=(404,),  # file_id of no file of the caller's
         summary="Add a document",
         description="`{title, text, metadata?}` indexes inline text; `{file_id, title?,"
         " metadata?}` indexes a file uploaded to storage (the same document its upload"

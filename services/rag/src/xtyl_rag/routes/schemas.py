@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 
 from xtyl_rag.domain.documents import Document, DocumentSource, DocumentStatus
 from xtyl_rag.domain.search import MAX_K, SearchFilters, SearchMode
@@ -16,7 +17,13 @@ MAX_FILTER_DOCUMENTS = 100
 MAX_ANSWER_K = 20
 
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
-Query = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_CHARS)]
+#: A blank query is refused by the handler (``blank_query``); the document says so with a pattern.
+Query = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=MAX_QUERY_CHARS, extra_json_schema={"extra": {"pattern": r"\S"}}
+    ),
+]
 DocumentIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=MAX_FILTER_DOCUMENTS)]
 
 
@@ -28,6 +35,28 @@ class DocumentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     text: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     file_id: uuid.UUID | None = None
     metadata: dict[str, Any] | None = None
+
+    #: The two shapes the handler accepts (else 422 ``text_or_file_id`` / ``title_required``),
+    #: for the OpenAPI document (``xtyl_common.openapi``).
+    openapi_one_of: ClassVar[tuple[Schema, ...]] = (
+        Schema(
+            title="inline text",
+            required=["title", "text"],
+            properties={
+                "title": Schema(type=OpenAPIType.STRING),
+                "text": Schema(type=OpenAPIType.STRING),
+                "file_id": Schema(type=OpenAPIType.NULL),
+            },
+        ),
+        Schema(
+            title="an uploaded file",
+            required=["file_id"],
+            properties={
+                "file_id": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.UUID),
+                "text": Schema(type=OpenAPIType.NULL),
+            },
+        ),
+    )
 
 
 class DocumentError(msgspec.Struct, frozen=True, kw_only=True):

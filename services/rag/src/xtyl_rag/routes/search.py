@@ -80,6 +80,7 @@ class SearchController(Controller):
     @post(
         "/answer",
         status_code=HTTP_200_OK,
+        media_type="text/event-stream",
         summary="Ask your documents",
         description="Retrieves like `/v1/search`, then streams `text/event-stream`: one"
         " `citations` event (the numbered passages, all yours, and `mode`: `llm` or"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Redirect, Stream
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -27,7 +28,14 @@ from xtyl_storage.routes.bodies import (
     StreamingForm,
     multipart_boundary,
 )
-from xtyl_storage.routes.schemas import FileListOut, FileOut, PresignOut, PresignRequest
+from xtyl_storage.routes.schemas import (
+    DownloadOperation,
+    FileListOut,
+    FileOut,
+    PresignOut,
+    PresignRequest,
+    UploadOperation,
+)
 from xtyl_storage.service import StorageService
 
 #: Query parameters an upload may carry; anything else (``owner_id``, ``key``…) is 422.
@@ -107,6 +115,8 @@ class FilesController(Controller):
         "/",
         status_code=HTTP_201_CREATED,
         request_max_body_size=None,  # enforced while streaming, from settings
+        operation_class=UploadOperation,
+        problems=(400, 413, 415, 422),
         summary="Upload a file",
         description="multipart/form-data with one part named `file`, or the raw bytes as the"
         " body with `?filename=` and the file's Content-Type. Streamed to storage; 413 past"
@@ -160,6 +170,9 @@ class FilesController(Controller):
 
     @get(
         "/{file_id:uuid}/content",
+        operation_class=DownloadOperation,  # the file's bytes, with its own type
+        responses={307: ResponseSpec(None, description="`?redirect=true`: the file's URL")},
+        problems=(409,),  # the upload is not complete
         summary="Download a file",
         description="Streams the bytes; with `?redirect=true` answers 307 to the public or"
         " presigned URL instead.",
@@ -198,6 +211,7 @@ class FilesController(Controller):
 
     @post(
         "/uploads",
+        problems=(413, 415),
         status_code=HTTP_201_CREATED,
         summary="Start a direct upload",
         description="For large files: answers a presigned PUT URL (content length and type"
@@ -224,6 +238,7 @@ class FilesController(Controller):
 
     @post(
         "/uploads/{file_id:uuid}/complete",
+        problems=(409,),
         status_code=200,
         summary="Finish a direct upload",
         description="Checks the object (size and type must match what was signed), records"

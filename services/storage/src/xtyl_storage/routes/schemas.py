@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    RequestBody,
+    Schema,
+)
 
 from xtyl_storage.domain.files import FileStatus, StoredFile
 
@@ -47,11 +58,72 @@ class FileListOut(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+#: What :func:`xtyl_storage.domain.media_types.normalize_media_type` accepts, as a pattern.
+MEDIA_TYPE_PATTERN = r"^\s*[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}\s*(;[\s\S]*)?$"
+
+
+@dataclass
+class UploadOperation(Operation):
+    """``POST /v1/files`` reads its body itself, streaming: the OpenAPI document says what it
+    takes. (``filename`` is required with a raw body only, which OpenAPI cannot say.)"""
+
+    def __post_init__(self) -> None:
+        binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                # exactly one part, `file` (any other is 422 `unexpected_field`)
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["file"],
+                        properties={"file": binary},
+                        additional_properties=False,
+                    )
+                ),
+                # OpenAPI 3.1: raw bytes have no schema
+                "application/octet-stream": OpenAPIMediaType(),
+            },
+        )
+        self.parameters = [
+            Parameter(
+                name="filename",
+                param_in="query",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING),
+                description="the file's name, with a raw body (whose Content-Type is the file's)",
+            )
+        ]
+
+
+@dataclass
+class DownloadOperation(Operation):
+    """``GET /v1/files/{id}/content`` answers the file's bytes with the file's own type."""
+
+    def __post_init__(self) -> None:
+        self.responses = {
+            **(self.responses or {}),
+            "200": OpenAPIResponse(
+                description="The file's bytes, with its Content-Type",
+                content={"*/*": OpenAPIMediaType()},  # OpenAPI 3.1: raw bytes have no schema
+            ),
+        }
+
+
 class PresignRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Unknown members (``owner_id``, ``key``…) are refused with 422: the server decides them."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-    content_type: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    #: ``type/subtype`` (checked by the handler: 422 ``invalid_content_type``; the pattern says
+    #: the same in the OpenAPI document), then against the allowed types (415).
+    content_type: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=255,
+            extra_json_schema={"extra": {"pattern": MEDIA_TYPE_PATTERN}},
+        ),
+    ]
     size: Annotated[int, msgspec.Meta(ge=1)]
 
 
