@@ -245,7 +245,10 @@ class Proxy:
     ) -> None:
         slots = self._slots[upstream]
         try:
-            async with asyncio.timeout(self._config.pool_wait_s):
+            if slots.locked():  # every slot taken: wait, but not for ever
+                async with asyncio.timeout(self._config.pool_wait_s):
+                    await slots.acquire()
+            else:
                 await slots.acquire()
         except TimeoutError:
             log.warning("upstream_busy", upstream=upstream)
