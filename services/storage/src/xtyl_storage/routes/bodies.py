@@ -15,7 +15,7 @@ from typing import Any
 
 import multipart
 
-from xtyl_common.errors import ClientError, InvalidInput
+from xtyl_common.errors import ClientDisconnected, ClientError, InvalidInput
 from xtyl_storage.adapters.uploads import too_large
 
 #: The form field that carries the file.
@@ -23,12 +23,6 @@ FILE_FIELD = "file"
 #: Bytes a multipart body may carry beyond the file itself (boundaries and part headers).
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _MAX_PART_HEADER_BYTES = 8 * 1024
-
-
-class ClientDisconnected(ClientError):
-    status = 499
-    default_code = "client_disconnected"
-    title = "Client closed the request"
 
 
 def malformed(detail: str) -> ClientError:

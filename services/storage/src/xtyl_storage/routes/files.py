@@ -15,7 +15,7 @@ from litestar.response import Redirect, Stream
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from xtyl_common.auth import UserPrincipal
-from xtyl_common.errors import InvalidInput, XtylError
+from xtyl_common.errors import ClientDisconnected, InvalidInput, XtylError
 from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_common.text import check_storable
@@ -23,7 +23,6 @@ from xtyl_storage.domain.files import FileStatus, StoredFile
 from xtyl_storage.domain.names import content_disposition
 from xtyl_storage.routes.bodies import (
     MULTIPART_OVERHEAD_BYTES,
-    ClientDisconnected,
     RequestBody,
     StreamingForm,
     multipart_boundary,
