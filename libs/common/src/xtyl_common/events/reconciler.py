@@ -16,6 +16,11 @@ job writes those events to the service's outbox again, and the relay publishes t
 The query decides what "stuck" means (give work time to finish: handlers are idempotent, but
 re-emitting running work wastes it). An event equal (type and payload) to one still waiting in
 the outbox is not written twice; each one written is a new occurrence with a new ``id``.
+
+The reconciler has no loop of its own to die: arq runs each pass as a cron job, and the next
+pass comes on schedule whatever became of this one. A pass that finds Postgres unreachable
+logs ``reconcile_skipped`` (a warning: the next pass finds the same work); any other failure
+is raised to arq, which logs it with its traceback.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import structlog
 from arq.cron import CronJob, cron
 from arq.typing import OptionType
 
+from xtyl_common.db import DB_UNAVAILABLE_ERRORS
 from xtyl_common.events.contracts import Event
 from xtyl_common.events.outbox import Connection, add_event, check_schema_name
+from xtyl_common.supervise import describe
 
 log = structlog.stdlib.get_logger("xtyl.events.reconciler")
 
@@ -84,10 +91,14 @@ def reconciler_cron(
 
     async def reconcile(ctx: dict[Any, Any]) -> int:
         pool: asyncpg.Pool = ctx[pool_key]
-        async with pool.acquire(timeout=timeout_s) as conn:
-            return await reemit_stuck(
-                conn, schema=schema, find_stuck=find_stuck, timeout_s=timeout_s
-            )
+        try:
+            async with pool.acquire(timeout=timeout_s) as conn:
+                return await reemit_stuck(
+                    conn, schema=schema, find_stuck=find_stuck, timeout_s=timeout_s
+                )
+        except DB_UNAVAILABLE_ERRORS as exc:
+            log.warning("reconcile_skipped", schema=schema, error=describe(exc))
+            return 0
 
     reconcile.__qualname__ = job_name
     return cron(
