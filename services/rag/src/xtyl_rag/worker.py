@@ -156,6 +156,7 @@ def worker_settings(
                 relay = OutboxRelay(core.pool, redis, schemas=[OUTBOX_SCHEMA], settings=events)
                 relay.start()
                 stack.push_async_callback(relay.stop)
+                ctx["outbox_relay"] = relay  # relay.state()/healthy() for a health listener
             ctx.update(
                 db=core.pool,
                 core=core,
