@@ -48,7 +48,9 @@ DESCRIPTIONS: dict[str, str] = {
     "RAG_URL": "base URL of the RAG service",
     "NOTIFY_URL": "base URL of the notify service",
     "UPSTREAM_CONNECT_TIMEOUT_S": "gateway → service connect timeout",
-    "UPSTREAM_READ_TIMEOUT_S": "longest silence between two reads of a service's response",
+    "UPSTREAM_READ_TIMEOUT_S": "longest silence between two reads of a service's response, from"
+    " the end of the request body; keep it above each service's own deadline (storage:"
+    " `REQUEST_DEADLINE_S`)",
     "UPSTREAM_POOL_SIZE": "most exchanges in flight to one service from one gateway process",
     "UPSTREAM_POOL_WAIT_S": "longest wait for a free exchange slot to a service; past it, 503"
     " `upstream_busy`",
@@ -69,7 +71,13 @@ DESCRIPTIONS: dict[str, str] = {
     "R2_BUCKET": "bucket name",
     "R2_PUBLIC_URL": "public base URL of the bucket; empty: answers carry presigned URLs",
     "S3_CONNECT_TIMEOUT_S": "S3 connect timeout",
-    "S3_READ_TIMEOUT_S": "S3 read timeout",
+    "S3_READ_TIMEOUT_S": "S3 read timeout of one attempt (of 3); with the connect timeout at"
+    " most `REQUEST_DEADLINE_S`",
+    "REQUEST_DEADLINE_S": "the most an upload's own work (S3 with its retries, Postgres) may"
+    " take, waiting for the client's bytes not counted; past it 504 `storage_timeout` and"
+    " nothing is stored; keep it below the gateway's `UPSTREAM_READ_TIMEOUT_S`",
+    "IDEMPOTENCY_KEY_TTL_S": "how long an `Idempotency-Key` of `POST /v1/files` is remembered"
+    " (60 s to 7 days)",
     "MAX_UPLOAD_BYTES": "largest upload through the service, counted while streaming (413)",
     "MAX_PRESIGNED_UPLOAD_BYTES": "largest presigned direct upload (at most 5 GiB)",
     "ALLOWED_CONTENT_TYPES": "comma-separated `type/sub`, `type/*` or `*/*` accepted (415)",

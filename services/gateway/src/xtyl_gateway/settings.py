@@ -14,7 +14,9 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     rag_url: str = "http://127.0.0.1:8002"
     notify_url: str = "http://127.0.0.1:8003"
     upstream_connect_timeout_s: float = 3.0
-    #: Longest silence between two reads of an upstream response (answers stream slowly).
+    #: Longest silence between two reads of an upstream response (answers stream slowly),
+    #: counted from the end of the request body. Keep it above every service's own deadline
+    #: (storage's ``REQUEST_DEADLINE_S``), so a service answers before the gateway gives up.
     upstream_read_timeout_s: float = 60.0
     #: Most exchanges in flight to one service from this process.
     upstream_pool_size: int = 256

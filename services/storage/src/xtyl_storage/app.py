@@ -19,6 +19,8 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_storage.adapters.events import OUTBOX_SCHEMA
+from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
+from xtyl_storage.adapters.orphans import OrphanSweeper
 from xtyl_storage.adapters.postgres import FileRepository
 from xtyl_storage.adapters.s3 import ObjectStore, check_bucket, open_s3_client
 from xtyl_storage.routes.files import FilesController
@@ -60,7 +62,19 @@ def create_app(
                     public_url=settings.r2_public_url,
                     presign_ttl_s=settings.presign_ttl_s,
                 )
-                app.state.storage = StorageService(store, FileRepository(pool), settings)
+                files = FileRepository(pool)
+                orphans = OrphanSweeper(
+                    store,
+                    files,
+                    attempt_timeout_s=settings.s3_connect_timeout_s + settings.s3_read_timeout_s,
+                )
+                app.state.storage = StorageService(
+                    store,
+                    files,
+                    settings,
+                    keys=IdempotencyKeyRepository(pool),
+                    orphans=orphans,
+                )
                 app.state[VERIFIER_STATE_KEY] = verifier
                 if run_relay:
                     relay.start()
@@ -68,6 +82,7 @@ def create_app(
                 try:
                     yield
                 finally:
+                    await orphans.close()
                     if run_relay:
                         await relay.stop()
         finally:

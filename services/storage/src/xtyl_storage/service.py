@@ -5,33 +5,61 @@ not the caller's answers exactly like a file that does not exist (404 ``file_not
 ids of other users' files reveal nothing and change nothing.
 
 Upload order: the object first (streamed, hashed, size-limited), then the row and its
-``file.uploaded`` event in one transaction; if the row cannot be written the object is deleted
-again. A crash between the two leaves only an object without a row, never a row without an
-object.
+``file.uploaded`` event in one transaction. A crash between the two leaves only an object
+without a row, never a row without an object.
+
+Deadlines nest: the gateway gives a service ``UPSTREAM_READ_TIMEOUT_S`` from the end of the
+request body to the answer, so an upload's own work (S3 with its retries, Postgres) is bounded
+by ``REQUEST_DEADLINE_S``, set below it; time spent waiting for the client's bytes does not
+count. Past the deadline the answer is 504 ``storage_timeout`` and nothing is stored: the row
+is written within the deadline or not at all, and what S3 may still apply of a write we gave up
+on is swept in the background (:class:`~xtyl_storage.adapters.orphans.OrphanSweeper`). So the
+gateway never answers 504 for an upload that commits later.
+
+``Idempotency-Key`` (:mod:`xtyl_storage.domain.idempotency`): the key is claimed before the
+bytes are stored and completed in the transaction that records the file; a failed upload gives
+it back, so its retry runs again, and a retry after a success gets the same file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
 
 from xtyl_common.errors import (
+    ClientError,
     Conflict,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    TimedOut,
     UnsupportedMediaType,
+    XtylError,
 )
 from xtyl_common.pagination import Cursor, check_limit, decode_cursor, encode_cursor
+from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
+from xtyl_storage.adapters.orphans import OrphanSweeper
 from xtyl_storage.adapters.postgres import FileRepository
 from xtyl_storage.adapters.s3 import ObjectBody, ObjectMissing, ObjectStore
 from xtyl_storage.adapters.uploads import stream_to_s3, too_large
 from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.domain.idempotency import (
+    LEASE_S,
+    RENEW_EVERY_S,
+    KeyClaim,
+    KeyRecord,
+    in_progress,
+    key_reused,
+    request_fingerprint,
+    same_bytes,
+)
 from xtyl_storage.domain.media_types import is_allowed, normalize_media_type
 from xtyl_storage.domain.names import clean_display_name, content_disposition, object_key
 from xtyl_storage.settings import StorageSettings
@@ -39,10 +67,26 @@ from xtyl_storage.settings import StorageSettings
 log = structlog.stdlib.get_logger("xtyl.storage")
 
 FILE_NOT_FOUND = "file_not_found"
+#: How long a failed upload waits on Postgres to give its Idempotency-Key back.
+RELEASE_TIMEOUT_S = 2.0
 
 
 def not_found() -> NotFound:
     return NotFound("no such file", code=FILE_NOT_FOUND)
+
+
+def storage_timeout(deadline_s: float) -> TimedOut:
+    return TimedOut(
+        f"file storage did not finish within {deadline_s:g} s; nothing was stored: retry"
+        " (with the same Idempotency-Key)",
+        code="storage_timeout",
+    )
+
+
+class Upload(msgspec.Struct, frozen=True, kw_only=True):
+    file: StoredFile
+    #: A retry with the Idempotency-Key of an upload that succeeded: ``file`` is its file.
+    replayed: bool = False
 
 
 class FilePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,11 +103,19 @@ class PresignedUpload(msgspec.Struct, frozen=True, kw_only=True):
 
 class StorageService:
     def __init__(
-        self, store: ObjectStore, files: FileRepository, settings: StorageSettings
+        self,
+        store: ObjectStore,
+        files: FileRepository,
+        settings: StorageSettings,
+        *,
+        keys: IdempotencyKeyRepository,
+        orphans: OrphanSweeper,
     ) -> None:
         self.store = store
         self.files = files
         self.settings = settings
+        self.keys = keys
+        self.orphans = orphans
         self._patterns = settings.content_type_patterns()
         self._part_bytes = settings.part_bytes()
 
@@ -94,48 +146,137 @@ class StorageService:
         raw_name: str | None,
         content_type: str,
         chunks: AsyncIterable[bytes],
-    ) -> StoredFile:
-        """Stream ``chunks`` into the bucket and record the file; ``content_type`` is checked."""
+        idempotency_key: str | None = None,
+    ) -> Upload:
+        """Stream ``chunks`` into the bucket and record the file (``content_type`` is checked),
+        within ``REQUEST_DEADLINE_S`` of work of our own; with an ``idempotency_key``, a retry
+        gets the first upload's file (see the module)."""
         file_id = uuid.uuid4()
         name = clean_display_name(raw_name)
         key = object_key(owner_id, file_id, name)
-        stored = await stream_to_s3(
-            self.store,
-            key,
-            _non_empty(chunks),
-            content_type=content_type,
-            disposition=content_disposition(name),
-            metadata={"owner-id": str(owner_id), "file-id": str(file_id)},
-            max_bytes=self.settings.max_upload_bytes,
-            part_bytes=self._part_bytes,
-            concurrency=self.settings.upload_part_concurrency,
-        )
-        now = datetime.now(UTC)
-        record = StoredFile(
-            id=file_id,
-            owner_id=owner_id,
-            key=key,
-            name=name,
-            content_type=content_type,
-            size=stored.size,
-            sha256=stored.sha256,
-            status=FileStatus.READY,
-            created_at=now,
-            updated_at=now,
-        )
+        deadline_s = self.settings.request_deadline_s
+        deadline = asyncio.timeout(deadline_s)
+        claim: KeyClaim | None = None
+        writing = streamed = False
         try:
-            saved = await self.files.add_ready(record)
-        except BaseException:
-            await self.store.delete_quietly(key)
-            log.warning("upload_aborted", key=key, reason="database")
+            async with deadline:
+                timed = excluding_client_time(chunks, deadline)
+                if idempotency_key is not None:
+                    held = await self.keys.claim(
+                        owner_id,
+                        idempotency_key,
+                        request_fingerprint(raw_name, content_type),
+                        ttl_s=self.settings.idempotency_key_ttl_s,
+                        lease_s=LEASE_S,
+                    )
+                    if isinstance(held, KeyRecord):
+                        return await self._replay(owner_id, held, raw_name, content_type, timed)
+                    claim = held
+                async with self._holding(claim):
+                    writing = True
+                    stored = await stream_to_s3(
+                        self.store,
+                        key,
+                        _non_empty(timed),
+                        content_type=content_type,
+                        disposition=content_disposition(name),
+                        metadata={"owner-id": str(owner_id), "file-id": str(file_id)},
+                        max_bytes=self.settings.max_upload_bytes,
+                        part_bytes=self._part_bytes,
+                        concurrency=self.settings.upload_part_concurrency,
+                    )
+                    streamed = True
+                    now = datetime.now(UTC)
+                    record = StoredFile(
+                        id=file_id,
+                        owner_id=owner_id,
+                        key=key,
+                        name=name,
+                        content_type=content_type,
+                        size=stored.size,
+                        sha256=stored.sha256,
+                        status=FileStatus.READY,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    saved = await self.files.add_ready(record, claim=claim)
+        except BaseException as exc:
+            if claim is not None:
+                await self._give_back(claim)
+            # A client error while streaming was refused before S3 took the object (the
+            # multipart upload is aborted); anything else may leave a write S3 applies later.
+            if writing and (streamed or not isinstance(exc, ClientError)):
+                self.orphans.sweep(key)
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                log.warning("upload_timed_out", file_id=str(file_id), deadline_s=deadline_s)
+                raise storage_timeout(deadline_s) from None
             raise
         log.info(
             "file_uploaded",
             file_id=str(file_id),
             size=saved.size,
             content_type=content_type,
+            idempotency_key=claim is not None,
         )
-        return saved
+        return Upload(file=saved)
+
+    async def _replay(
+        self,
+        owner_id: uuid.UUID,
+        record: KeyRecord,
+        raw_name: str | None,
+        content_type: str,
+        chunks: AsyncIterable[bytes],
+    ) -> Upload:
+        """A retry under a key already held: the first upload's file when the request is the
+        same (name and type, then size and sha256 of the bytes, read but not stored)."""
+        if record.fingerprint != request_fingerprint(raw_name, content_type):
+            raise key_reused()
+        if record.file_id is None:
+            raise in_progress()
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            digest.update(chunk)
+        if not same_bytes(record, size, digest.hexdigest()):
+            raise key_reused()
+        found = await self.files.get(owner_id, record.file_id)
+        if found is None or found.status is FileStatus.DELETED:
+            raise not_found()
+        log.info("upload_replayed", file_id=str(found.id))
+        return Upload(file=found, replayed=True)
+
+    @asynccontextmanager
+    async def _holding(self, claim: KeyClaim | None) -> AsyncGenerator[None]:
+        """Keep ``claim`` renewed while the upload runs (a lapsed one may be taken over)."""
+        if claim is None:
+            yield
+            return
+        renewer = asyncio.create_task(self._renew(claim))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    async def _renew(self, claim: KeyClaim) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            try:
+                if not await self.keys.renew(claim, lease_s=LEASE_S):
+                    return  # taken over: completing will fail with ClaimLost
+            except XtylError as exc:
+                log.warning("idempotency_renew_failed", error=exc.code)
+
+    async def _give_back(self, claim: KeyClaim) -> None:
+        """A failed upload stored nothing: its key is free for the retry (a key completed by a
+        commit whose answer was lost stays completed). If Postgres does not answer, the claim
+        lapses unrenewed after ``LEASE_S``."""
+        try:
+            await asyncio.shield(self.keys.release(claim, timeout_s=RELEASE_TIMEOUT_S))
+        except (XtylError, TimeoutError) as exc:
+            log.warning("idempotency_release_failed", error=type(exc).__name__)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -181,8 +322,12 @@ class StorageService:
         return await self.store.download_url(file.key, disposition=content_disposition(file.name))
 
     async def open_content(self, file: StoredFile) -> ObjectBody:
+        deadline_s = self.settings.request_deadline_s
         try:
-            return await self.store.open(file.key)
+            async with asyncio.timeout(deadline_s):
+                return await self.store.open(file.key)
+        except TimeoutError:
+            raise storage_timeout(deadline_s) from None
         except ObjectMissing:
             log.error("object_missing", file_id=str(file.id), key=file.key)
             raise not_found() from None
@@ -274,6 +419,29 @@ class StorageService:
         async for chunk in body.chunks:
             digest.update(chunk)
         return digest.hexdigest()
+
+
+async def excluding_client_time(
+    chunks: AsyncIterable[bytes], deadline: asyncio.Timeout
+) -> AsyncIterator[bytes]:
+    """``chunks``, with ``deadline`` stopped while waiting for the next one: the deadline
+    counts the service's own time, not a slow client's (nor a big body's)."""
+    loop = asyncio.get_running_loop()
+    iterator = aiter(chunks)
+    while True:
+        when = deadline.when()
+        if when is None or deadline.expired():
+            chunk = await anext(iterator, None)
+        else:
+            left = when - loop.time()
+            deadline.reschedule(None)
+            try:
+                chunk = await anext(iterator, None)
+            finally:
+                deadline.reschedule(loop.time() + left)
+        if chunk is None:
+            return
+        yield chunk
 
 
 async def _non_empty(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:

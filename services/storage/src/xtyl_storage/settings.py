@@ -12,6 +12,9 @@ from xtyl_storage.domain.parts import MAX_SINGLE_PUT_BYTES, MIB, part_size_for
 
 #: The longest a presigned URL may live: 15 minutes.
 MAX_PRESIGN_TTL_S = 900
+#: Bounds of IDEMPOTENCY_KEY_TTL_S: a minute (longer than any retry loop) to a week.
+MIN_IDEMPOTENCY_TTL_S = 60
+MAX_IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 
 DEFAULT_ALLOWED_CONTENT_TYPES = ",".join(
     (
@@ -41,8 +44,16 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
     #: Public base URL of the bucket (``https://pub-xxx.r2.dev``); empty: presigned URLs instead.
     r2_public_url: str = ""
     db_pool_max: int = 10
+    #: One S3 attempt (of 3); both together must fit in ``request_deadline_s``.
     s3_connect_timeout_s: float = 5.0
-    s3_read_timeout_s: float = 60.0
+    s3_read_timeout_s: float = 20.0
+    #: The most an upload's own work (S3 with retries, Postgres) may take, waiting for the
+    #: client's bytes not counted; past it 504 ``storage_timeout`` and nothing is stored. Keep
+    #: it below the gateway's ``UPSTREAM_READ_TIMEOUT_S`` (60 s), so the gateway never gives up
+    #: on an upload that later commits. Also bounds the start of a download.
+    request_deadline_s: float = 45.0
+    #: How long an ``Idempotency-Key`` of ``POST /v1/files`` is remembered.
+    idempotency_key_ttl_s: int = 24 * 3600
     #: Largest file accepted through ``POST /v1/files`` (bytes); more is 413.
     max_upload_bytes: int = 100 * MIB
     #: Largest file accepted through a presigned PUT (bytes; S3 allows one PUT of 5 GiB).
@@ -76,6 +87,20 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
             raise ValueError("must be between 1 and 16 (at `$.upload_part_concurrency`)")
         if not 1 <= self.presign_ttl_s <= MAX_PRESIGN_TTL_S:
             raise ValueError(f"must be between 1 and {MAX_PRESIGN_TTL_S} (at `$.presign_ttl_s`)")
+        if self.request_deadline_s <= 0:
+            raise ValueError("must be a positive number (at `$.request_deadline_s`)")
+        if self.s3_connect_timeout_s <= 0 or self.s3_read_timeout_s <= 0:
+            raise ValueError("must be a positive number (at `$.s3_read_timeout_s`)")
+        if self.s3_connect_timeout_s + self.s3_read_timeout_s > self.request_deadline_s:
+            raise ValueError(
+                "S3_CONNECT_TIMEOUT_S + S3_READ_TIMEOUT_S must not exceed REQUEST_DEADLINE_S, so"
+                " one S3 attempt fits in a request (at `$.s3_read_timeout_s`)"
+            )
+        if not MIN_IDEMPOTENCY_TTL_S <= self.idempotency_key_ttl_s <= MAX_IDEMPOTENCY_TTL_S:
+            raise ValueError(
+                f"must be between {MIN_IDEMPOTENCY_TTL_S} and {MAX_IDEMPOTENCY_TTL_S}"
+                " (at `$.idempotency_key_ttl_s`)"
+            )
         if self.r2_public_url and not self.r2_public_url.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL or empty (at `$.r2_public_url`)")
 

@@ -3,14 +3,17 @@ SeaweedFS, one fresh bucket per test; plus helpers to mint tokens and read what 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
 from xtyl_common.auth import issue_service_token
 from xtyl_common.settings import load_settings
@@ -144,3 +147,84 @@ def open_multipart_uploads(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
     response = s3_client.list_multipart_uploads(Bucket=bucket)
     uploads: list[dict[str, Any]] = response.get("Uploads", [])
     return uploads
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
+
+
+@dataclass
+class FaultyS3:
+    """A pass-through proxy to the real S3 server that fails or holds chosen requests."""
+
+    target: str
+    url: str = ""
+    #: Fail every ``PUT ...?partNumber=N`` for these N.
+    fail_parts: set[int] = field(default_factory=set[int])
+    #: Fail every GET of an object.
+    fail_gets: bool = False
+    failed: list[str] = field(default_factory=list[str])
+    #: Requests this says yes to are read, then held until ``resume`` is set, then sent on to
+    #: S3, whose answer nobody may be waiting for any more: an S3 that froze and, when it came
+    #: back, applied the writes it had received.
+    hold: Callable[[web.Request], bool] | None = None
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    held: list[str] = field(default_factory=list[str])
+    #: Held requests applied by S3 after ``resume`` (status of S3's answer).
+    applied_late: list[int] = field(default_factory=list[int])
+
+
+def writes_object(request: web.Request) -> bool:
+    """A request that creates an object: a PUT of one, or completing a multipart upload."""
+    if request.method == "PUT" and "partNumber" not in request.query:
+        return True
+    return request.method == "POST" and "uploadId" in request.query
+
+
+@pytest.fixture
+async def faulty_s3(devstack: StackInfo) -> AsyncIterator[FaultyS3]:
+    state = FaultyS3(target=devstack.s3_endpoint)
+    session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        part = request.query.get("partNumber")
+        failing = (
+            request.method == "PUT" and part is not None and int(part) in state.fail_parts
+        ) or (request.method == "GET" and state.fail_gets and request.path.count("/") > 2)
+        if failing:
+            await request.read()
+            state.failed.append(f"{request.method} {request.path_qs}")
+            return web.Response(status=503, text="<Error><Code>SlowDown</Code></Error>")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        body = await request.read()
+        holding = state.hold is not None and state.hold(request)
+        if holding:
+            state.held.append(f"{request.method} {request.path_qs}")
+            await state.resume.wait()
+        async with session.request(
+            request.method,
+            state.target + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            if holding:
+                state.applied_late.append(upstream.status)
+            out_headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in _HOP_BY_HOP | {"content-length", "content-encoding"}
+            }
+            return web.Response(status=upstream.status, headers=out_headers, body=payload)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield state
+    state.resume.set()
+    await runner.cleanup()
+    await session.close()

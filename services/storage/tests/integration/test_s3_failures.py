@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
-from xtyl_devstack.stack import StackInfo
 from xtyl_storage.app import create_app
 
 from .asgi import AsgiClient
-from .conftest import User, object_keys, open_multipart_uploads, rows_of, settings_from
+from .conftest import FaultyS3, User, object_keys, open_multipart_uploads, rows_of, settings_from
 from .test_uploads import FORM_TYPE, streamed_form
 
 pytestmark = pytest.mark.integration
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer"}
 
 
 def closed_port() -> int:
@@ -29,62 +22,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@dataclass
-class FaultyS3:
-    """A pass-through proxy to the real S3 server that fails chosen requests with 503."""
-
-    target: str
-    url: str = ""
-    #: Fail every ``PUT ...?partNumber=N`` for these N.
-    fail_parts: set[int] = field(default_factory=set[int])
-    #: Fail every GET of an object.
-    fail_gets: bool = False
-    failed: list[str] = field(default_factory=list[str])
-
-
-@pytest.fixture
-async def faulty_s3(devstack: StackInfo) -> AsyncIterator[FaultyS3]:
-    state = FaultyS3(target=devstack.s3_endpoint)
-    session = aiohttp.ClientSession(auto_decompress=False)
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        part = request.query.get("partNumber")
-        failing = (
-            request.method == "PUT" and part is not None and int(part) in state.fail_parts
-        ) or (request.method == "GET" and state.fail_gets and request.path.count("/") > 2)
-        if failing:
-            await request.read()
-            state.failed.append(f"{request.method} {request.path_qs}")
-            return web.Response(status=503, text="<Error><Code>SlowDown</Code></Error>")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        body = await request.read()
-        async with session.request(
-            request.method,
-            state.target + request.path_qs,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-        ) as upstream:
-            payload = await upstream.read()
-            out_headers = {
-                k: v
-                for k, v in upstream.headers.items()
-                if k.lower() not in _HOP_BY_HOP | {"content-length", "content-encoding"}
-            }
-            return web.Response(status=upstream.status, headers=out_headers, body=payload)
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield state
-    await runner.cleanup()
-    await session.close()
 
 
 async def test_s3_failing_mid_upload_is_503_and_leaves_nothing(

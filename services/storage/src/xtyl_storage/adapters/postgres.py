@@ -17,7 +17,9 @@ import structlog
 from xtyl_common.db import connection
 from xtyl_common.pagination import Cursor
 from xtyl_storage.adapters.events import file_deleted, file_uploaded, record_event
+from xtyl_storage.adapters.idempotency import complete_claim
 from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.domain.idempotency import KeyClaim
 
 log = structlog.stdlib.get_logger("xtyl.storage.db")
 
@@ -42,8 +44,9 @@ class FileRepository:
             unavailable="the file catalogue is unavailable, try again later",
         )
 
-    async def add_ready(self, file: StoredFile) -> StoredFile:
-        """Insert a file whose object is in the bucket, and its ``file.uploaded`` event."""
+    async def add_ready(self, file: StoredFile, *, claim: KeyClaim | None = None) -> StoredFile:
+        """Insert a file whose object is in the bucket, and its ``file.uploaded`` event; with
+        a ``claim``, its Idempotency-Key is completed with this file in the same transaction."""
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"insert into xtyl_storage.files ({_COLUMNS})"  # noqa: S608 - constant columns
@@ -60,6 +63,8 @@ class FileRepository:
             )
             assert row is not None
             stored = _to_file(row)
+            if claim is not None:
+                await complete_claim(conn, claim, stored, timeout_s=self._timeout)
             await record_event(conn, file_uploaded(stored))
         return stored
 
@@ -118,6 +123,14 @@ class FileRepository:
         """The owner's file in any status (tombstones included), else None."""
         async with self._connection() as conn:
             return await self._get(conn, owner_id, file_id)
+
+    async def key_is_recorded(self, key: str) -> bool:
+        """Whether any row (in any status) points at the object ``key``."""
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "select true from xtyl_storage.files where key = $1", key, timeout=self._timeout
+            )
+        return bool(found)
 
     async def get_any_owner(self, file_id: uuid.UUID) -> StoredFile | None:
         """For internal callers (service tokens) only."""

@@ -193,6 +193,24 @@ class ObjectStore:
             return False
         return True
 
+    async def abort_uploads_under(self, key: str) -> int:
+        """Abort every unfinished multipart upload of exactly ``key`` (also ones whose id we
+        never learnt: a CreateMultipartUpload S3 applied after we gave up); how many."""
+        try:
+            response = await self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            uploads = [u for u in response.get("Uploads", []) if u.get("Key") == key]
+            for upload in uploads:
+                await self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                return 0
+            raise unavailable("abort_multipart_upload", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("abort_multipart_upload", exc) from exc
+        return len(uploads)
+
     async def delete(self, key: str) -> None:
         """Delete an object; deleting one that is not there is fine."""
         try:

@@ -4,8 +4,11 @@ Bytes are hashed (sha256) and counted as they arrive. A body that ends before on
 sent as one PUT; a longer one becomes a multipart upload of equal parts (R2 requires every part
 but the last to be the same size), at most ``concurrency`` parts in flight, so memory per upload
 stays near ``(concurrency + 1) x part size`` whatever the file size. Any failure (too large,
-S3 down, client gone, cancelled) aborts the multipart upload before the error propagates, so
-no parts are left behind.
+S3 down, client gone) aborts the multipart upload before the error propagates, so no parts
+are left behind. A cancellation (the request's deadline) only stops the parts in flight and
+propagates at once: waiting on a stalled S3 to abort would outlast the deadline; the caller
+sweeps the key in the background instead
+(:class:`~xtyl_storage.adapters.orphans.OrphanSweeper`).
 """
 
 from __future__ import annotations
@@ -91,10 +94,14 @@ class _PartsInFlight:
         etags = await asyncio.gather(*self._tasks)
         await self._store.complete_multipart(self._key, self.upload_id, list(etags))
 
-    async def abort(self) -> None:
+    async def stop(self) -> None:
+        """Cancel the parts in flight (no S3 request)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def abort(self) -> None:
+        await self.stop()
         await self._store.abort_multipart(self._key, self.upload_id)
 
 
@@ -112,8 +119,8 @@ async def stream_to_s3(
 ) -> StoredObject:
     """Write ``chunks`` to ``key``; raises :class:`PayloadTooLarge` past ``max_bytes``.
 
-    On any error nothing stays in the bucket under ``key`` from this call: the multipart
-    upload is aborted (shielded from cancellation) before the error propagates.
+    On an error the multipart upload is aborted before the error propagates; on a
+    cancellation only the parts in flight are stopped (see the module).
     """
     digest = hashlib.sha256()
     size = 0
@@ -152,7 +159,10 @@ async def stream_to_s3(
             await parts.complete()
     except BaseException as exc:
         if parts is not None:
-            await asyncio.shield(parts.abort())
+            if isinstance(exc, asyncio.CancelledError):
+                await asyncio.shield(parts.stop())
+            else:
+                await parts.abort()
             log.warning(
                 "upload_aborted",
                 key=key,

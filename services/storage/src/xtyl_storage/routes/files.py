@@ -20,6 +20,7 @@ from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_common.text import check_storable
 from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.domain.idempotency import HEADER, REPLAYED_HEADER, parse_idempotency_key
 from xtyl_storage.domain.names import content_disposition
 from xtyl_storage.routes.bodies import (
     MULTIPART_OVERHEAD_BYTES,
@@ -35,7 +36,7 @@ from xtyl_storage.routes.schemas import (
     PresignRequest,
     UploadOperation,
 )
-from xtyl_storage.service import StorageService
+from xtyl_storage.service import StorageService, Upload
 
 #: Query parameters an upload may carry; anything else (``owner_id``, ``key``…) is 422.
 _UPLOAD_QUERY = frozenset({"filename"})
@@ -67,7 +68,9 @@ async def _receive_upload(
     service: StorageService,
     user: UserPrincipal,
     body: RequestBody,
-) -> StoredFile:
+) -> Upload:
+    raw_key = request.headers.get(HEADER)
+    idempotency_key = None if raw_key is None else parse_idempotency_key(raw_key)
     unexpected = sorted(set(request.query_params) - _UPLOAD_QUERY)
     if unexpected:
         raise InvalidInput(
@@ -101,7 +104,11 @@ async def _receive_upload(
         content_type = service.accepted_content_type(part.content_type)
         chunks = part.chunks()
     return await service.upload(
-        user.user_id, raw_name=filename, content_type=content_type, chunks=chunks
+        user.user_id,
+        raw_name=filename,
+        content_type=content_type,
+        chunks=chunks,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -115,19 +122,27 @@ class FilesController(Controller):
         status_code=HTTP_201_CREATED,
         request_max_body_size=None,  # enforced while streaming, from settings
         operation_class=UploadOperation,
-        problems=(400, 413, 415, 422),
+        problems=(400, 409, 413, 415, 422),
         summary="Upload a file",
         description="multipart/form-data with one part named `file`, or the raw bytes as the"
         " body with `?filename=` and the file's Content-Type. Streamed to storage; 413 past"
-        " the size limit, 415 for types not allowed.",
+        " the size limit, 415 for types not allowed. 504 `storage_timeout` when storage did"
+        " not finish in time: nothing was stored.\n\n"
+        "`Idempotency-Key` (optional: 1 to 255 visible ASCII characters, e.g. a UUID) makes a"
+        " retry safe: a retry with the same key and the same file (name, type and bytes)"
+        " answers the first upload's file again, 201 with `Idempotent-Replayed: true`, instead"
+        " of a second copy. The same key with another file is 422 `idempotency_key_reused`;"
+        " while the first upload still runs, 409 `idempotency_in_progress` with `Retry-After`;"
+        " a malformed key is 422 `invalid_idempotency_key`. A failed upload keeps no key: its"
+        " retry uploads again. Keys are per user and expire (by default after 24 hours).",
     )
     async def upload(
         self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal]
-    ) -> FileOut:
+    ) -> Response[FileOut]:
         service = service_of(request)
         body = RequestBody(request.receive)
         try:
-            stored = await _receive_upload(request, service, user, body)
+            upload = await _receive_upload(request, service, user, body)
         except ClientDisconnected:
             raise
         except XtylError as exc:
@@ -140,7 +155,11 @@ class FilesController(Controller):
                 timeout_s=DRAIN_TIMEOUT_S,
             )
             raise
-        return await file_out(service, stored)
+        return Response(
+            await file_out(service, upload.file),
+            status_code=HTTP_201_CREATED,
+            headers={REPLAYED_HEADER: "true"} if upload.replayed else None,
+        )
 
     @get("/", summary="List your files", description="Newest first, cursor-paginated.")
     async def list_files(

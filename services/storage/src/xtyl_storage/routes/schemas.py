@@ -10,6 +10,7 @@ from typing import Annotated
 import msgspec
 from litestar.openapi.spec import (
     OpenAPIFormat,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -20,6 +21,9 @@ from litestar.openapi.spec import (
 )
 
 from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.domain.idempotency import HEADER as IDEMPOTENCY_HEADER
+from xtyl_storage.domain.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY_PATTERN
+from xtyl_storage.domain.idempotency import REPLAYED_HEADER
 
 
 class FileOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,8 +96,25 @@ class UploadOperation(Operation):
                 required=False,
                 schema=Schema(type=OpenAPIType.STRING),
                 description="the file's name, with a raw body (whose Content-Type is the file's)",
-            )
+            ),
+            Parameter(
+                name=IDEMPOTENCY_HEADER,
+                param_in="header",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING, pattern=IDEMPOTENCY_KEY_PATTERN),
+                description="makes a retry safe: the same key and file again answer the first"
+                " upload's file (`Idempotent-Replayed: true`), never a second copy",
+            ),
         ]
+        created = (self.responses or {}).get("201")
+        if isinstance(created, OpenAPIResponse):
+            created.headers = {
+                REPLAYED_HEADER: OpenAPIHeader(
+                    schema=Schema(type=OpenAPIType.STRING, const="true"),
+                    description="present on a retry with the `Idempotency-Key` of an upload"
+                    " that succeeded: the file is that upload's",
+                )
+            }
 
 
 @dataclass
