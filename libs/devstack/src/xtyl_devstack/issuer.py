@@ -234,6 +234,8 @@ class LocalIssuer(LoopbackServer):
     """The JWKS and token endpoint on 127.0.0.1; ``port=0`` picks a free port."""
 
     what = "the local issuer mints tokens for anyone: it"
+    #: ``POST /auth/v1/local/token`` (tokens for anyone); the local Auth has real sign-ins.
+    local_token_route = True
 
     def __init__(self, key_dir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host=host, port=port)
@@ -284,7 +286,8 @@ class LocalIssuer(LoopbackServer):
         self._key = await asyncio.to_thread(load_or_create_signing_key, self._key_dir)
         app = web.Application()
         app.router.add_get(JWKS_PATH, self._jwks, allow_head=False)
-        app.router.add_post(TOKEN_PATH, self._token)
+        if self.local_token_route:
+            app.router.add_post(TOKEN_PATH, self._token)
         return app
 
     async def wait_for_jwks_requests(self, count: int = 1) -> None:
