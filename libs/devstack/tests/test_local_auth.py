@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -335,3 +336,54 @@ async def test_sign_ins_past_the_rate_limit_are_refused(
         assert caught.value.status == 429
     finally:
         auth.config = saved
+
+
+def _code_in(email: dict[str, Any]) -> str:
+    found = re.search(r"\b(\d{6})\b", email["textContent"])
+    assert found is not None, email["textContent"]
+    return found.group(1)
+
+
+async def test_password_recovery_through_notify(
+    client: AsyncGoTrueClient,
+    auth: LocalAuth,
+    email: str,
+    gateway: RunningService,
+    brevo: LocalBrevo,
+) -> None:
+    await signed_up(client, email)
+    await client.sign_out()
+    await client.reset_password_for_email(email, {"redirect_to": SITE_URL + "/auth/callback"})
+
+    [sent] = await brevo.wait_for_emails(email)
+    assert sent["subject"] == "Reset your xtyl password"
+    code = _code_in(sent)
+    link = re.search(r"(http://127\.0\.0\.1:\d+/auth/v1/verify\?[^\s\"<]+)", sent["textContent"])
+    assert link is not None
+    assert link.group(1).startswith(auth.api_url)
+    assert "type=recovery" in link.group(1)
+
+    # asking again at once is refused (max_frequency), and sends nothing
+    with pytest.raises(AuthApiError) as caught:
+        await client.reset_password_for_email(email)
+    assert caught.value.code == "over_email_send_rate_limit"
+
+    verified = await client.verify_otp({"email": email, "token": code, "type": "recovery"})
+    assert verified.session is not None
+    assert verified.user is not None
+    assert verified.user.email == email
+    await client.update_user({"password": "a brand new password"})
+    await client.sign_out()
+
+    with pytest.raises(AuthApiError) as caught:
+        await client.sign_in_with_password({"email": email, "password": PASSWORD})
+    assert caught.value.code == "invalid_credentials"
+    renewed = await client.sign_in_with_password(
+        {"email": email, "password": "a brand new password"}
+    )
+    assert renewed.session is not None
+    # the code is spent
+    with pytest.raises(AuthApiError) as caught:
+        await client.verify_otp({"email": email, "token": code, "type": "recovery"})
+    assert caught.value.code == "otp_expired"
+    assert len(brevo.emails_to(email)) == 1

@@ -28,6 +28,8 @@ from xtyl_gateway.domain.routing import (
         ("/v1/searches", None),
         ("/v1/me", None),
         ("/webhooks/brevo", "notify"),
+        ("/webhooks/auth/send-email", "notify"),
+        ("/webhooks/authx", None),
         ("/webhooks/other", None),
         ("/files", None),
     ],

@@ -16,6 +16,7 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_notify.bootstrap import open_core
+from xtyl_notify.routes.auth_hook import WEBHOOKS_STATE_KEY, hook_verifiers, send_email_hook
 from xtyl_notify.routes.notifications import NotificationsController
 from xtyl_notify.routes.webhooks import brevo_webhook
 from xtyl_notify.settings import NotifySettings
@@ -35,6 +36,7 @@ def create_app(settings: NotifySettings) -> Litestar:
                 readiness.add("postgres", lambda: check_postgres(core.pool))
                 readiness.add("redis", lambda: check_redis(redis))
                 app.state.repository = core.repository
+                app.state.notifier = core.notifier()
                 app.state[VERIFIER_STATE_KEY] = verifier
                 yield
             finally:
@@ -46,11 +48,15 @@ def create_app(settings: NotifySettings) -> Litestar:
         version=VERSION,
         description="Transactional email through Brevo: the user's email log under"
         " /v1/notifications (the user's Supabase access token), Brevo's webhooks at"
-        " /webhooks/brevo (BREVO_WEBHOOK_SECRET).",
-        route_handlers=[NotificationsController, brevo_webhook],
+        " /webhooks/brevo (BREVO_WEBHOOK_SECRET), Supabase Auth's emails at"
+        " /webhooks/auth/send-email (SEND_EMAIL_HOOK_SECRET).",
+        route_handlers=[NotificationsController, brevo_webhook, send_email_hook],
         lifespan=[lifespan],
         request_max_body_size=1024 * 1024,
-        state={"webhook_secret": settings.brevo_webhook_secret},
+        state={
+            "webhook_secret": settings.brevo_webhook_secret,
+            WEBHOOKS_STATE_KEY: hook_verifiers(settings.send_email_hook_secrets),
+        },
     )
 
 

@@ -6,6 +6,8 @@ See the README's table. ``BREVO_API_KEY`` and ``APP_URL`` are required unless ``
 
 from __future__ import annotations
 
+import re
+
 from xtyl_common.identity import AuthSettings
 from xtyl_notify.domain.addresses import Mailbox, parse_mailbox
 
@@ -13,6 +15,8 @@ LOCAL_ENV = "local"
 LOCAL_BREVO_API_KEY = "xtyl-local-brevo-key"
 LOCAL_APP_URL = "http://localhost:3000"
 MIN_WEBHOOK_SECRET_CHARS = 16
+#: What Supabase (and its CLI) accept as a hook secret.
+_HOOK_SECRET = re.compile(r"^v1,whsec_[A-Za-z0-9+/=]{32,88}$")
 
 
 def _http_url(value: str, field: str) -> None:
@@ -36,6 +40,9 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
     brevo_webhook_secret: str | None = None
     #: The frontend's base URL, for links in emails. Required unless XTYL_ENV=local.
     app_url: str | None = None
+    #: Secret(s) of Supabase Auth's Send Email Hook (``POST /webhooks/auth/send-email``):
+    #: ``v1,whsec_<base64>``, several joined by ``|`` while rotating; unset: the route is 404.
+    send_email_hook_secret: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,11 +64,22 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
                 f"must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
                 " (at `$.brevo_webhook_secret`)"
             )
+        for hook_secret in self.send_email_hook_secrets:
+            if not _HOOK_SECRET.match(hook_secret):
+                raise ValueError(
+                    'must be "v1,whsec_<base64>" (32+ base64 characters), as Supabase shows it'
+                    " (at `$.send_email_hook_secret`)"
+                )
         if not 0 < self.brevo_connect_timeout_s <= self.brevo_timeout_s <= 120:
             raise ValueError(
                 "must be > 0, at least BREVO_CONNECT_TIMEOUT_S and at most 120"
                 " (at `$.brevo_timeout_s`)"
             )
+
+    @property
+    def send_email_hook_secrets(self) -> tuple[str, ...]:
+        raw = self.send_email_hook_secret or ""
+        return tuple(part.strip() for part in raw.split("|") if part.strip())
 
     @property
     def sender(self) -> Mailbox:

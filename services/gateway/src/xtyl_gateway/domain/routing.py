@@ -15,11 +15,13 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/v1/answer", "rag"),
     ("/v1/notifications", "notify"),
     ("/webhooks/brevo", "notify"),
+    ("/webhooks/auth", "notify"),
 )
 
 #: Routes with no user behind them: the service checks its own credential (Brevo's webhook
-#: carries a shared secret); the gateway rate-limits them per client address instead.
-ANONYMOUS_PREFIXES = frozenset({"/webhooks/brevo"})
+#: carries a shared secret, Supabase Auth's Send Email Hook a Standard Webhooks signature);
+#: the gateway rate-limits them per client address instead.
+ANONYMOUS_PREFIXES = frozenset({"/webhooks/brevo", "/webhooks/auth"})
 
 
 class Route(msgspec.Struct, frozen=True):

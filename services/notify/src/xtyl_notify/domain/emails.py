@@ -14,6 +14,13 @@ class EmailKind(StrEnum):
     WELCOME = "welcome"
     DOCUMENT_READY = "document_ready"
     DOCUMENT_FAILED = "document_failed"
+    #: Supabase Auth's emails (Send Email Hook), one kind per email_action_type.
+    AUTH_SIGNUP = "auth_signup"
+    AUTH_RECOVERY = "auth_recovery"
+    AUTH_MAGICLINK = "auth_magiclink"
+    AUTH_EMAIL_CHANGE = "auth_email_change"
+    AUTH_INVITE = "auth_invite"
+    AUTH_REAUTHENTICATION = "auth_reauthentication"
 
 
 class EmailStatus(StrEnum):
