@@ -2,7 +2,8 @@
 ``notify``).
 
     python -m xtyl_notify.worker            # or the script xtyl-notify-worker
-    arq xtyl_notify.worker.WorkerSettings   # the same, with arq's CLI (settings read on import)
+    arq xtyl_notify.worker.WorkerSettings   # arq's CLI: the same, but arq's own Worker, which
+                                            # exits when Redis is down (see run_stream_worker)
 
 * ``user.created``: remember the user's address and name (``xtyl_notify.recipients``, filled
   only from events: no reads of other services' tables), send the welcome email;
@@ -21,13 +22,13 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
-from arq.worker import run_worker
 
 from xtyl_common.events import (
     DocumentFailed,
     DocumentIndexed,
     EventSettings,
     UserCreated,
+    run_stream_worker,
     stream_worker_settings,
 )
 from xtyl_common.events.settings import ENV_PREFIX
@@ -133,7 +134,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    run_worker(settings_from_env())  # pyright: ignore[reportArgumentType]
+    run_stream_worker(settings_from_env())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``rag-worker``: arq worker fed by the ``files`` stream (and the API's inline documents).
 
     python -m xtyl_rag.worker          # or the script xtyl-rag-worker
-    arq xtyl_rag.worker.WorkerSettings # the same, with arq's CLI (settings read on import)
+    arq xtyl_rag.worker.WorkerSettings # arq's CLI: the same, but arq's own Worker, which
+                                       # exits when Redis is down (see run_stream_worker)
 
 * ``file.uploaded`` of a type extraction reads: fetch from storage, extract, chunk, embed,
   write (see ``indexing.py``); ``file.deleted``: drop the file's document;
@@ -24,7 +25,7 @@ import asyncpg
 import msgspec
 import structlog
 from arq.cron import cron
-from arq.worker import Retry, func, run_worker
+from arq.worker import Retry, func
 
 from xtyl_common.errors import DependencyError
 from xtyl_common.events import (
@@ -34,6 +35,7 @@ from xtyl_common.events import (
     FileUploaded,
     FileUploadedPayload,
     reconciler_cron,
+    run_stream_worker,
     stream_worker_settings,
 )
 from xtyl_common.events.relay import OutboxRelay
@@ -215,7 +217,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    run_worker(settings_from_env())  # pyright: ignore[reportArgumentType]
+    run_stream_worker(settings_from_env())
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 * :mod:`.contracts`: the versioned event Structs and the one decoder;
 * :mod:`.outbox`: ``add_event(conn, event, schema=...)`` in the caller's transaction;
 * :mod:`.relay`: ``OutboxRelay`` publishes outbox rows to Redis Streams;
-* :mod:`.consumer` / :mod:`.worker`: ``StreamConsumer`` and ``stream_worker_settings`` for arq;
+* :mod:`.consumer` / :mod:`.worker`: ``StreamConsumer`` and ``stream_worker_settings`` for arq,
+  run by ``run_stream_worker`` (an arq worker that outlives Redis outages);
 * :mod:`.reconciler`: ``reconciler_cron`` re-emits events for stuck work;
 * :mod:`.ops`: ``python -m xtyl_common.events.ops`` prints the streams' state.
 """
@@ -33,7 +34,7 @@ from xtyl_common.events.outbox import add_event, install_outbox
 from xtyl_common.events.reconciler import reconciler_cron, reemit_stuck
 from xtyl_common.events.relay import OutboxRelay
 from xtyl_common.events.settings import EventSettings
-from xtyl_common.events.worker import stream_worker_settings
+from xtyl_common.events.worker import StreamWorker, run_stream_worker, stream_worker_settings
 
 __all__ = [
     "AnyEvent",
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidEvent",
     "OutboxRelay",
     "StreamConsumer",
+    "StreamWorker",
     "UnknownEventType",
     "UserCreated",
     "UserCreatedPayload",
@@ -60,6 +62,7 @@ __all__ = [
     "install_outbox",
     "reconciler_cron",
     "reemit_stuck",
+    "run_stream_worker",
     "stream_key",
     "stream_worker_settings",
 ]

@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import structlog
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Function, Worker
 from redis.asyncio import Redis
 
+from xtyl_common.events.handling import TRANSIENT, describe
 from xtyl_common.events.serialization import deserialize_job, serialize_job
+
+log = structlog.stdlib.get_logger("xtyl.events.consumer")
 
 
 class StreamJobRunner(Worker):
@@ -103,6 +107,11 @@ class StreamJobRunner(Worker):
     async def run_job(self, job_id: str, score: int) -> None:
         try:
             await super().run_job(job_id, score)
+        except TRANSIENT as exc:
+            # Redis failed before the job started or while arq recorded its end: the entry
+            # stays pending and its job queued; it runs again once arq's in-progress key
+            # expires (nobody awaits this task, so this is where the failure is logged).
+            log.warning("stream_job_redis_failed", job_id=job_id, error=describe(exc))
         finally:
             # arq prunes finished tasks only in its poll loop, which this runner never runs.
             self.tasks.pop(job_id, None)
