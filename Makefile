@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 DATA_DIR ?= .data
 
-.PHONY: help install up test test-fast lint fmt typecheck check migrate user streams reembed bench env clean
+.PHONY: help install up test test-fast lint fmt typecheck check migrate user streams replay reembed bench env clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,14 @@ user: .venv/.synced ## create a local user and print a token: make user EMAIL=ad
 
 streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, dead letters
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops
+
+# Where `make replay` re-creates events the outboxes no longer hold (see xtyl_common.events.replay).
+REPLAY_SOURCES := --source xtyl_storage.adapters.event_sources:EVENT_SOURCES \
+	--source xtyl_gateway.adapters.event_sources:EVENT_SOURCES
+
+replay: .venv/.synced ## publish again what Redis lost: make replay SINCE=2h (or an ISO time) [DRY_RUN=1]
+	@test -n "$(SINCE)" || { echo "usage: make replay SINCE=2h|2025-06-01T12:00Z [SCHEMA=xtyl_storage] [STREAM=files] [DRY_RUN=1]"; exit 2; }
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.replay --since "$(SINCE)" $(REPLAY_SOURCES) $(if $(SCHEMA),--schema $(SCHEMA)) $(if $(STREAM),--stream $(STREAM)) $(if $(DRY_RUN),--dry-run)
 
 reembed: .venv/.synced ## rebuild vectors with the configured embedding model, then switch search to it
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_rag.reembed

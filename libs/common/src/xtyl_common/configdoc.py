@@ -93,6 +93,8 @@ DESCRIPTIONS: dict[str, str] = {
     "EVENTS_RELAY_BACKOFF_MAX_S": "longest wait between publish attempts",
     "EVENTS_OUTBOX_RETENTION_S": "published outbox rows are deleted after this long",
     "EVENTS_PRUNE_INTERVAL_S": "how often old outbox rows are pruned",
+    "EVENTS_RECOVERY_CHECK_INTERVAL_S": "how often a relay checks that Redis kept its data;"
+    " after a loss it publishes again what the consumer groups had not handled",
     "EVENTS_READ_BLOCK_MS": "XREADGROUP BLOCK time of a worker's stream consumer",
     "EVENTS_CLAIM_IDLE_MS": "entries pending this long are taken over (XAUTOCLAIM)",
     "EVENTS_MAX_DELIVERIES": "an entry delivered more often is dead-lettered",

@@ -17,6 +17,7 @@ from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
+from xtyl_gateway.adapters.event_sources import EVENT_SOURCES, OUTBOX_SCHEMA
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.upstream import Proxy, ProxyConfig
 from xtyl_gateway.adapters.users import UserRepository
@@ -86,7 +87,13 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         )
         app.state[VERIFIER_STATE_KEY] = verifier
         # user.created leaves auth.users through the gateway's outbox (written by the trigger)
-        relay = OutboxRelay(pool, redis, schemas=["xtyl_gateway"], settings=event_settings)
+        relay = OutboxRelay(
+            pool,
+            redis,
+            schemas=[OUTBOX_SCHEMA],
+            settings=event_settings,
+            sources=EVENT_SOURCES,  # user.created again after Redis lost what the outbox lacks
+        )
         relay.start()
         readiness.add("outbox_relay", relay.check_health)
         try:

@@ -18,6 +18,7 @@ from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
+from xtyl_storage.adapters.event_sources import EVENT_SOURCES
 from xtyl_storage.adapters.events import OUTBOX_SCHEMA
 from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
 from xtyl_storage.adapters.orphans import OrphanSweeper
@@ -48,7 +49,13 @@ def create_app(
         redis = create_redis(settings.redis_url)
         session = create_session()
         verifier = TokenVerifier(settings.auth_config(), session)
-        relay = OutboxRelay(pool, redis, schemas=[OUTBOX_SCHEMA], settings=events)
+        relay = OutboxRelay(
+            pool,
+            redis,
+            schemas=[OUTBOX_SCHEMA],
+            settings=events,
+            sources=EVENT_SOURCES,  # file events again after Redis lost what the outbox lacks
+        )
         try:
             await verifier.warm_up()
             async with open_s3_client(settings) as s3:

@@ -294,9 +294,11 @@ class StreamConsumer:
 
     async def _ensure_groups(self) -> None:
         for stream in self.streams:
-            await ensure_group(
+            created = await ensure_group(
                 self.redis, stream, self.group, timeout_s=self.settings.redis_timeout_s
             )
+            if created:  # a new group (Redis lost the old one): scan its pending list from 0
+                self._claim_cursor[stream] = "0-0"
 
     # --- reading --------------------------------------------------------------------------
 

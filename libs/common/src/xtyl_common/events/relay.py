@@ -21,7 +21,10 @@ operation, including any number of relays, publishes each row exactly once.
 
 The relay wakes on ``LISTEN xtyl_outbox`` (the outbox trigger NOTIFYs at commit) and also polls
 every ``relay_poll_interval_s``, since LISTEN does not pass the transaction pooler. Published rows
-older than ``outbox_retention_s`` are deleted every ``prune_interval_s``.
+older than ``outbox_retention_s`` are deleted every ``prune_interval_s``. Every
+``recovery_check_interval_s`` the relay also checks that Redis still holds what it was given
+(:mod:`xtyl_common.events.recovery`): after Redis lost its data, the rows it lost are
+published again.
 
 **The loop is supervised** (:mod:`xtyl_common.supervise`): whatever a pass raises (Postgres
 or Redis gone, a timeout, a LISTEN connection that broke and went back to the pool, a bug),
@@ -53,6 +56,7 @@ from redis.exceptions import RedisError
 from xtyl_common.errors import Unavailable
 from xtyl_common.events.contracts import stream_key
 from xtyl_common.events.outbox import check_schema_name
+from xtyl_common.events.recovery import EventSource, StreamRecovery
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import EVENT_FIELD, TYPE_FIELD
 from xtyl_common.supervise import Backoff, LoopHealth, LoopState, describe, log_failure
@@ -134,12 +138,17 @@ class OutboxRelay:
         schemas: Sequence[str],
         settings: EventSettings | None = None,
         listen: bool = True,
+        sources: Sequence[EventSource] = (),
     ) -> None:
         self.pool = pool
         self.redis = redis
         self.schemas = [check_schema_name(s) for s in schemas]
         self.settings = settings or EventSettings()
         self.listen = listen
+        #: Notices that Redis lost its data and queues the lost rows again (see .recovery).
+        self.recovery = StreamRecovery(
+            pool, redis, schemas=self.schemas, settings=self.settings, sources=sources
+        )
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._listen_conn: asyncpg.pool.PoolConnectionProxy | None = None
@@ -269,6 +278,8 @@ class OutboxRelay:
                     if time.monotonic() >= next_prune:
                         next_prune = time.monotonic() + s.prune_interval_s
                         await self.prune()
+                    if await self.recovery.check_if_due():
+                        self._wakeup.set()  # rows Redis lost are pending again: publish now
                 except Exception as exc:
                     delay = backoff.next_delay()
                     self.health.failed(exc)

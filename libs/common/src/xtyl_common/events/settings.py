@@ -34,6 +34,9 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: Published rows are deleted after this long.
     outbox_retention_s: float = 7 * 24 * 3600
     prune_interval_s: float = 300.0
+    #: How often a relay checks that Redis kept its data (the epoch key) and records how far
+    #: the consumer groups got; after a loss it publishes again what was lost. See .recovery.
+    recovery_check_interval_s: float = 5.0
 
     # --- consumer (stream -> arq job) ---
     #: ``XREADGROUP BLOCK``: how long one read waits for new entries.

@@ -1,0 +1,60 @@
+"""``make replay``'s gateway source: after the outbox lost its rows (pruned), the users are
+announced again from ``public.users``, with the payload the ``auth.users`` trigger wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from xtyl_common.events.replay import main as replay_main
+
+from .test_users import sign_up
+
+pytestmark = pytest.mark.integration
+
+SOURCES = "xtyl_gateway.adapters.event_sources:EVENT_SOURCES"
+
+
+@pytest.fixture
+async def db(migrated_database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(migrated_database_url)
+    yield conn
+    await conn.close()
+
+
+async def user_events(db: asyncpg.Connection, user_id: object) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "select type, stream, payload::text as payload from xtyl_gateway.outbox"
+        " where payload->>'user_id' = $1 order by seq",
+        str(user_id),
+    )
+    return [{**dict(row.items()), "payload": json.loads(row["payload"])} for row in rows]
+
+
+async def test_replay_recreates_user_created_the_outbox_no_longer_holds(
+    db: asyncpg.Connection, migrated_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moment = await db.fetchval("select now()")
+    assert isinstance(moment, datetime)
+    user_id = await sign_up(db, "grace@example.com", {"full_name": "Grace Hopper"})
+    announced = await user_events(db, user_id)
+    args = ["--since", moment.isoformat(), "--schema", "xtyl_gateway", "--source", SOURCES]
+    args += ["--database-url", migrated_database_url]
+
+    # while the trigger's row still waits in the outbox, the source adds nothing
+    assert await asyncio.to_thread(replay_main, args) == 0
+    assert await user_events(db, user_id) == announced
+
+    await db.execute(
+        "delete from xtyl_gateway.outbox where payload->>'user_id' = $1", str(user_id)
+    )  # pruned: only public.users remembers the user
+    assert await asyncio.to_thread(replay_main, args) == 0
+
+    assert "gateway.users: " in capsys.readouterr().out
+    assert await user_events(db, user_id) == announced
