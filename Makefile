@@ -48,9 +48,9 @@ check: lint typecheck test ## what CI runs
 migrate: .venv/.synced ## apply every service's migrations (DATABASE_URL, or the running `make up` stack)
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.migrate
 
-user: .venv/.synced ## create a local user and print a token: make user EMAIL=ada@example.com
-	@test -n "$(EMAIL)" || { echo "usage: make user EMAIL=someone@example.com [NAME='Full Name']"; exit 2; }
-	$(RUN) python -m xtyl_devstack user --data-dir $(DATA_DIR) --email "$(EMAIL)" --name "$(NAME)"
+user: .venv/.synced ## sign a user up through the local Auth, print a token: make user EMAIL=ada@example.com
+	@test -n "$(EMAIL)" || { echo "usage: make user EMAIL=someone@example.com [NAME='Full Name'] [PASSWORD=...]"; exit 2; }
+	$(RUN) python -m xtyl_devstack user --data-dir $(DATA_DIR) --email "$(EMAIL)" --name "$(NAME)" $(if $(PASSWORD),--password "$(PASSWORD)")
 
 streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, dead letters
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops

@@ -28,16 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument(
         "--if-running", action="store_true", help="print nothing (exit 0) when nothing runs"
     )
-    user = commands.add_parser("user", help="create a local user and print an access token")
+    user = commands.add_parser(
+        "user", help="sign a user up through the local Auth and print an access token"
+    )
     user.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default: .data")
     user.add_argument("--email", required=True)
     user.add_argument("--name", default="", help="full name (user metadata)")
-    user.add_argument("--ttl", type=int, default=3600, help="token lifetime in seconds")
+    user.add_argument(
+        "--password", default=None, help="a new user's password (default: a random one)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "user":
         try:
-            print(create_user(args.data_dir, args.email, args.name, args.ttl))
+            print(create_user(args.data_dir, args.email, args.name, args.password))
         except (DevstackError, OSError) as exc:
             print(f"user: {exc}", file=sys.stderr)
             return 1

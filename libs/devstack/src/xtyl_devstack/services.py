@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtyl_devstack.auth.config import find_config
 from xtyl_devstack.errors import DevstackError
 from xtyl_devstack.ports import HOST
 from xtyl_devstack.stack import StackInfo
@@ -24,8 +25,10 @@ class ServiceDef:
     port_variable: str
 
 
-#: The local Supabase-shaped token issuer (JWKS + local token endpoint), not a service of ours.
-AUTH = ServiceDef("auth", "xtyl_devstack.issuer", 8010, "AUTH_PORT")
+#: The local Supabase Auth (GoTrue's API over the embedded Postgres), not a service of ours.
+AUTH = ServiceDef("auth", "xtyl_devstack.auth", 8010, "AUTH_PORT")
+#: Where the local Auth sends auth emails: notify's Send Email Hook, through the gateway.
+SEND_EMAIL_HOOK_PATH = "/webhooks/auth/send-email"
 #: The local Brevo stand-in: keeps every email it is sent (``/_local/emails``, emails.jsonl).
 BREVO = ServiceDef("brevo", "xtyl_devstack.brevo", 8011, "BREVO_PORT")
 
@@ -75,13 +78,19 @@ def service_ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
 
 
 def stack_environment(
-    info: StackInfo, ports: Mapping[str, int], internal_secret: str, auth_secret: str
+    info: StackInfo,
+    ports: Mapping[str, int],
+    internal_secret: str,
+    auth_secret: str,
+    *,
+    auth_keys: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """What every service (and ``env``) gets: the servers, the other services, the secrets.
 
-    ``SUPABASE_URL`` is the local issuer, so services fetch ES256 keys from its JWKS exactly as
+    ``SUPABASE_URL`` is the local Auth, so services fetch ES256 keys from its JWKS exactly as
     they do from a Supabase project; ``SUPABASE_JWT_SECRET`` is the local project's legacy HS256
-    secret, so tokens minted with it work too (both paths, as in production).
+    secret, so tokens minted with it work too (both paths, as in production). ``auth_keys``:
+    ``SUPABASE_ANON_KEY``, ``SUPABASE_SERVICE_ROLE_KEY`` and ``SEND_EMAIL_HOOK_SECRET``.
     """
 
     def url(name: str) -> str:
@@ -108,12 +117,14 @@ def stack_environment(
         "APP_URL": "http://localhost:3000",
         "XTYL_ENV": "local",
         "LOG_LEVEL": "info",
+        **(auth_keys or {}),
     }
 
 
 def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[ProcessSpec]:
-    """The local issuer, the four services (``python -m xtyl_<name>`` each on its port) and
-    the arq workers of the services that have one."""
+    """The local Auth (configured by ``supabase/config.toml``, its emails through the
+    gateway's Send Email Hook route), the Brevo stand-in, the four services (``python -m
+    xtyl_<name>`` each on its port) and the arq workers of the services that have one."""
     ports = service_ports()
     issuer = ProcessSpec(
         name=AUTH.name,
@@ -125,9 +136,15 @@ def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[Pro
             str(Path(info.data_dir) / "auth"),
             "--port",
             str(ports[AUTH.name]),
+            "--config",
+            str(find_config()),
+            "--site-url",
+            common_env.get("APP_URL", "http://localhost:3000"),
+            "--hook-uri",
+            f"http://{HOST}:{ports['gateway']}{SEND_EMAIL_HOOK_PATH}",
         ],
         env=common_env,
-        ready_url=f"http://{HOST}:{ports[AUTH.name]}/auth/v1/.well-known/jwks.json",
+        ready_url=f"http://{HOST}:{ports[AUTH.name]}/auth/v1/health",
     )
     brevo = ProcessSpec(
         name=BREVO.name,

@@ -12,6 +12,7 @@ While it runs, ``<data dir>/stack.json`` holds the :class:`StackInfo` and
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import fcntl
 import importlib.util
@@ -32,6 +33,7 @@ from types import FrameType
 import msgspec
 
 from xtyl_devstack.errors import DevstackError, ServerStartError
+from xtyl_devstack.issuer import mint_anon_key, mint_service_role_key
 from xtyl_devstack.ports import port_is_free
 from xtyl_devstack.processes import ManagedProcess, run_checked, tail_file
 from xtyl_devstack.services import (
@@ -55,6 +57,10 @@ SERVICES_FILE = "services.json"
 SECRET_FILE = "internal_jwt_secret"  # noqa: S105 - a file name
 AUTH_SECRET_FILE = "supabase_jwt_secret"  # noqa: S105 - a file name
 S3_KEYS_FILE = "s3_keys.json"
+#: The local Supabase project's API keys and its Send Email Hook secret, made once.
+ANON_KEY_FILE = "supabase_anon_key"
+SERVICE_ROLE_KEY_FILE = "supabase_service_role_key"
+HOOK_SECRET_FILE = "send_email_hook_secret"  # noqa: S105 - a file name
 LOCK_FILE = "up.lock"
 MIGRATION_MODULES = ("xtyl_common.migrations", "xtyl_common.migrate")
 SERVICE_READY_TIMEOUT_S = 60.0
@@ -88,6 +94,24 @@ def _s3_keys(data_dir: Path) -> _S3Keys:
         ).decode(),
     )
     return msgspec.json.decode(text, type=_S3Keys)
+
+
+def _auth_keys(data_dir: Path, auth_secret: str) -> dict[str, str]:
+    """The anon and service-role keys (HS256 JWTs of the project's secret, as Supabase's
+    legacy keys) and the hook secret (``v1,whsec_…``), kept in ``data_dir`` so that a
+    frontend's ``.env.local`` stays valid across runs."""
+    return {
+        "SUPABASE_ANON_KEY": _read_or_create(
+            data_dir / ANON_KEY_FILE, lambda: mint_anon_key(auth_secret)
+        ),
+        "SUPABASE_SERVICE_ROLE_KEY": _read_or_create(
+            data_dir / SERVICE_ROLE_KEY_FILE, lambda: mint_service_role_key(auth_secret)
+        ),
+        "SEND_EMAIL_HOOK_SECRET": _read_or_create(
+            data_dir / HOOK_SECRET_FILE,
+            lambda: "v1,whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        ),
+    }
 
 
 @contextmanager
@@ -173,11 +197,20 @@ def _wait_services_ready(processes: list[tuple[ProcessSpec, ManagedProcess]]) ->
         time.sleep(0.1)
 
 
-def _summary(info: StackInfo, specs: list[ProcessSpec], data_dir: Path, elapsed: float) -> str:
+def _summary(
+    info: StackInfo,
+    specs: list[ProcessSpec],
+    data_dir: Path,
+    elapsed: float,
+    anon_key: str = "",
+) -> str:
     rows: list[tuple[str, str]] = []
     for spec in specs:
-        if spec.name == "auth":
-            rows.append(("auth", f"JWKS {spec.ready_url}   (local Supabase-shaped issuer)"))
+        if spec.name == "auth" and spec.ready_url is not None:
+            supabase_url = spec.ready_url.split("/auth/v1/", 1)[0]
+            rows.append(("auth", f"{supabase_url}   (local Supabase Auth, supabase/config.toml)"))
+            rows.append(("frontend", f"NEXT_PUBLIC_SUPABASE_URL={supabase_url}"))
+            rows.append(("", f"NEXT_PUBLIC_SUPABASE_ANON_KEY={anon_key}"))
         elif spec.name == "brevo":
             rows.append(("brevo", f"emails sent: {spec.ready_url}   (local Brevo stand-in)"))
         elif spec.base_url is not None:
@@ -189,7 +222,7 @@ def _summary(info: StackInfo, specs: list[ProcessSpec], data_dir: Path, elapsed:
         ("redis", info.redis_url),
         ("s3", f"{info.s3_endpoint}   bucket {info.s3_bucket}"),
         ("logs", str(data_dir / "logs")),
-        ("token", "make user EMAIL=you@example.com   (prints an access token)"),
+        ("token", "make user EMAIL=you@example.com   (signs up, prints an access token)"),
     ]
     lines = [f"xtyl local stack ready in {elapsed:.1f} s"]
     lines += [f"  {name:<9} {value}" for name, value in rows]
@@ -251,7 +284,8 @@ class _UpRun:
         (self.data_dir / STACK_FILE).write_text(info.to_json())
         if self.migrate:
             _run_migrations(info.database_url)
-        env = stack_environment(info, service_ports(), secret, auth_secret)
+        keys = _auth_keys(self.data_dir, auth_secret)
+        env = stack_environment(info, service_ports(), secret, auth_secret, auth_keys=keys)
         specs = self.services(info, env) if self.services is not None else []
         _check_ports({spec.name: port for spec in specs if (port := _port_of(spec))})
         (self.data_dir / SERVICES_FILE).write_text(
@@ -270,7 +304,9 @@ class _UpRun:
             self.processes.append((spec, proc))
             proc.start()
         _wait_services_ready(self.processes)
-        print(_summary(info, specs, self.data_dir, time.monotonic() - self.started), flush=True)
+        elapsed = time.monotonic() - self.started
+        anon_key = keys["SUPABASE_ANON_KEY"]
+        print(_summary(info, specs, self.data_dir, elapsed, anon_key), flush=True)
 
     def watch(self) -> int:
         """Wait until a child dies (then say which, and return 1)."""
@@ -343,6 +379,16 @@ def run_up(
         signal.signal(signal.SIGTERM, previous_term)
 
 
+def running_urls(data_dir: Path) -> dict[str, str]:
+    """The base URL of each process of the stack ``up`` runs with ``data_dir`` (the ports it
+    was started with, whatever this shell's ``*_PORT`` say); ``auth`` is ``<url>/auth/v1``."""
+    services_file = data_dir / SERVICES_FILE
+    if not services_file.exists():
+        return {}
+    urls = msgspec.json.decode(services_file.read_bytes(), type=dict[str, str | None])
+    return {name: url for name, url in urls.items() if url is not None}
+
+
 def env_lines(data_dir: Path = DEFAULT_DATA_DIR) -> list[str]:
     """``export`` lines for the stack that ``up`` is running with ``data_dir``."""
     data_dir = data_dir.resolve()
@@ -352,13 +398,12 @@ def env_lines(data_dir: Path = DEFAULT_DATA_DIR) -> list[str]:
     info = StackInfo.from_json(stack_file.read_bytes())
     secret = (data_dir / SECRET_FILE).read_text().strip()
     auth_secret = (data_dir / AUTH_SECRET_FILE).read_text().strip()
-    env = stack_environment(info, service_ports(), secret, auth_secret)
-    services_file = data_dir / SERVICES_FILE
-    if services_file.exists():
-        urls = msgspec.json.decode(services_file.read_bytes(), type=dict[str, str | None])
-        for name, url in urls.items():
-            if url is not None:
-                env[f"{name.upper()}_URL"] = url
+    keys = _auth_keys(data_dir, auth_secret)
+    env = stack_environment(info, service_ports(), secret, auth_secret, auth_keys=keys)
+    for name, url in running_urls(data_dir).items():
+        env[f"{name.upper()}_URL"] = url
+    if "AUTH_URL" in env:  # the Auth the stack runs, not this shell's AUTH_PORT
+        env["SUPABASE_URL"] = env["AUTH_URL"].split("/auth/v1", 1)[0]
     env.pop("HOST", None)
     env["XTYL_DEVSTACK_INFO"] = info.to_json()  # pytest then reuses this stack
     return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]

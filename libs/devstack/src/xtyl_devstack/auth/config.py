@@ -31,9 +31,11 @@ class AuthConfigError(DevstackError):
 
 
 def find_config(start: Path | None = None) -> Path:
-    """``supabase/config.toml`` in ``start`` (default: the working directory) or a parent."""
+    """``supabase/config.toml`` in ``start`` (default: the working directory) or a parent, else
+    in the checkout this package is installed from (a uv workspace installs it editable)."""
     here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
+    package = Path(__file__).resolve()
+    for directory in (here, *here.parents, *package.parents):
         candidate = directory / CONFIG_PATH
         if candidate.is_file():
             return candidate
