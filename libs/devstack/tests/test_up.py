@@ -17,6 +17,7 @@ import pytest
 from xtyl_devstack.ports import free_port
 from xtyl_devstack.postgres import run_sql
 from xtyl_devstack.process_tree import descendants, kill_all, servers, wait_gone
+from xtyl_devstack.redis import ping
 from xtyl_devstack.stack import StackInfo
 
 STANDIN_SERVICE = """
@@ -152,17 +153,35 @@ def test_up_runs_until_sigterm_and_leaves_nothing(
     finally:
         _stop_runner(proc)
 
-    # A second run finds the data of the first (ports may differ), then a service crashes.
+    # A second run finds the data of the first (ports may differ), then a service keeps
+    # crashing: it alone is restarted, later each time; the rest of the stack stays up.
     proc, output = _start_up(public_tmp, child_env, data_dir, die_after=1.0)
     try:
         _wait_for_text(proc, output, "xtyl local stack ready in", timeout=60)
         seen += descendants(proc.pid)
         info = StackInfo.from_json((data_dir / "stack.json").read_text())
         assert run_sql(info.database_url, "SELECT note FROM kept") == "hi"
-        assert proc.wait(60) == 1
-        content = output.read_text()
-        assert "up: storage exited (code 3)" in content
+        content = _wait_for_text(proc, output, "restarting it in 2.0 s", timeout=60)
+        assert "up: storage exited (code 3) after" in content
+        assert "restarting it in 1.0 s; last log lines:" in content
         assert "stand-in crashing" in content
+        assert "up: storage restarted (restart 1)" in content
+        assert content.count("storage  | stand-in listening") >= 2
+        assert "gateway exited" not in content
+        assert content.count("gateway  | stand-in listening") == 1
+        assert run_sql(info.database_url, "SELECT note FROM kept") == "hi"  # servers still up
+        assert proc.poll() is None
+
+        # a server that dies is restarted the same way (same port: the URLs stay valid)
+        [valkey] = [p for p in servers(descendants(proc.pid)) if p.name() == "valkey-server"]
+        valkey.kill()
+        content = _wait_for_text(proc, output, "up: redis restarted (restart 1)", timeout=60)
+        assert "up: redis exited (code ?) after" in content
+        port = int(info.redis_url.rsplit(":", 1)[1].split("/")[0])
+        assert ping(port)
+        seen += descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 0
         assert wait_gone(seen, timeout=10) == []
     finally:
         _stop_runner(proc)

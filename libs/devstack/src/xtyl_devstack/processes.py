@@ -269,6 +269,15 @@ class ManagedProcess:
                 )
         log.info("started %s (pid %s)", self.name, self._proc.pid)
 
+    def restart(self) -> None:
+        """Start again after the process ended; what is left of its process group (workers
+        of a server whose leader died) is killed first."""
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            _kill_group(proc.pid)
+        self._finish_pump()
+        self.start()
+
     def _echo(self) -> None:
         proc = self._proc
         assert proc is not None

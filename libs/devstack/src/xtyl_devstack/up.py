@@ -2,9 +2,11 @@
 
 Starts the stack with its data under ``--data-dir`` (kept across runs), applies the migrations,
 starts the services of :data:`xtyl_devstack.services.SERVICES`, waits until each answers
-``GET /readyz`` with 200, prints where everything is, then waits. Ctrl-C or SIGTERM stops the
-services, then the servers. If any child dies, it says which (with its last log lines), stops
-everything and exits 1.
+``GET /readyz`` with 200, prints where everything is, then watches them. Ctrl-C or SIGTERM
+stops the services, then the servers. A child (service, worker or server) that dies is started
+again, alone: ``up`` prints which one exited, with its exit code and last log lines, when it
+will be restarted, and when it is back. The wait starts at 1 s and doubles up to 30 s while the
+child keeps dying; a child that ran for a minute before dying starts at 1 s again.
 
 While it runs, ``<data dir>/stack.json`` holds the :class:`StackInfo` and
 ``python -m xtyl_devstack env`` prints the matching ``export`` lines.
@@ -27,6 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -64,6 +67,12 @@ HOOK_SECRET_FILE = "send_email_hook_secret"  # noqa: S105 - a file name
 LOCK_FILE = "up.lock"
 MIGRATION_MODULES = ("xtyl_common.migrations", "xtyl_common.migrate")
 SERVICE_READY_TIMEOUT_S = 60.0
+#: A dead child is started again after this, doubling while it keeps dying, up to the max.
+RESTART_DELAY_INITIAL_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+#: A child that ran this long before it died is restarted after the initial delay again.
+RESTART_RESET_AFTER_S = 60.0
+_WATCH_INTERVAL_S = 0.25
 EXIT_CHILD_DIED = 1
 EXIT_CONFIG_ERROR = 2
 
@@ -230,15 +239,78 @@ def _summary(
     return "\n".join(lines)
 
 
-def _first_dead(
-    stack: Stack, processes: list[tuple[ProcessSpec, ManagedProcess]]
-) -> tuple[str, int | None, str] | None:
-    for spec, proc in processes:
-        if not proc.running:
-            return spec.name, proc.returncode, proc.log_tail()
-    for name, server in (("postgres", stack.postgres), ("redis", stack.redis), ("s3", stack.s3)):
-        if not server.running:
-            return name, None, tail_file(server.log_path)
+@dataclass
+class _Child:
+    """A child ``up`` keeps running: how to see it, start it again, and when it will be."""
+
+    name: str
+    running: Callable[[], bool]
+    exit_code: Callable[[], int | None]
+    start: Callable[[], None]
+    log_tail: Callable[[], str]
+    started_at: float
+    delay_s: float = RESTART_DELAY_INITIAL_S
+    restart_at: float | None = None
+    restarts: int = 0
+
+    def check(self, now: float) -> None:
+        """Notice a death (schedule the restart and say so) or restart when it is time."""
+        if self.restart_at is None:
+            if self.running():
+                return
+            ran_s = now - self.started_at
+            if ran_s >= RESTART_RESET_AFTER_S:
+                self.delay_s = RESTART_DELAY_INITIAL_S
+            self.restart_at = now + self.delay_s
+            code = self.exit_code()
+            print(
+                f"up: {self.name} exited (code {'?' if code is None else code}) after"
+                f" {ran_s:.1f} s; restarting it in {self.delay_s:.1f} s; last log lines:\n"
+                f"{self.log_tail()}",
+                flush=True,
+            )
+            self.delay_s = min(self.delay_s * 2, RESTART_DELAY_MAX_S)
+            return
+        if now < self.restart_at:
+            return
+        self.restart_at = None
+        self.restarts += 1
+        self.started_at = time.monotonic()
+        try:
+            self.start()
+        except (DevstackError, OSError) as exc:  # seen as dead again on the next check
+            print(f"up: {self.name} did not start again: {exc}", flush=True)
+            return
+        print(f"up: {self.name} restarted (restart {self.restarts})", flush=True)
+
+
+def _service_child(spec: ProcessSpec, proc: ManagedProcess) -> _Child:
+    return _Child(
+        name=spec.name,
+        running=lambda: proc.running,
+        exit_code=lambda: proc.returncode,
+        start=proc.restart,
+        log_tail=proc.log_tail,
+        started_at=time.monotonic(),
+    )
+
+
+def _server_children(stack: Stack) -> list[_Child]:
+    servers = (("postgres", stack.postgres), ("redis", stack.redis), ("s3", stack.s3))
+    return [
+        _Child(
+            name=name,
+            running=lambda server=server: server.running,
+            exit_code=lambda: None,
+            start=lambda server=server: _discard(server.start()),
+            log_tail=lambda server=server: tail_file(server.log_path),
+            started_at=time.monotonic(),
+        )
+        for name, server in servers
+    ]
+
+
+def _discard(_: object) -> None:
     return None
 
 
@@ -309,15 +381,14 @@ class _UpRun:
         print(_summary(info, specs, self.data_dir, elapsed, anon_key), flush=True)
 
     def watch(self) -> int:
-        """Wait until a child dies (then say which, and return 1)."""
+        """Keep every child running (a dead one is restarted with backoff) until a signal."""
         assert self.stack is not None
+        children = [_service_child(spec, proc) for spec, proc in self.processes]
+        children += _server_children(self.stack)
         while True:
-            dead = _first_dead(self.stack, self.processes)
-            if dead is not None:
-                name, code, tail = dead
-                print(f"up: {name} exited (code {code}); last log lines:\n{tail}", flush=True)
-                return EXIT_CHILD_DIED
-            time.sleep(0.25)
+            for child in children:
+                child.check(time.monotonic())
+            time.sleep(_WATCH_INTERVAL_S)
 
     def shutdown(self) -> None:
         """Services in reverse order, then the servers; no process is left."""
@@ -347,7 +418,7 @@ def run_up(
     services: SpecsFactory | None = default_services,
     migrate: bool = True,
 ) -> int:
-    """Run the stack and the services until Ctrl-C/SIGTERM (0) or a child dies (1)."""
+    """Run the stack and the services until Ctrl-C/SIGTERM (0); 1 when they cannot start."""
     data_dir = data_dir.resolve()
     die_with_parent()  # `kill -TERM` of `make up` reaches us as SIGTERM: a clean shutdown
     previous_int = signal.signal(signal.SIGINT, _raise_stop)
