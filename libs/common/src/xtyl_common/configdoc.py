@@ -142,6 +142,8 @@ DESCRIPTIONS: dict[str, str] = {
     "EXTRACTION_MEMORY_MB": "address-space cap of an extraction child",
     "STUCK_AFTER_S": "a document in a non-final state this long is re-emitted by the reconciler",
     "MAX_INDEX_ATTEMPTS": "after this many tries a document ends `failed` (too_many_attempts)",
+    "INDEX_LEASE_S": "an indexing run's lease on its document, renewed every third of it; a"
+    " killed run's document is taken over within `EVENTS_CLAIM_IDLE_MS` + this",
     "EVENTS_DB_TIMEOUT_S": "timeout of the relay's Postgres statements",
     "EVENTS_REDIS_TIMEOUT_S": "timeout of the backbone's Redis commands",
 }

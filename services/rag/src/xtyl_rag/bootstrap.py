@@ -115,7 +115,7 @@ async def open_core(settings: RagSettings, events: EventSettings) -> AsyncGenera
             session=session,
             embedders=embedders,
             models=models,
-            documents=DocumentRepository(pool),
+            documents=DocumentRepository(pool, lease_s=settings.index_lease_s),
             chunks=ChunkSearch(pool),
             storage=StorageClient(
                 session,

@@ -13,6 +13,13 @@ reconciler re-emits the document later, and after ``max_index_attempts`` runs it
 
 Idempotent: a repeated ``file.uploaded`` for a file whose chunks already come from the same
 content (sha256) and model changes nothing.
+
+One run at a time holds a document, through a short lease (``INDEX_LEASE_S``) that a heartbeat
+renews every third of its period while the run lives. A run that finds the document held waits
+for the lease to run out, at most one lease period: a dead run's lease (its worker was killed,
+or Postgres failed under it) runs out within that, and the waiting run takes the document over.
+A lease that is renewed meanwhile belongs to a live run elsewhere: :class:`DocumentBusy` is
+raised, so the job is retried later; it never counts as done while the work is unfinished.
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import structlog
+from structlog.stdlib import BoundLogger
 
-from xtyl_common.errors import NotFound
+from xtyl_common.errors import NotFound, Unavailable
 from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
-from xtyl_rag.adapters.postgres import Claim, DocumentRepository, ModelRegistry, NewChunks
+from xtyl_rag.adapters.postgres import (
+    Claim,
+    DocumentRepository,
+    EmbeddingModel,
+    ModelRegistry,
+    NewChunks,
+)
 from xtyl_rag.adapters.storage import FileTooLarge, StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
@@ -40,9 +54,13 @@ from xtyl_rag.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_
 
 log = structlog.stdlib.get_logger("xtyl.rag.indexing")
 
-Outcome = Literal["ready", "failed", "skipped", "held", "gone"]
-#: vectors computed per embedder call; the lease is renewed between calls
+Outcome = Literal["ready", "failed", "skipped", "gone"]
+#: vectors computed per embedder call
 EMBED_SLICE = 512
+#: How much longer than one lease period a run waits for a held document before it calls
+#: the holder alive (a live holder renews every third of the period).
+LEASE_WAIT_SLACK = 0.2
+_T = TypeVar("_T")
 
 
 def is_supported(content_type: str, name: str) -> bool:
@@ -56,6 +74,17 @@ def is_supported(content_type: str, name: str) -> bool:
 
 class NoEmbedder(Exception):
     """This process has no embedder for the model search reads."""
+
+
+class DocumentBusy(Unavailable):
+    """A live run elsewhere holds the document (it kept renewing its lease): retry later. A
+    transient failure (a ``DependencyError``), so the job is retried, never acknowledged."""
+
+    default_code = "document_busy"
+
+
+class LeaseLost(Exception):
+    """The run no longer holds its document (taken over after its lease ran out, or deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +144,10 @@ class Indexer:
 
     # --- one document -----------------------------------------------------------------------
 
-    async def index(  # noqa: PLR0911 - one return per outcome reads best here
-        self, document_id: uuid.UUID, *, data: bytes | None = None
-    ) -> IndexReport:
+    async def index(self, document_id: uuid.UUID, *, data: bytes | None = None) -> IndexReport:
         """Index one document. ``data``: the file's bytes when the caller has them already
-        (tests, tools); otherwise they come from storage."""
+        (tests, tools); otherwise they come from storage. Raises (for a later retry) when a
+        dependency fails or a live run elsewhere holds the document (:class:`DocumentBusy`)."""
         started = time.perf_counter()
         document = await self.documents.find(document_id)
         if document is None:
@@ -130,9 +158,10 @@ class Indexer:
             raise RuntimeError("no active embedding model: the process did not register one")
         if not should_index(document, active.model):
             return IndexReport("skipped")
-        claim = await self.documents.claim(document_id)
-        if claim is None:
-            return IndexReport("held")
+        claim = await self._take(document_id)
+        if claim is None:  # finished (or failed for good) or deleted while this run waited
+            gone = await self.documents.find(document_id) is None
+            return IndexReport("gone" if gone else "skipped")
         log_ = log.bind(document_id=str(document_id), owner_id=str(document.owner_id))
         if claim.document.attempts > self.max_attempts:
             reason = f"gave up after {self.max_attempts} attempts"
@@ -143,6 +172,35 @@ class Indexer:
             )
             log_.warning("document_failed", reason="too_many_attempts")
             return IndexReport("failed", error_code="too_many_attempts")
+        try:
+            return await self._while_held(
+                claim,
+                self._run(
+                    claim,
+                    data=data,
+                    model=active.model,
+                    writable=writable,
+                    started=started,
+                    log_=log_,
+                ),
+                log_,
+            )
+        except LeaseLost:
+            log_.info("document_lost", reason="deleted or taken over while indexing")
+            return IndexReport("gone", seconds=time.perf_counter() - started)
+
+    async def _run(
+        self,
+        claim: Claim,
+        *,
+        data: bytes | None,
+        model: str,
+        writable: Sequence[EmbeddingModel],
+        started: float,
+        log_: BoundLogger,
+    ) -> IndexReport:
+        """Extract, chunk, embed and write one claimed document."""
+        document = claim.document
         try:
             extracted = await self._extract(claim, data)
             await self.documents.set_status(claim, "chunking")
@@ -156,19 +214,16 @@ class Indexer:
             if not chunks:
                 raise ExtractionFailed("no_text", "the document has no text to index")
             await self.documents.set_status(claim, "embedding")
-            vectors = await self._embed(claim, chunks, [(m.model, m.dimension) for m in writable])
-            if active.model not in vectors:
-                raise NoEmbedder(f"this worker cannot embed with the active model {active.model}")
+            vectors = await self._embed(chunks, [(m.model, m.dimension) for m in writable])
+            if model not in vectors:
+                raise NoEmbedder(f"this worker cannot embed with the active model {model}")
             title = extracted.title if document.source == "file" and extracted.title else None
             done = await self.documents.complete(
-                claim, NewChunks(chunks=chunks, vectors=vectors, model=active.model), title=title
+                claim, NewChunks(chunks=chunks, vectors=vectors, model=model), title=title
             )
         except ExtractionFailed as exc:
             await self.documents.fail(
-                claim.document,
-                code=exc.reason,
-                error=exc.detail or exc.reason,
-                lease_id=claim.lease_id,
+                document, code=exc.reason, error=exc.detail or exc.reason, lease_id=claim.lease_id
             )
             log_.info("document_failed", reason=exc.reason, detail=exc.detail)
             return IndexReport(
@@ -176,22 +231,88 @@ class Indexer:
             )
         except (NotFound, NoEmbedder) as exc:
             code = "file_not_found" if isinstance(exc, NotFound) else "embedder_unavailable"
-            await self.documents.fail(
-                claim.document, code=code, error=str(exc), lease_id=claim.lease_id
-            )
+            await self.documents.fail(document, code=code, error=str(exc), lease_id=claim.lease_id)
             log_.info("document_failed", reason=code)
             return IndexReport("failed", seconds=time.perf_counter() - started, error_code=code)
         except BaseException as exc:
             # a dependency failed, or the job was cancelled: give the document back, retry
-            await asyncio.shield(self.documents.release(claim, f"{type(exc).__name__}: {exc}"))
             log_.warning("document_retry", error=type(exc).__name__, detail=str(exc)[:300])
+            await asyncio.shield(self._release(claim, exc, log_))
             raise
         seconds = time.perf_counter() - started
         if not done:
-            log_.info("document_lost", reason="deleted or taken over while indexing")
-            return IndexReport("gone", seconds=seconds)
+            raise LeaseLost
         log_.info("document_indexed", chunks=len(chunks), ms=round(seconds * 1000))
         return IndexReport("ready", chunks=len(chunks), seconds=seconds)
+
+    # --- the lease ----------------------------------------------------------------------------
+
+    async def _take(self, document_id: uuid.UUID) -> Claim | None:
+        """Claim the document. While another run holds it, wait for its lease to run out, at
+        most one lease period (a dead run's lease runs out within it); a lease renewed past
+        that is a live run's: :class:`DocumentBusy`. None: final or gone meanwhile."""
+        loop = asyncio.get_running_loop()
+        lease_s = self.documents.lease_s
+        give_up_at = loop.time() + lease_s * (1 + LEASE_WAIT_SLACK)
+        waited = False
+        while True:
+            claim = await self.documents.claim(document_id)
+            if claim is not None:
+                if waited:
+                    log.info("document_taken_over", document_id=str(document_id))
+                return claim
+            left = await self.documents.lease_left(document_id)
+            if left is None:
+                return None
+            if loop.time() + left > give_up_at:
+                log.info("document_busy", document_id=str(document_id), lease_left_s=left)
+                raise DocumentBusy(f"document {document_id} is being indexed by a live run")
+            if not waited:
+                log.info("document_held", document_id=str(document_id), lease_left_s=left)
+                waited = True
+            await asyncio.sleep(left + 0.05)
+
+    async def _while_held(
+        self, claim: Claim, work: Coroutine[Any, Any, _T], log_: BoundLogger
+    ) -> _T:
+        """Run ``work`` while a heartbeat renews the claim's lease; LeaseLost (and ``work``
+        cancelled) when the run no longer holds the document."""
+        task = asyncio.ensure_future(work)
+        beat = asyncio.ensure_future(self._heartbeat(claim, log_))
+        try:
+            await asyncio.wait((task, beat), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                raise LeaseLost  # the run is cancelled on the way out
+            return task.result()
+        finally:
+            for pending in (task, beat):
+                pending.cancel()
+            await asyncio.gather(task, beat, return_exceptions=True)
+
+    async def _heartbeat(self, claim: Claim, log_: BoundLogger) -> None:
+        """Renew the lease every third of its period; return when the run lost it."""
+        every = self.documents.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                held = await self.documents.renew(claim, timeout_s=every)
+            except Exception as exc:  # logged; complete() checks the lease
+                log_.warning("lease_renew_failed", error=type(exc).__name__, detail=str(exc)[:300])
+                continue
+            if not held:
+                log_.warning("lease_lost")
+                return
+
+    async def _release(self, claim: Claim, exc: BaseException, log_: BoundLogger) -> None:
+        try:
+            await self.documents.release(claim, f"{type(exc).__name__}: {exc}")
+        except Exception as failed:  # logged; the lease runs out by itself
+            log_.warning(
+                "lease_release_failed",
+                error=type(failed).__name__,
+                detail=str(failed)[:300],
+                expires_in_s=self.documents.lease_s,
+            )
 
     async def _extract(self, claim: Claim, data: bytes | None) -> ExtractedText:
         document = claim.document
@@ -219,9 +340,9 @@ class Indexer:
         )
 
     async def _embed(
-        self, claim: Claim, chunks: Sequence[Chunk], models: Sequence[tuple[str, int]]
+        self, chunks: Sequence[Chunk], models: Sequence[tuple[str, int]]
     ) -> dict[str, Vectors]:
-        """Vectors of every model this process can embed, in slices (renewing the lease)."""
+        """Vectors of every model this process can embed, in slices."""
         texts = [chunk.content for chunk in chunks]
         out: dict[str, Vectors] = {}
         for model, dimension in models:
@@ -231,7 +352,5 @@ class Indexer:
             parts: list[Vectors] = []
             for start in range(0, len(texts), EMBED_SLICE):
                 parts.append(await embedder.embed(texts[start : start + EMBED_SLICE]))
-                if start + EMBED_SLICE < len(texts):
-                    await self.documents.set_status(claim, "embedding")
             out[model] = np.concatenate(parts, axis=0)
         return out

@@ -74,6 +74,11 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
     stuck_after_s: float = 900.0
     #: Indexing runs per document before it fails with ``too_many_attempts``.
     max_index_attempts: int = 5
+    #: An indexing run holds its document this long past its last renewal; it renews every
+    #: third of this while it lives. A run whose worker died is taken over once its lease runs
+    #: out: stuck work resumes within ``EVENTS_CLAIM_IDLE_MS`` + this. Keep it well below
+    #: ``EVENTS_HANDLER_TIMEOUT_S`` (a redelivered entry waits up to this for the lease).
+    index_lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +100,8 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
         for name, value in positive.items():
             if value < 0 or (value == 0 and name != "search_exact_max_chunks"):
                 raise ValueError(f"must be greater than 0 (at `$.{name}`)")
+        if not self.index_lease_s >= 1.0:
+            raise ValueError("must be at least 1 (at `$.index_lease_s`)")
         if self.search_ef_search > 1000:
             raise ValueError("must be at most 1000 (at `$.search_ef_search`)")
 

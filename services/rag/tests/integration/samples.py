@@ -164,3 +164,18 @@ def sample_files() -> dict[str, tuple[str, str, bytes]]:
         "md": ("sourdough.md", "text/markdown", make_markdown(TOPICS["md"])),
         "html": ("tcp.html", "text/html", make_html(TOPICS["html"], "TCP congestion control")),
     }
+
+
+_VOCABULARY = (
+    "river mountain lantern copper harbor meadow engine violin glacier orchard signal marble"
+    " thunder compass velvet canyon beacon falcon timber prairie quartz saddle harvest ember"
+    " anchor island bridge candle desert forest garden hollow meteor needle ocean pepper"
+)
+_WORDS = _VOCABULARY.split()
+
+
+def make_text(chunks: int, seed: int) -> bytes:
+    """Plain text of about ``chunks`` chunks (~200 words each), different for every ``seed``."""
+    words = [_WORDS[(seed * 7 + i * i + i // 5) % len(_WORDS)] for i in range(200 * chunks)]
+    sentences = [" ".join(words[i : i + 12]).capitalize() + "." for i in range(0, len(words), 12)]
+    return f"Document {seed}. ".encode() + " ".join(sentences).encode()

@@ -1,11 +1,12 @@
 """``xtyl_rag.documents`` and what belongs to one: its inline text, chunks and vectors.
 
 Indexing holds a document through a *lease* (``lease_id``, ``lease_until``): a run claims it,
-moves its status along, and writes the result only while its lease is still the document's.
-So two deliveries of one event never index one document twice at once, a run whose worker
-died is taken over once its lease expires, and a document deleted meanwhile is not brought
-back. The result (chunks, vectors, owner counts, ``ready`` and the ``document.indexed``
-event) is written in one transaction.
+renews it (:meth:`DocumentRepository.renew`, a heartbeat while the run lives), moves its status
+along, and writes the result only while its lease is still the document's. So two deliveries
+of one event never index one document twice at once, a run whose worker died is taken over
+once its short lease runs out, and a document deleted meanwhile is not brought back. The
+result (chunks, vectors, owner counts, ``ready`` and the ``document.indexed`` event) is written
+in one transaction.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ class NewChunks:
 
 
 class DocumentRepository:
-    def __init__(self, pool: asyncpg.Pool, *, lease: timedelta = timedelta(minutes=15)) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, lease_s: float = 30.0) -> None:
         self._pool = pool
-        self._lease = lease
+        #: How long a claim or a renewal holds a document (``INDEX_LEASE_S``).
+        self.lease_s = lease_s
+        self._lease = timedelta(seconds=lease_s)
 
     # --- the API -------------------------------------------------------------------------
 
@@ -122,7 +125,14 @@ class DocumentRepository:
             "   or ($10 and d.status = 'failed') then 0 else d.attempts end,"
             " error_code = case when ($10 and d.status = 'failed') then null else d.error_code end,"
             " error = case when ($10 and d.status = 'failed') then null else d.error end,"
-            " updated_at = now()"
+            # a repeated event changes nothing, so it must not look like progress (the
+            # reconciler finds stuck documents by an old updated_at)
+            " updated_at = case when ($10 and d.status = 'failed')"
+            "   or (d.file_key, d.file_name, d.content_type, d.size_bytes, d.content_sha256)"
+            "   is distinct from (excluded.file_key, excluded.file_name, excluded.content_type,"
+            "   excluded.size_bytes, excluded.content_sha256)"
+            "   or ($8::jsonb is not null and d.metadata <> excluded.metadata)"
+            "   then now() else d.updated_at end"
             f" returning {_COLUMNS}",
             source.owner_id,
             source.file_id,
@@ -214,7 +224,8 @@ class DocumentRepository:
 
     async def claim(self, document_id: uuid.UUID) -> Claim | None:
         """Hold a document that waits for indexing (``pending``, or a run whose lease ran
-        out): status ``extracting``, one more attempt. None: final, held, or gone."""
+        out): status ``extracting``, one more attempt. None: final, held, or gone (see
+        :meth:`lease_left`)."""
         lease_id = uuid.uuid4()
         row = await self._pool.fetchrow(
             "update xtyl_rag.documents set status = 'extracting', attempts = attempts + 1,"  # noqa: S608
@@ -227,6 +238,30 @@ class DocumentRepository:
             self._lease,
         )
         return None if row is None else Claim(_document(row), lease_id)
+
+    async def lease_left(self, document_id: uuid.UUID) -> float | None:
+        """Seconds until another run's lease on the document runs out (0 when nobody holds
+        it); None when the document is final or gone."""
+        left: float | None = await self._pool.fetchval(
+            "select greatest(coalesce(extract(epoch from lease_until - now()), 0), 0)::float8"
+            " from xtyl_rag.documents where id = $1 and status not in ('ready', 'failed')",
+            document_id,
+        )
+        return left
+
+    async def renew(self, claim: Claim, *, timeout_s: float) -> bool:
+        """The run's heartbeat: hold the document one more lease period; False when the run
+        lost it (taken over after its lease ran out, finished, or deleted). Not progress, so
+        ``updated_at`` stays."""
+        result = await self._pool.execute(
+            "update xtyl_rag.documents set lease_until = now() + $3"
+            " where id = $1 and lease_id = $2",
+            claim.document.id,
+            claim.lease_id,
+            self._lease,
+            timeout=timeout_s,
+        )
+        return result.endswith(" 1")
 
     async def set_status(self, claim: Claim, status: DocumentStatus) -> bool:
         """Move the document on (and renew the lease); False if the run lost it."""
@@ -242,7 +277,8 @@ class DocumentRepository:
 
     async def release(self, claim: Claim, error: str) -> None:
         """A run stops on a passing failure (a dependency was down): the lease is given back
-        and the error kept; the retry (or the reconciler) claims it again."""
+        and the error kept; the retry (or the reconciler) claims it again. Should this fail
+        too (Postgres down), the lease runs out by itself within one lease period."""
         await self._pool.execute(
             "update xtyl_rag.documents set lease_id = null, lease_until = null, error = $3,"
             " updated_at = now() where id = $1 and lease_id = $2",
