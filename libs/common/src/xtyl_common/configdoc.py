@@ -127,6 +127,8 @@ DESCRIPTIONS: dict[str, str] = {
     "EMBEDDING_THREADS": "ONNX Runtime threads for the local model (0: one per core)",
     "OPENROUTER_API_KEY": "OpenRouter key, for embeddings (`EMBEDDER=openai`) and answers",
     "STORAGE_TIMEOUT_S": "timeout of fetching a file's bytes from the storage service",
+    "STORAGE_READY_WAIT_S": "a file's indexing run waits this long for storage's `/readyz`"
+    " before it claims the document (no try spent); keep below `EVENTS_HANDLER_TIMEOUT_S`",
     "LLM_URL": "OpenAI-compatible chat completions base URL",
     "LLM_MODEL": "model for `/v1/answer`; unset: extractive answers from the best chunks",
     "LLM_TIMEOUT_S": "longest silence while an answer streams",

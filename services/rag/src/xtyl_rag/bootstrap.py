@@ -76,6 +76,7 @@ class RagCore:
             counter=counter,
             max_document_bytes=self.settings.max_document_bytes,
             max_attempts=self.settings.max_index_attempts,
+            storage_wait_s=self.settings.storage_ready_wait_s,
         )
 
 

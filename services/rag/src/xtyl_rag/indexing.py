@@ -7,9 +7,11 @@ Failures are of two kinds. The document's fault (it cannot be read, is too large
 text; see ``extraction.REASONS``, plus ``file_missing`` and ``too_many_attempts``) ends
 ``failed`` with ``document.failed`` at once: retrying cannot help. A dependency's fault
 (storage, the embeddings endpoint or Postgres down) gives the lease back, keeps the error on
-the document and raises, so the job is retried with backoff; if every try fails, the
-reconciler re-emits the document later, and after ``max_index_attempts`` runs it fails with
-``too_many_attempts`` instead of looping. Nothing stays in a working state silently.
+the document and raises, so the job is retried with backoff (storage that is not ready yet is
+waited for before the document is claimed, up to ``STORAGE_READY_WAIT_S``, costing no try);
+if every try fails, the reconciler re-emits the document later, and after
+``max_index_attempts`` runs it fails with ``too_many_attempts`` instead of looping. Nothing
+stays in a working state silently.
 
 Idempotent: a repeated ``file.uploaded`` for a file whose chunks already come from the same
 content (sha256) and model changes nothing.
@@ -107,6 +109,7 @@ class Indexer:
         counter: MiniLMTokenCounter,
         max_document_bytes: int,
         max_attempts: int,
+        storage_wait_s: float = 0.0,
         policy: ChunkingPolicy | None = None,
     ) -> None:
         self.documents = documents
@@ -117,6 +120,8 @@ class Indexer:
         self.counter = counter
         self.max_document_bytes = max_document_bytes
         self.max_attempts = max_attempts
+        #: How long a file's run waits for storage to be ready before it claims the document.
+        self.storage_wait_s = storage_wait_s
         self.policy = policy or ChunkingPolicy()
 
     # --- events ---------------------------------------------------------------------------
@@ -158,6 +163,10 @@ class Indexer:
             raise RuntimeError("no active embedding model: the process did not register one")
         if not should_index(document, active.model):
             return IndexReport("skipped")
+        if data is None and document.source == "file":
+            # storage not ready yet (started after this worker, restarting): wait here, before
+            # the claim, so the outage costs the document no attempt and the job no try
+            await self.storage.wait_ready(within_s=self.storage_wait_s)
         claim = await self._take(document_id)
         if claim is None:  # finished (or failed for good) or deleted while this run waited
             gone = await self.documents.find(document_id) is None

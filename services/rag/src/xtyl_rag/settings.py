@@ -30,6 +30,11 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
     #: Base URL of the storage service (file bytes: ``/internal/files/{id}/content``).
     storage_url: str = "http://127.0.0.1:8001"
     storage_timeout_s: float = 60.0
+    #: A file's indexing run waits this long for storage's ``/readyz`` before it claims the
+    #: document (storage started after the worker, or restarting), spending no try meanwhile;
+    #: past it the run goes ahead and a failure counts. Keep it below
+    #: ``EVENTS_HANDLER_TIMEOUT_S``.
+    storage_ready_wait_s: float = 120.0
 
     # --- embedder (EmbedderConfig's fields, see the module docstring) ---
     embedder: Literal["local", "openai"] = "local"
@@ -100,6 +105,8 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
         for name, value in positive.items():
             if value < 0 or (value == 0 and name != "search_exact_max_chunks"):
                 raise ValueError(f"must be greater than 0 (at `$.{name}`)")
+        if not self.storage_ready_wait_s >= 0:
+            raise ValueError("must be at least 0 (at `$.storage_ready_wait_s`)")
         if not self.index_lease_s >= 1.0:
             raise ValueError("must be at least 1 (at `$.index_lease_s`)")
         if self.search_ef_search > 1000:

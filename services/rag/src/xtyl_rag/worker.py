@@ -5,7 +5,10 @@
                                        # exits when Redis is down (see run_stream_worker)
 
 * ``file.uploaded`` of a type extraction reads: fetch from storage, extract, chunk, embed,
-  write (see ``indexing.py``); ``file.deleted``: drop the file's document;
+  write (see ``indexing.py``); ``file.deleted``: drop the file's document. While storage is
+  not ready (a worker started ahead of it, a storage restart) a file job waits for it before
+  it claims the document, for up to ``STORAGE_READY_WAIT_S``, spending no try. A document held
+  by a dead run is taken over once its lease runs out; one held by a live run is retried later;
 * ``index_document`` jobs (the API enqueues inline texts) on the queue
   ``<EVENTS_STREAM_PREFIX>:rag:jobs``;
 * the outbox relay publishes ``document.indexed`` / ``document.failed``;

@@ -26,6 +26,7 @@ from xtyl_devstack.service_process import (
     running_service_async,
     start_worker_process,
 )
+from xtyl_devstack.stack import StackInfo
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
 from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import Document, FileSource
@@ -62,6 +63,8 @@ def rag_env(
         "DATABASE_URL": migrated_database_url,
         "REDIS_URL": redis_url,
         "STORAGE_URL": f"http://127.0.0.1:{storage_port}",
+        # storage runs only in the tests that start it: elsewhere, do not wait for it long
+        "STORAGE_READY_WAIT_S": "0.5",
         "EVENTS_STREAM_PREFIX": stream_prefix,
         "EVENTS_READ_BLOCK_MS": "200",
         "EVENTS_RELAY_POLL_INTERVAL_S": "0.2",
@@ -170,3 +173,50 @@ async def wait_for_status(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"document still {body['status']} after {timeout_s} s: {body}")
         await asyncio.sleep(0.1)
+
+
+def storage_env(rag_env: dict[str, str], devstack: StackInfo, bucket: str) -> dict[str, str]:
+    """The environment of a storage process beside the rag processes of ``rag_env``."""
+    env = {
+        key: rag_env[key]
+        for key in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "SUPABASE_URL",
+            "SUPABASE_JWT_SECRET",
+            "INTERNAL_JWT_SECRET",
+            "EVENTS_STREAM_PREFIX",
+            "EVENTS_RELAY_POLL_INTERVAL_S",
+        )
+    }
+    return env | {
+        "R2_ENDPOINT": devstack.s3_endpoint,
+        "R2_ACCESS_KEY": devstack.s3_access_key,
+        "R2_SECRET_KEY": devstack.s3_secret_key,
+        "R2_BUCKET": bucket,
+    }
+
+
+async def upload(
+    http: aiohttp.ClientSession,
+    storage: RunningService,
+    user: User,
+    name: str,
+    ctype: str,
+    data: bytes,
+) -> str:
+    async with http.post(
+        f"{storage.url}/v1/files?filename={name}",
+        data=data,
+        headers={**user.headers, "Content-Type": ctype},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        file_id: str = (await resp.json())["id"]
+    return file_id
+
+
+async def documents_by_file(
+    http: aiohttp.ClientSession, rag: RunningService, user: User
+) -> dict[str, dict[str, Any]]:
+    async with http.get(f"{rag.url}/v1/documents?limit=100", headers=user.headers) as resp:
+        return {item["file_id"]: item for item in (await resp.json())["items"]}

@@ -17,7 +17,7 @@ from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_devstack.stack import StackInfo
 
-from .conftest import User
+from .conftest import User, documents_by_file, storage_env, upload
 from .samples import QUERIES, make_zip_bomb_docx, sample_files
 
 pytestmark = pytest.mark.integration
@@ -33,24 +33,7 @@ async def storage_service(
 ) -> AsyncIterator[RunningService]:
     bucket = f"rag-full-path-{secrets.token_hex(4)}"
     await asyncio.to_thread(s3_client.create_bucket, Bucket=bucket)
-    env = {
-        key: rag_env[key]
-        for key in (
-            "DATABASE_URL",
-            "REDIS_URL",
-            "SUPABASE_URL",
-            "SUPABASE_JWT_SECRET",
-            "INTERNAL_JWT_SECRET",
-            "EVENTS_STREAM_PREFIX",
-            "EVENTS_RELAY_POLL_INTERVAL_S",
-        )
-    }
-    env |= {
-        "R2_ENDPOINT": devstack.s3_endpoint,
-        "R2_ACCESS_KEY": devstack.s3_access_key,
-        "R2_SECRET_KEY": devstack.s3_secret_key,
-        "R2_BUCKET": bucket,
-    }
+    env = storage_env(rag_env, devstack, bucket)
     async with running_service_async(
         "xtyl_storage",
         env,
@@ -60,31 +43,6 @@ async def storage_service(
         ready_path="/readyz",
     ) as service:
         yield service
-
-
-async def upload(
-    http: aiohttp.ClientSession,
-    storage: RunningService,
-    user: User,
-    name: str,
-    ctype: str,
-    data: bytes,
-) -> str:
-    async with http.post(
-        f"{storage.url}/v1/files?filename={name}",
-        data=data,
-        headers={**user.headers, "Content-Type": ctype},
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        file_id: str = (await resp.json())["id"]
-    return file_id
-
-
-async def documents_by_file(
-    http: aiohttp.ClientSession, rag: RunningService, user: User
-) -> dict[str, dict[str, Any]]:
-    async with http.get(f"{rag.url}/v1/documents?limit=100", headers=user.headers) as resp:
-        return {item["file_id"]: item for item in (await resp.json())["items"]}
 
 
 async def test_uploaded_files_become_ready_and_searchable(

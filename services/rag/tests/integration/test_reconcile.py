@@ -25,7 +25,8 @@ async def test_storage_down_keeps_the_error_and_releases_the_document(
     owner = uuid.uuid4()
     name, ctype, data = sample_files()["md"]
     document = await add_file_document(core, owner, name, ctype, data)
-    # STORAGE_URL points at a port nothing listens on (the full-path test starts storage there)
+    # STORAGE_URL points at a port nothing listens on (the full-path test starts storage there),
+    # so the run gives up waiting for storage (STORAGE_READY_WAIT_S) and fails to fetch
     with pytest.raises(DependencyError):
         await indexer.index(document.id)
     stored = await core.documents.get(owner, document.id)

@@ -40,6 +40,7 @@ def test_defaults_and_embedder_config() -> None:
         ({"SEARCH_EF_SEARCH": "5000"}, "SEARCH_EF_SEARCH"),
         ({"MAX_DOCUMENT_BYTES": "0"}, "MAX_DOCUMENT_BYTES"),
         ({"INDEX_LEASE_S": "0.5"}, "INDEX_LEASE_S"),
+        ({"STORAGE_READY_WAIT_S": "-1"}, "STORAGE_READY_WAIT_S"),
     ],
 )
 def test_bad_values_name_the_variable(extra: dict[str, str], variable: str) -> None:

@@ -3,6 +3,10 @@
 ``GET {STORAGE_URL}/internal/files/{id}`` (metadata) and ``/internal/files/{id}/content``
 (bytes, read up to a cap so an oversized file never fills the worker's memory). Storage
 answers 404 for a file that does not exist or is not the named user's.
+
+:meth:`StorageClient.wait_ready` lets indexing wait for storage before it spends a try: until a
+call has gone through (and again after one could not reach storage or got a 502/503/504), it
+probes ``/readyz``, one prober at a time for the whole process.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ log = structlog.stdlib.get_logger("xtyl.rag.storage")
 
 SERVICE_NAME = "rag-worker"
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0, connect=2.0)
 
 
 class StoredFileInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +69,59 @@ class StorageClient:
         self._secret = internal_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5.0, sock_read=30.0)
         self._retry = HttpConfig(retries=retries)
+        #: The last call reached a working storage (so no probe is needed).
+        self._reachable = False
+        self._probing = asyncio.Lock()
+
+    async def ready(self) -> str | None:
+        """None when storage's ``/readyz`` answers 200, else why not (one probe, 5 s at most)."""
+        try:
+            async with self._session.get(
+                f"{self._base}/readyz", headers=request_headers({}), timeout=_PROBE_TIMEOUT
+            ) as resp:
+                if resp.status == 200:
+                    return None
+                return f"/readyz answered {resp.status}"
+        except TimeoutError:
+            return "/readyz timed out"
+        except aiohttp.ClientError as exc:
+            return f"unreachable: {type(exc).__name__}"
+
+    async def wait_ready(self, *, within_s: float, log_every_s: float = 30.0) -> bool:
+        """True once storage is ready (at once while the last call went through); False when it
+        was not within ``within_s``. Logs ``storage_not_ready`` at once and every
+        ``log_every_s`` while it waits, and ``storage_ready`` when it had to wait."""
+        if self._reachable:
+            return True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(within_s), self._probing:
+                pause = 0.1
+                logged_at: float | None = None
+                while not self._reachable:
+                    why = await self.ready()
+                    if why is None:
+                        self._reachable = True
+                        break
+                    now = loop.time()
+                    if logged_at is None or now - logged_at >= log_every_s:
+                        log.warning(
+                            "storage_not_ready",
+                            url=self._base,
+                            reason=why,
+                            waited_s=round(now - started),
+                        )
+                        logged_at = now
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+                if logged_at is not None:
+                    waited = round(loop.time() - started, 1)
+                    log.info("storage_ready", url=self._base, waited_s=waited)
+        except TimeoutError:
+            log.warning("storage_still_not_ready", url=self._base, waited_s=within_s)
+            return False
+        return True
 
     def _headers(self, owner_id: uuid.UUID) -> dict[str, str]:
         token = issue_service_token(self._secret, service=SERVICE_NAME, user_id=owner_id)
@@ -102,6 +160,7 @@ class StorageClient:
                 async with self._session.get(
                     url, headers=self._headers(owner_id), timeout=self._timeout
                 ) as resp:
+                    self._reachable = resp.status not in _RETRY_STATUSES
                     if resp.status == 200:
                         declared = resp.content_length
                         if declared is not None and declared > limit:
@@ -121,6 +180,7 @@ class StorageClient:
                 if last:
                     raise TimedOut(f"storage timed out on {path}", code="storage_timeout") from exc
             except aiohttp.ClientError as exc:
+                self._reachable = False
                 if last:
                     raise Unavailable(
                         f"storage unreachable: {type(exc).__name__}", code="storage_unavailable"
