@@ -52,7 +52,7 @@ user: .venv/.synced ## sign a user up through the local Auth, print a token: mak
 	@test -n "$(EMAIL)" || { echo "usage: make user EMAIL=someone@example.com [NAME='Full Name'] [PASSWORD=...]"; exit 2; }
 	$(RUN) python -m xtyl_devstack user --data-dir $(DATA_DIR) --email "$(EMAIL)" --name "$(NAME)" $(if $(PASSWORD),--password "$(PASSWORD)")
 
-streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, dead letters
+streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, retrying, dead letters
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops
 
 # Where `make replay` re-creates events the outboxes no longer hold (see xtyl_common.events.replay).

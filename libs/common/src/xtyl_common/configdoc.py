@@ -97,10 +97,15 @@ DESCRIPTIONS: dict[str, str] = {
     " after a loss it publishes again what the consumer groups had not handled",
     "EVENTS_READ_BLOCK_MS": "XREADGROUP BLOCK time of a worker's stream consumer",
     "EVENTS_CLAIM_IDLE_MS": "entries pending this long are taken over (XAUTOCLAIM)",
-    "EVENTS_MAX_DELIVERIES": "an entry delivered more often is dead-lettered",
-    "EVENTS_MAX_TRIES": "tries per entry before it is dead-lettered",
-    "EVENTS_RETRY_BACKOFF_S": "first retry delay of a failed job",
-    "EVENTS_RETRY_BACKOFF_MAX_S": "longest retry delay",
+    "EVENTS_MAX_DELIVERIES": "an entry delivered more often (workers died on it) is"
+    " dead-lettered; takeovers while it waited for a retry do not count",
+    "EVENTS_MAX_TRIES": "tries of an entry failing with an unexpected error (a bug) before it"
+    " is dead-lettered",
+    "EVENTS_RETRY_BACKOFF_S": "first retry delay of a failed job (doubling, with jitter)",
+    "EVENTS_RETRY_BACKOFF_MAX_S": "longest retry delay (a dependency's Retry-After can ask for"
+    " more)",
+    "EVENTS_RETRY_HORIZON_S": "transient failures (a dependency down, slow or rate limiting) are"
+    " retried this long after an entry's first failure, then one last try, then dead-lettered",
     "EVENTS_HANDLER_TIMEOUT_S": "one handler call may take this long",
     "EVENTS_MAX_JOBS": "concurrent jobs per worker process",
     "EVENTS_GRACE_PERIOD_S": "how long a stopping worker lets running jobs finish",

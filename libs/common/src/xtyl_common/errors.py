@@ -13,7 +13,7 @@
     │   ├── UnsupportedMediaType   415 unsupported_media_type
     │   ├── RateLimited            429 rate_limited (carries retry_after)
     │   └── ClientDisconnected     499 client_disconnected (for logs: nobody reads it)
-    └── DependencyError            5xx: something we depend on failed
+    └── DependencyError            5xx: something we depend on failed (may carry retry_after_s)
         ├── Unavailable            503 dependency_unavailable
         └── TimedOut               504 dependency_timeout
 
@@ -181,9 +181,24 @@ class ClientDisconnected(ClientError):
 
 
 class DependencyError(XtylError):
+    """Something we depend on failed; worth trying again later. ``retry_after_s``: how long
+    the dependency asked us to wait (``Retry-After``, a rate-limit reset), when it said."""
+
     status = 502
     default_code = "dependency_error"
     title = "A dependency failed"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(detail, code=code, extra=extra, headers=headers)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(DependencyError):

@@ -5,6 +5,8 @@
 * :mod:`.relay`: ``OutboxRelay`` publishes outbox rows to Redis Streams;
 * :mod:`.consumer` / :mod:`.worker`: ``StreamConsumer`` and ``stream_worker_settings`` for arq,
   run by ``run_stream_worker`` (an arq worker that outlives Redis outages);
+* :mod:`.retries`: what a failed handler's entry becomes (retried up to a horizon, or
+  dead-lettered) and ``is_final_attempt(ctx)`` for handlers;
 * :mod:`.reconciler`: ``reconciler_cron`` re-emits events for stuck work;
 * :mod:`.ops`: ``python -m xtyl_common.events.ops`` prints the streams' state.
 """

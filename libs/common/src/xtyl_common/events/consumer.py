@@ -11,9 +11,12 @@ What it does, per worker process (``StreamConsumer``, started from arq's ``on_st
   entry finds its job (queued, running or finished) instead of running twice while arq
   remembers it. Job payloads are msgpack (msgspec), never pickle;
 * acknowledges (``XACK``) an entry when its handler succeeded, or when it was moved to
-  ``<stream>:dead`` (after ``max_tries`` failed tries, after ``max_deliveries`` deliveries, or
-  at once when its type is unknown or its body does not decode); entries of known types this
-  group has no handler for are acknowledged without a job;
+  ``<stream>:dead``: at once for a permanent failure, an unknown type or a body that does not
+  decode; when a transient failure outlasts the retry horizon; after ``max_tries`` unexpected
+  errors; after ``max_deliveries`` deliveries (see :mod:`.retries`). An entry waiting for a
+  retry stays pending, its job deferred in the queue; a consumer that takes it over keeps its
+  schedule. Entries of known types this group has no handler for are acknowledged without a
+  job;
 * keeps its running entries' idle time fresh (``XCLAIM ... JUSTID`` heartbeat), and takes over
   entries idle longer than ``claim_idle_ms`` (their consumer died) with ``XAUTOCLAIM``;
 * on shutdown stops reading, lets running jobs finish within ``grace_period_s``, and leaves the
@@ -376,16 +379,23 @@ class StreamConsumer:
         skipped: dict[str, list[str]] = {}
         fresh: list[EntryJob] = []
         claimed: list[tuple[EntryJob, int]] = []
+        entries = list(entries)
+        # Taken over: an entry that was waiting for a retry keeps its schedule, and its takeovers
+        # while it waited (one per failure at most) are not deaths of workers on it.
+        retrying = await self._handling.retry_states(
+            (stream, entry_id) for stream, entry_id, _ in entries if entry_id in deliveries
+        )
         for stream, entry_id, fields in entries:
             event_type = fields.get(TYPE_FIELD, b"").decode(errors="replace")
             count = deliveries.get(entry_id, 1)
+            waited = retrying[entry_id].failures if entry_id in retrying else 0
             if event_type not in EVENT_TYPES or EVENT_FIELD not in fields:
                 await self._handling.dead_letter(
                     stream, entry_id, fields, f"unknown event type {event_type!r}", count
                 )
             elif event_type not in self.handlers:
                 skipped.setdefault(stream, []).append(entry_id)
-            elif count > s.max_deliveries:
+            elif count - waited > s.max_deliveries:
                 error = f"delivered {count} times (max {s.max_deliveries}); workers died on it"
                 await self._handling.dead_letter(stream, entry_id, fields, error, count)
             elif entry_id in deliveries:
@@ -396,7 +406,8 @@ class StreamConsumer:
             await self._handling.ack(stream, ids)
         job_ids = await self._enqueue(fresh) if fresh else []
         if claimed:
-            job_ids += await self._adopt(claimed)
+            due = {entry_id: state.next_attempt_ms for entry_id, state in retrying.items()}
+            job_ids += await self._adopt(claimed, due)
         if job_ids:
             await self.runner.start_jobs([job_id.encode() for job_id in job_ids])
 
@@ -405,17 +416,29 @@ class StreamConsumer:
     def job_id(self, entry: EntryJob) -> str:
         return f"{self.group}:{entry.stream}:{entry.entry_id}"
 
-    async def _enqueue(self, entries: list[EntryJob]) -> list[str]:
-        """Create one arq job per entry in this consumer's queue (one pipeline)."""
+    async def _enqueue(
+        self, entries: list[EntryJob], due: Mapping[str, int] | None = None
+    ) -> list[str]:
+        """Create one arq job per entry in this consumer's queue (one pipeline), due now or at
+        ``due[entry id]``."""
         jobs = [(self.job_id(e), e) for e in entries]
+        due = due or {}
         await jobstore.enqueue(
-            self.redis, self.queue_name, jobs, timeout_s=self.settings.redis_timeout_s
+            self.redis,
+            self.queue_name,
+            jobs,
+            due_ms={self.job_id(e): due[e.entry_id] for e in entries if e.entry_id in due},
+            expires_ms=self._handling.policy.keep_ms,
+            timeout_s=self.settings.redis_timeout_s,
         )
         self._inflight.update(jobs)
         return [job_id for job_id, _ in jobs]
 
-    async def _adopt(self, claimed: list[tuple[EntryJob, int]]) -> list[str]:
-        """Entries taken over from another consumer: find out what became of their jobs."""
+    async def _adopt(
+        self, claimed: list[tuple[EntryJob, int]], due: Mapping[str, int]
+    ) -> list[str]:
+        """Entries taken over from another consumer: find out what became of their jobs; those
+        waiting for a retry run at its time (``due``, by entry id)."""
         timeout_s = self.settings.redis_timeout_s
         candidates = [(e, n) for e, n in claimed if self.job_id(e) not in self._inflight]
         found = await jobstore.records(
@@ -439,12 +462,16 @@ class StreamConsumer:
         taken = [(self.job_id(e), e) for e in orphaned]
         if taken:
             await jobstore.take_over(
-                self.redis, self.queue_name, [j for j, _ in taken], timeout_s=timeout_s
+                self.redis,
+                self.queue_name,
+                [j for j, _ in taken],
+                due_ms={j: due[e.entry_id] for j, e in taken if e.entry_id in due},
+                timeout_s=timeout_s,
             )
             self._inflight.update(taken)
         job_ids = [job_id for job_id, _ in taken]
         if forgotten:
-            job_ids += await self._enqueue(forgotten)
+            job_ids += await self._enqueue(forgotten, due)
         return job_ids
 
     async def start_due_retries(self) -> None:

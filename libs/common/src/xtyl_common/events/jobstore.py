@@ -8,7 +8,7 @@ payloads are msgpack (:mod:`.serialization`). A job's args are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ from xtyl_common.events.streams import EVENT_FIELD, TYPE_FIELD
 
 #: The arq function name of every stream job.
 JOB_FUNCTION = "xtyl_stream_entry"
-_JOB_EXPIRES_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +48,24 @@ class JobRecord:
 
 
 async def enqueue(
-    redis: Redis, queue: str, jobs: Sequence[tuple[str, EntryJob]], *, timeout_s: float
+    redis: Redis,
+    queue: str,
+    jobs: Sequence[tuple[str, EntryJob]],
+    *,
+    expires_ms: int,
+    timeout_s: float,
+    due_ms: Mapping[str, int] | None = None,
 ) -> None:
-    """Create the jobs (``SET NX``, so an existing job is never replaced) and queue them now."""
+    """Create the jobs (``SET NX``, so an existing job is never replaced; kept ``expires_ms``,
+    longer than any retry horizon) and queue them now, or at ``due_ms[job id]``."""
     now = timestamp_ms()
+    due_ms = due_ms or {}
     async with asyncio.timeout(timeout_s), redis.pipeline(transaction=False) as pipe:
         for job_id, job in jobs:
             args = (job.stream, job.entry_id, job.event_type, job.data)
             payload = arq_serialize_job(JOB_FUNCTION, args, {}, None, now, serializer=serialize_job)
-            pipe.set(job_key_prefix + job_id, payload, px=_JOB_EXPIRES_MS, nx=True)
-            pipe.zadd(queue, {job_id: now})
+            pipe.set(job_key_prefix + job_id, payload, px=expires_ms, nx=True)
+            pipe.zadd(queue, {job_id: due_ms.get(job_id, now)})
         await pipe.execute()
 
 
@@ -74,13 +81,22 @@ async def records(redis: Redis, job_ids: Sequence[str], *, timeout_s: float) -> 
     ]
 
 
-async def take_over(redis: Redis, queue: str, job_ids: Sequence[str], *, timeout_s: float) -> None:
-    """Queue existing jobs of a dead consumer in ``queue``, dropping its in-progress locks."""
+async def take_over(
+    redis: Redis,
+    queue: str,
+    job_ids: Sequence[str],
+    *,
+    timeout_s: float,
+    due_ms: Mapping[str, int] | None = None,
+) -> None:
+    """Queue existing jobs of a dead consumer in ``queue``, dropping its in-progress locks; due
+    now, or at ``due_ms[job id]`` (a retry keeps its time)."""
     now = timestamp_ms()
+    due_ms = due_ms or {}
     async with asyncio.timeout(timeout_s), redis.pipeline(transaction=True) as pipe:
         for job_id in job_ids:
             pipe.delete(in_progress_key_prefix + job_id)
-            pipe.zadd(queue, {job_id: now})
+            pipe.zadd(queue, {job_id: due_ms.get(job_id, now)})
         await pipe.execute()
 
 

@@ -1,9 +1,11 @@
 """``python -m xtyl_common.events.ops``: what the event streams hold, for people on call.
 
 Prints, per stream (``<EVENTS_STREAM_PREFIX>:*``, from ``REDIS_URL``): its length and dead-letter
-count, then each consumer group's consumers, pending entries (delivered, not acknowledged) and
-lag (entries not yet delivered to the group: what an autoscaler reads). One line and exit 1
-when Redis cannot be reached.
+count, then each consumer group's consumers, pending entries (delivered, not acknowledged), lag
+(entries not yet delivered to the group: what an autoscaler reads), entries **retrying** (they
+failed for a transient reason and wait, pending, for their next attempt: see
+:mod:`.retries`) and entries **dead-lettered** by the group (in ``<stream>:dead``). One line
+and exit 1 when Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from redis.exceptions import RedisError
 from xtyl_common.db import redact_url
 from xtyl_common.events.contracts import DEAD_LETTER_SUFFIX, DOMAINS, dead_letter_key, stream_key
 from xtyl_common.events.settings import ENV_PREFIX, EventSettings
+from xtyl_common.events.streams import retries_key
 from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import SettingsError, load_settings
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _TIMEOUT_S = 5.0
+_DEAD_PAGE = 1_000
 
 
 class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +39,10 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     pending: int
     #: ``None`` when Redis cannot tell (entries were deleted in the middle of the stream).
     lag: int | None
+    #: Pending entries that failed for a transient reason and wait for their next attempt.
+    retrying: int = 0
+    #: Entries of this group in the stream's dead letters.
+    dead: int = 0
 
 
 class StreamStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,20 +72,47 @@ async def stream_status(redis: Redis, stream: str) -> StreamStatus:
     if length or await redis.exists(stream):
         async with asyncio.timeout(_TIMEOUT_S):
             groups = await redis.xinfo_groups(stream)
+    names = [_text(g["name"]) for g in groups]
+    retrying: list[int] = []
+    if names:
+        async with asyncio.timeout(_TIMEOUT_S), redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hlen(retries_key(stream, name))
+            retrying = [int(n) for n in await pipe.execute()]
+    dead_by_group = await dead_letters_by_group(redis, stream) if dead else {}
     return StreamStatus(
         stream=stream,
         length=int(length),
         dead=int(dead),
         groups=[
             GroupStatus(
-                name=_text(g["name"]),
+                name=name,
                 consumers=int(g["consumers"]),
                 pending=int(g["pending"]),
                 lag=None if g.get("lag") is None else int(g["lag"]),
+                retrying=retrying[index],
+                dead=dead_by_group.get(name, 0),
             )
-            for g in groups
+            for index, (name, g) in enumerate(zip(names, groups, strict=True))
         ],
     )
+
+
+async def dead_letters_by_group(redis: Redis, stream: str) -> dict[str, int]:
+    """How many of ``<stream>:dead``'s entries each group left there (read in pages)."""
+    counts: dict[str, int] = {}
+    start = "-"
+    while True:
+        async with asyncio.timeout(_TIMEOUT_S):
+            page: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(
+                dead_letter_key(stream), min=start, count=_DEAD_PAGE
+            )
+        for _, fields in page:
+            group = fields.get(b"group", b"").decode(errors="replace")
+            counts[group] = counts.get(group, 0) + 1
+        if len(page) < _DEAD_PAGE:
+            return counts
+        start = "(" + page[-1][0].decode()
 
 
 async def streams_report(redis: Redis, prefix: str) -> list[StreamStatus]:
@@ -86,7 +121,10 @@ async def streams_report(redis: Redis, prefix: str) -> list[StreamStatus]:
 
 def render(report: Sequence[StreamStatus]) -> str:
     width = max([len(s.stream) for s in report] + [6])
-    lines = [f"{'stream':<{width}}  {'length':>8}  {'dead':>6}  group / consumers / pending / lag"]
+    lines = [
+        f"{'stream':<{width}}  {'length':>8}  {'dead':>6}"
+        "  group: consumers, pending, lag, retrying, dead-lettered"
+    ]
     for status in report:
         head = f"{status.stream:<{width}}  {status.length:>8}  {status.dead:>6}"
         if not status.groups:
@@ -95,7 +133,8 @@ def render(report: Sequence[StreamStatus]) -> str:
             lag = "?" if g.lag is None else str(g.lag)
             prefix = head if index == 0 else " " * len(head)
             lines.append(
-                f"{prefix}  {g.name}: {g.consumers} consumers, {g.pending} pending, lag {lag}"
+                f"{prefix}  {g.name}: {g.consumers} consumers, {g.pending} pending, lag {lag},"
+                f" {g.retrying} retrying, {g.dead} dead-lettered"
             )
     return "\n".join(lines)
 
@@ -115,8 +154,8 @@ async def _run(url: str, prefix: str) -> list[StreamStatus]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m xtyl_common.events.ops",
-        description="Length, groups, pending, lag and dead letters of each event stream"
-        " (REDIS_URL, EVENTS_STREAM_PREFIX).",
+        description="Length, groups, pending, lag, retrying entries and dead letters of each"
+        " event stream (REDIS_URL, EVENTS_STREAM_PREFIX).",
     )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     args = parser.parse_args(argv)

@@ -43,12 +43,19 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     read_block_ms: int = 1_000
     #: Entries pending (not acked, not heartbeated) this long are taken over with XAUTOCLAIM.
     claim_idle_ms: int = 30_000
-    #: An entry delivered more often than this (workers died on it) is dead-lettered.
+    #: An entry delivered more often than this (workers died on it) is dead-lettered; takeovers
+    #: of an entry that was waiting for a retry do not count (see :mod:`.retries`).
     max_deliveries: int = 5
-    #: arq tries per entry (a failing handler is retried with backoff, then dead-lettered).
+    #: Tries of an entry whose handler fails with an unexpected error (a bug), and runs that
+    #: may end without an outcome (the worker stopped during each), before it is dead-lettered.
     max_tries: int = 5
+    #: Transient failures (a dependency down, slow or rate limiting: see :mod:`.retries`) are
+    #: retried after ``retry_backoff_s`` doubling up to ``retry_backoff_max_s`` (with jitter),
+    #: or after the dependency's ``Retry-After``, until ``retry_horizon_s`` after the entry's
+    #: first failure; then one last attempt, then the dead-letter stream.
     retry_backoff_s: float = 1.0
-    retry_backoff_max_s: float = 60.0
+    retry_backoff_max_s: float = 300.0
+    retry_horizon_s: float = 24 * 3600.0
     #: One handler call may take this long; then it counts as a failed try.
     handler_timeout_s: float = 300.0
     #: Concurrent jobs per worker process; the consumer reads no more than the free slots.
@@ -78,5 +85,12 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"must be greater than 0 (at `$.{name}`)")
+        if not 0 < self.retry_backoff_s <= self.retry_backoff_max_s:
+            raise ValueError(
+                "must be greater than 0 and at most EVENTS_RETRY_BACKOFF_MAX_S"
+                " (at `$.retry_backoff_s`)"
+            )
+        if self.retry_horizon_s < 0:
+            raise ValueError("must be 0 or more (at `$.retry_horizon_s`)")
         if not self.stream_prefix or self.stream_prefix.endswith(":"):
             raise ValueError("must be non-empty and not end with ':' (at `$.stream_prefix`)")

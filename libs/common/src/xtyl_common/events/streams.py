@@ -3,7 +3,9 @@
 An entry carries two fields: ``type`` (the event type, readable without decoding) and
 ``event`` (the JSON envelope, see :mod:`xtyl_common.events.contracts`). A dead-letter entry
 (``<stream>:dead``) keeps both and adds ``stream``, ``entry_id``, ``group``, ``consumer``,
-``deliveries`` and ``error``.
+``deliveries`` and ``error``. An entry waiting for a retry has a state in the hash
+``<stream>:retries:<group>`` (see :mod:`xtyl_common.events.retries`), removed with its
+acknowledgement or its dead letter.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ EVENT_FIELD = b"event"
 _MAX_ERROR_CHARS = 2_000
 
 Fields = Mapping[bytes, bytes]
+
+
+def retries_key(stream: str, group: str) -> str:
+    """The hash of ``group``'s retry states on ``stream``: entry id -> state (JSON)."""
+    return f"{stream}:retries:{group}"
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -58,7 +65,8 @@ async def dead_letter(
     maxlen: int,
     timeout_s: float,
 ) -> None:
-    """Move an entry to ``<stream>:dead`` and acknowledge it, atomically (MULTI/EXEC)."""
+    """Move an entry to ``<stream>:dead``, acknowledge it and drop its retry state,
+    atomically (MULTI/EXEC)."""
     dead: dict[bytes, bytes] = {
         TYPE_FIELD: fields.get(TYPE_FIELD, b""),
         EVENT_FIELD: fields.get(EVENT_FIELD, b""),
@@ -72,6 +80,7 @@ async def dead_letter(
     async with asyncio.timeout(timeout_s), redis.pipeline(transaction=True) as pipe:
         pipe.xadd(dead_letter_key(stream), dead, maxlen=maxlen, approximate=True)  # pyright: ignore[reportArgumentType]
         pipe.xack(stream, group, entry_id)
+        pipe.hdel(retries_key(stream, group), entry_id)
         await pipe.execute()
     log.warning(
         "entry_dead_lettered",
