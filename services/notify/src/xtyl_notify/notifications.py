@@ -8,9 +8,15 @@ Sending one email (:meth:`Notifier.deliver`), safe under at-least-once delivery:
 2. claim the row (a lease of ``lease_s``): a copy of the event being sent elsewhere right now
    makes this one retry later (:class:`EmailInFlight`), and then find it final;
 3. a suppressed or malformed address finishes it as ``suppressed`` / ``failed`` without a call;
-4. Brevo: sent -> ``sent``; refused (4xx) -> ``failed`` at once; unavailable (429, 5xx,
-   timeouts) -> the row is released and the error raised, so the consumer retries the event
-   with backoff; on the last try it is ``failed``.
+4. Brevo: sent -> ``sent``; refused (4xx) -> ``failed`` and :class:`BrevoRejected` raised (a
+   ``ClientError``: the consumer dead-letters the event at once); unavailable (408, 429, 5xx,
+   timeouts) -> the row is ``retrying`` and :class:`BrevoUnavailable` raised (an
+   ``Unavailable``: the consumer retries the event with backoff, after Brevo's rate-limit reset
+   when it gave one, up to its retry horizon). On the final attempt (``final_attempt``, past
+   the horizon) it is ``failed`` ("gave up after N attempts; ...") and still raised, so the
+   event is dead-lettered.
+
+The database failing (``Unavailable``) raises from any step and is retried the same way.
 
 Brevo's ``idempotencyKey`` (the row id) covers the one gap left: a worker that died after
 Brevo accepted the email and before the row said so.
@@ -22,6 +28,7 @@ import uuid
 
 import structlog
 
+from xtyl_common.errors import Unavailable
 from xtyl_common.events import DocumentFailed, DocumentIndexed, UserCreated
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.adapters.postgres import NotifyRepository
@@ -49,8 +56,10 @@ from xtyl_notify.domain.templates import (
 log = structlog.stdlib.get_logger("xtyl.notify")
 
 
-class EmailInFlight(Exception):
+class EmailInFlight(Unavailable):
     """Another copy of the event is sending this email right now; retry to see the outcome."""
+
+    default_code = "email_in_flight"
 
 
 class Notifier:
@@ -70,7 +79,7 @@ class Notifier:
     # --- events ---------------------------------------------------------------------------
 
     async def on_user_created(
-        self, event: UserCreated, *, last_try: bool = False
+        self, event: UserCreated, *, final_attempt: bool = False
     ) -> EmailStatus | None:
         """Remember where the user's email goes, then send the welcome email."""
         payload = event.payload
@@ -91,10 +100,10 @@ class Notifier:
             to_name=recipient.full_name,
             content=welcome_email(full_name=recipient.full_name, app_url=self.app_url),
         )
-        return await self.deliver(email, last_try=last_try)
+        return await self.deliver(email, final_attempt=final_attempt)
 
     async def on_document_indexed(
-        self, event: DocumentIndexed, *, last_try: bool = False
+        self, event: DocumentIndexed, *, final_attempt: bool = False
     ) -> EmailStatus | None:
         payload = event.payload
         recipient = await self._recipient_of(event.type, payload.owner_id)
@@ -110,11 +119,11 @@ class Notifier:
             self._new(
                 EmailKind.DOCUMENT_READY, event.type, payload.document_id, recipient, content
             ),
-            last_try=last_try,
+            final_attempt=final_attempt,
         )
 
     async def on_document_failed(
-        self, event: DocumentFailed, *, last_try: bool = False
+        self, event: DocumentFailed, *, final_attempt: bool = False
     ) -> EmailStatus | None:
         payload = event.payload
         recipient = await self._recipient_of(event.type, payload.owner_id)
@@ -130,7 +139,7 @@ class Notifier:
             self._new(
                 EmailKind.DOCUMENT_FAILED, event.type, payload.document_id, recipient, content
             ),
-            last_try=last_try,
+            final_attempt=final_attempt,
         )
 
     async def _recipient_of(self, event_type: str, user_id: uuid.UUID) -> Recipient | None:
@@ -163,9 +172,10 @@ class Notifier:
 
     # --- sending --------------------------------------------------------------------------
 
-    async def deliver(self, email: NewEmail, *, last_try: bool = False) -> EmailStatus:
-        """Send ``email`` at most once (see the module docstring); its final status, or raise
-        to be retried (:class:`BrevoUnavailable`, :class:`EmailInFlight`)."""
+    async def deliver(self, email: NewEmail, *, final_attempt: bool = False) -> EmailStatus:
+        """Send ``email`` at most once (see the module docstring); its final status, or raise:
+        to be retried (:class:`BrevoUnavailable`, :class:`EmailInFlight`, the database
+        ``Unavailable``) or because Brevo refused it (:class:`BrevoRejected`)."""
         repo = self.repository
         record = await repo.log_email(email)
         if record.is_final:
@@ -177,10 +187,10 @@ class Notifier:
             if current is not None and current.is_final:
                 return current.status
             raise EmailInFlight(f"email {record.id} is being sent by another worker")
-        return await self._send(claimed, email.to_name, last_try=last_try)
+        return await self._send(claimed, email.to_name, final_attempt=final_attempt)
 
     async def _send(
-        self, claimed: EmailRecord, to_name: str | None, *, last_try: bool
+        self, claimed: EmailRecord, to_name: str | None, *, final_attempt: bool
     ) -> EmailStatus:
         """Steps 3 and 4 for a claimed row."""
         repo = self.repository
@@ -207,19 +217,24 @@ class Notifier:
             )
         except BrevoRejected as exc:
             await repo.mark_failed(claimed.id, f"{exc.code}: {exc.message}")
-            bound.warning("email_failed", code=exc.code, status=exc.status)
-            return EmailStatus.FAILED
+            bound.warning("email_failed", code=exc.code, status=exc.upstream_status)
+            raise
         except BrevoUnavailable as exc:
             error = f"{exc.code}: {exc.message}"
-            if last_try:
+            if final_attempt:
                 await repo.mark_failed(
                     claimed.id, f"gave up after {claimed.attempts} attempts; {error}"
                 )
-                bound.warning("email_failed", code=exc.code, status=exc.status, gave_up=True)
-                return EmailStatus.FAILED
+                bound.warning(
+                    "email_failed", code=exc.code, status=exc.upstream_status, gave_up=True
+                )
+                raise
             await repo.release(claimed.id, error)
             bound.info(
-                "email_retry", code=exc.code, status=exc.status, retry_after_s=exc.retry_after_s
+                "email_retry",
+                code=exc.code,
+                status=exc.upstream_status,
+                retry_after_s=exc.retry_after_s,
             )
             raise
         await repo.mark_sent(claimed.id, message_id)

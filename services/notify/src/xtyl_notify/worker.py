@@ -10,10 +10,13 @@
 * ``document.indexed`` / ``document.failed``: "your document is ready" / "we could not
   process your document" to the owner; owners with no recipient row are skipped (logged).
 
-Every handler is idempotent (see :mod:`xtyl_notify.notifications`). Brevo 429/5xx raise, so
-the stream consumer retries the entry with backoff (``EVENTS_MAX_TRIES``,
-``EVENTS_RETRY_BACKOFF_S``); on the last try the email is logged ``failed``. A 4xx from Brevo
-fails the email at once, without retries.
+Every handler is idempotent (see :mod:`xtyl_notify.notifications`). Brevo down, slow or rate
+limiting (408/429/5xx, timeouts) and the database down are transient: the email is logged
+``retrying`` and the stream consumer tries the entry again with backoff
+(``EVENTS_RETRY_BACKOFF_S`` doubling up to ``EVENTS_RETRY_BACKOFF_MAX_S``, or Brevo's
+rate-limit reset) until ``EVENTS_RETRY_HORIZON_S`` (24 h by default) after its first failure;
+the attempt past the horizon is the last: the email is then ``failed`` and the entry
+dead-lettered. A 4xx from Brevo fails the email and dead-letters the entry at once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from xtyl_common.events import (
     run_stream_worker,
     stream_worker_settings,
 )
+from xtyl_common.events.retries import is_final_attempt
 from xtyl_common.events.settings import ENV_PREFIX
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import load_settings_or_exit
@@ -49,22 +53,16 @@ def notifier_of(ctx: dict[Any, Any]) -> Notifier:
     return notifier
 
 
-def is_last_try(ctx: dict[Any, Any]) -> bool:
-    events: EventSettings = ctx["events"]
-    tries: int = ctx.get("job_try", 1)
-    return tries >= events.max_tries
-
-
 async def on_user_created(event: UserCreated, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_user_created(event, last_try=is_last_try(ctx))
+    await notifier_of(ctx).on_user_created(event, final_attempt=is_final_attempt(ctx))
 
 
 async def on_document_indexed(event: DocumentIndexed, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_document_indexed(event, last_try=is_last_try(ctx))
+    await notifier_of(ctx).on_document_indexed(event, final_attempt=is_final_attempt(ctx))
 
 
 async def on_document_failed(event: DocumentFailed, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_document_failed(event, last_try=is_last_try(ctx))
+    await notifier_of(ctx).on_document_failed(event, final_attempt=is_final_attempt(ctx))
 
 
 def queue_name(stream_prefix: str) -> str:
@@ -89,7 +87,7 @@ def worker_settings(
         except BaseException:
             await stack.aclose()
             raise
-        ctx.update(notifier=core.notifier(), events=events)
+        ctx["notifier"] = core.notifier()
         log.info(
             "notify_worker_started",
             brevo_api_url=settings.brevo_api_url,

@@ -28,6 +28,7 @@ from xtyl_common.events import (
     encode_event,
     stream_key,
 )
+from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
@@ -44,6 +45,8 @@ BREVO_KEY = "test-brevo-api-key"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 APP_URL = "https://app.example.test"
 MAX_TRIES = 3
+#: The session worker's retry horizon: Brevo failing longer than this fails the email.
+RETRY_HORIZON_S = 4.0
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +83,8 @@ def notify_env(
         "EVENTS_READ_BLOCK_MS": "200",
         "EVENTS_MAX_TRIES": str(MAX_TRIES),
         "EVENTS_RETRY_BACKOFF_S": "0.2",
+        "EVENTS_RETRY_BACKOFF_MAX_S": "1",
+        "EVENTS_RETRY_HORIZON_S": str(RETRY_HORIZON_S),
         "EVENTS_RETRY_POLL_S": "0.05",
     }
 
@@ -136,6 +141,11 @@ class Bus:
             stream_key(event.domain, self.prefix),
             {b"type": event.type.encode(), b"event": encode_event(event)},
         )
+
+    async def dead_letters(self, domain: str) -> list[dict[bytes, bytes]]:
+        """The entries the ``notify`` group moved to ``<stream>:dead``."""
+        dead = await self.redis.xrange(dead_letter_key(stream_key(domain, self.prefix)))
+        return [fields for _, fields in dead if fields[b"group"] == GROUP.encode()]
 
     async def drained(self, domain: str, timeout_s: float = 15.0) -> None:
         """Wait until the ``notify`` group has read and acknowledged everything on ``domain``."""

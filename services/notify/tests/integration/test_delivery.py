@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from xtyl_common.errors import ClientError, Unavailable
 from xtyl_common.settings import load_settings
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.ports import free_port
@@ -104,12 +105,14 @@ async def test_brevo_client_maps_errors(brevo: LocalBrevo) -> None:
 
         with pytest.raises(BrevoRejected) as rejected:
             await send(client(brevo.url, key="wrong"))
-        assert (rejected.value.status, rejected.value.code) == (401, "unauthorized")
+        assert (rejected.value.upstream_status, rejected.value.code) == (401, "unauthorized")
+        assert isinstance(rejected.value, ClientError)  # permanent: dead-lettered at once
 
         brevo.fail_next(500, to=to.email)
         with pytest.raises(BrevoUnavailable) as failing:
             await send(client(brevo.url))
-        assert failing.value.status == 500
+        assert (failing.value.upstream_status, failing.value.retry_after_s) == (500, None)
+        assert isinstance(failing.value, Unavailable)  # transient: retried up to the horizon
 
         brevo.fail_next(429, to=to.email)
         with pytest.raises(BrevoUnavailable) as limited:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
+from typing import cast
 
 import asyncpg
 import pytest
 
+from xtyl_common.events import encode_event, stream_key
+from xtyl_common.events.streams import retries_key
 from xtyl_devstack.brevo import LocalBrevo
+from xtyl_devstack.testing import eventually
 
 from .conftest import (
     APP_URL,
+    GROUP,
     MAX_TRIES,
+    RETRY_HORIZON_S,
     Bus,
     document_failed,
     document_indexed,
@@ -80,7 +87,7 @@ async def test_rate_limited_send_is_retried_and_sent_once(
     assert "too_many_requests" in row["last_error"]
 
 
-async def test_brevo_refusal_fails_the_email_without_retry(
+async def test_brevo_refusal_fails_the_email_and_dead_letters_the_event_at_once(
     bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
 ) -> None:
     event = user_created()
@@ -96,24 +103,63 @@ async def test_brevo_refusal_fails_the_email_without_retry(
     assert brevo.emails_to(address) == []
     assert row["attempts"] == 1
     assert row["last_error"].startswith("invalid_parameter:")
+    [dead] = [d for d in await bus.dead_letters("users") if d[b"event"] == encode_event(event)]
+    assert dead[b"deliveries"] == b"1"
+    assert dead[b"error"].startswith(b"permanent failure: BrevoRejected: brevo 400 invalid_param")
 
 
-async def test_brevo_down_on_every_try_fails_the_email_after_the_last_one(
+async def test_brevo_down_past_the_retry_horizon_fails_the_email_after_retrying(
     bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
 ) -> None:
     event = user_created()
     address = event.payload.email
     assert address is not None
-    brevo.fail_next(503, to=address, times=MAX_TRIES + 5)
+    key = f"user.created:{event.payload.user_id}"
+    brevo.fail_next(503, to=address, times=1_000)
+    try:
+        await bus.publish(event)
+
+        waiting = await wait_for_status(db, key, "retrying")
+        assert waiting["last_error"] == "service_unavailable: programmed failure"
+        row = await wait_for_status(db, key, "failed", timeout_s=RETRY_HORIZON_S + 15)
+        await bus.drained("users")
+    finally:
+        brevo.failures.clear()
+
+    requests = brevo.requests_to(address)
+    assert requests == [503] * len(requests)
+    assert len(requests) > MAX_TRIES  # a try count no longer ends a dependency's outage
+    assert row["attempts"] == len(requests)
+    assert row["last_error"].startswith(f"gave up after {len(requests)} attempts; service_unav")
+    assert brevo.emails_to(address) == []
+    [dead] = [d for d in await bus.dead_letters("users") if d[b"event"] == encode_event(event)]
+    assert dead[b"error"].startswith(b"still failing ")
+    assert f"({len(requests)} failures)".encode() in dead[b"error"]
+
+
+async def test_brevo_back_within_the_horizon_sends_the_email_once(
+    bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    event = user_created()
+    address = event.payload.email
+    assert address is not None
+    brevo.fail_next(503, to=address, times=MAX_TRIES + 2)
     await bus.publish(event)
 
-    row = await wait_for_status(db, f"user.created:{event.payload.user_id}", "failed")
+    [email] = await brevo.wait_for_emails(address)
+    row = await wait_for_status(db, f"user.created:{event.payload.user_id}", "sent")
     await bus.drained("users")
-    brevo.failures.clear()
 
-    assert brevo.requests_to(address) == [503] * MAX_TRIES
-    assert row["attempts"] == MAX_TRIES
-    assert row["last_error"].startswith(f"gave up after {MAX_TRIES} attempts")
+    assert brevo.requests_to(address) == [503] * (MAX_TRIES + 2) + [201]
+    assert row["attempts"] == MAX_TRIES + 3
+    assert row["brevo_message_id"] == email["messageId"]
+    assert not [d for d in await bus.dead_letters("users") if d[b"event"] == encode_event(event)]
+
+    async def nothing_retrying() -> bool:
+        key = retries_key(stream_key("users", bus.prefix), GROUP)
+        return not await cast("Awaitable[int]", bus.redis.hlen(key))
+
+    await eventually(nothing_retrying)
 
 
 async def test_document_events_email_the_owner_known_from_user_created(

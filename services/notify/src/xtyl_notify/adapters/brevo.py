@@ -1,13 +1,15 @@
 """Brevo's transactional email API v3: ``POST {BREVO_API_URL}/v3/smtp/email``.
 
 One request per email over the process's shared aiohttp session, with its own timeouts and no
-retries here: the stream consumer retries the whole handler (one layer). Outcomes:
+retries here: the stream consumer retries the whole handler (one layer). Outcomes, as errors of
+``xtyl_common.errors`` (which tell the consumer what to do):
 
 * 201 ``{"messageId": "<...>"}``: sent;
-* 429 and 5xx, timeouts, refused connections: :class:`BrevoUnavailable` (retry later; a 429
-  carries ``x-sib-ratelimit-reset`` as ``retry_after_s``);
-* any other 4xx: :class:`BrevoRejected` with Brevo's ``code`` (``invalid_parameter``,
-  ``missing_parameter``, ``unauthorized`` ...): retrying would not help.
+* 408, 429 and 5xx, timeouts, refused connections: :class:`BrevoUnavailable`, an
+  ``Unavailable`` (transient: retried later, up to the retry horizon); ``retry_after_s`` is
+  Brevo's ``x-sib-ratelimit-reset`` (or a ``Retry-After``) when the answer has one;
+* any other 4xx: :class:`BrevoRejected`, a ``ClientError`` (permanent: retrying would not help)
+  with Brevo's ``code`` (``invalid_parameter``, ``missing_parameter``, ``unauthorized`` ...).
 
 Every request carries ``headers.idempotencyKey`` (the email's id, a UUID): Brevo processes a
 key once within its TTL, so a retry after a lost answer does not send the email twice. The same
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 import msgspec
 import structlog
 
+from xtyl_common.errors import ClientError, Unavailable
 from xtyl_notify.domain.addresses import Mailbox
 
 log = structlog.stdlib.get_logger("xtyl.notify.brevo")
@@ -33,28 +38,34 @@ _MAX_ERROR_CHARS = 300
 _RETRYABLE_4XX = frozenset({408, 429})
 
 
-class BrevoError(Exception):
-    """A send that did not go through; ``code`` is Brevo's (or ours for transport errors)."""
-
-    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
-        super().__init__(f"brevo {status or '-'} {code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-class BrevoUnavailable(BrevoError):
-    """Worth retrying: rate limited, Brevo failing, or unreachable."""
+class BrevoUnavailable(Unavailable):
+    """Worth retrying: rate limited, Brevo failing, or unreachable. ``code`` is Brevo's (or
+    ``timeout`` / ``unreachable``), ``upstream_status`` its HTTP status when it answered."""
 
     def __init__(
-        self, code: str, message: str, *, status: int | None = None, retry_after_s: float = 0.0
+        self,
+        code: str,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(code, message, status=status)
-        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"brevo {upstream_status or '-'} {code}: {message}",
+            code=code,
+            retry_after_s=retry_after_s,
+        )
+        self.message = message
+        self.upstream_status = upstream_status
 
 
-class BrevoRejected(BrevoError):
-    """Brevo refused this email for good (a 4xx other than 408/429)."""
+class BrevoRejected(ClientError):
+    """Brevo refused this email for good (a 4xx other than 408/429), with Brevo's ``code``."""
+
+    def __init__(self, code: str, message: str, *, upstream_status: int) -> None:
+        super().__init__(f"brevo {upstream_status} {code}: {message}", code=code)
+        self.message = message
+        self.upstream_status = upstream_status
 
 
 class _Address(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -94,16 +105,29 @@ def _error_of(status: int, body: bytes) -> _ErrorBody:
         return _ErrorBody(code=f"http_{status}", message=text)
 
 
-def _retry_after(headers: Mapping[str, str]) -> float:
-    for name in (RATE_LIMIT_RESET_HEADER, "Retry-After"):
-        raw = headers.get(name)
-        if raw is None:
-            continue
+def retry_after_s(headers: Mapping[str, str], *, now: datetime | None = None) -> float | None:
+    """Seconds Brevo asks us to wait: ``x-sib-ratelimit-reset`` (seconds), else ``Retry-After``
+    (seconds or an HTTP date); None when neither says."""
+    reset = headers.get(RATE_LIMIT_RESET_HEADER)
+    if reset is not None:
         try:
-            return max(0.0, float(raw))
+            return max(0.0, float(reset))
         except ValueError:
-            continue
-    return 0.0
+            pass
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class BrevoClient:
@@ -155,7 +179,7 @@ class BrevoClient:
             ) as resp:
                 payload = await resp.read()
                 status = resp.status
-                headers = dict(resp.headers)
+                headers = resp.headers  # case-insensitive
         except TimeoutError as exc:
             raise BrevoUnavailable("timeout", "no answer from Brevo in time") from exc
         except aiohttp.ClientError as exc:
@@ -165,11 +189,14 @@ class BrevoClient:
         error = _error_of(status, payload)
         if status >= 500 or status in _RETRYABLE_4XX:
             raise BrevoUnavailable(
-                error.code, error.message, status=status, retry_after_s=_retry_after(headers)
+                error.code,
+                error.message[:_MAX_ERROR_CHARS],
+                upstream_status=status,
+                retry_after_s=retry_after_s(headers),
             )
         if status in (401, 403):
             log.error("brevo_unauthorized", status=status, code=error.code, hint="BREVO_API_KEY")
-        raise BrevoRejected(error.code, error.message[:_MAX_ERROR_CHARS], status=status)
+        raise BrevoRejected(error.code, error.message[:_MAX_ERROR_CHARS], upstream_status=status)
 
     @staticmethod
     def _message_id(payload: bytes) -> str:

@@ -1,6 +1,7 @@
 """``xtyl_notify``'s tables: recipients, the email log and suppressions.
 
 The email log row is the send's state machine: ``queued`` (logged, maybe being sent) ->
+``retrying`` (a send failed for a transient reason and waits for its next attempt) ->
 ``sent`` | ``failed`` | ``suppressed``. Its ``dedupe_key`` is unique, so one cause logs one
 row however often its event arrives, and a short lease (``locked_until``) keeps two copies
 of an event from sending at the same time. Postgres failures become
@@ -26,6 +27,8 @@ from xtyl_notify.domain.webhooks import Suppression
 log = structlog.stdlib.get_logger("xtyl.notify.db")
 
 _MAX_ERROR_CHARS = 1_000
+#: Not final: a send attempt may take the row.
+_OPEN = "('queued', 'retrying')"
 _COLUMNS = (
     "id, user_id, kind, to_address, subject, html_body, text_body, tags, dedupe_key, status,"
     " brevo_message_id, attempts, last_error, created_at, updated_at, sent_at"
@@ -116,13 +119,13 @@ class NotifyRepository:
         return None if row is None else _to_email(row)
 
     async def claim(self, email_id: uuid.UUID, *, lease_s: float) -> EmailRecord | None:
-        """Take a queued email for one send attempt (attempts + 1); None when it is final or
-        another worker holds it."""
+        """Take a queued or retrying email for one send attempt (attempts + 1); None when it is
+        final or another worker holds it."""
         async with self._connection() as conn:
             row = await conn.fetchrow(
                 "update xtyl_notify.emails set attempts = attempts + 1,"  # noqa: S608 - constant columns
                 " locked_until = now() + $2::interval, updated_at = now()"
-                " where id = $1 and status = 'queued'"
+                f" where id = $1 and status in {_OPEN}"
                 " and (locked_until is null or locked_until < now())"
                 f" returning {_COLUMNS}",
                 email_id,
@@ -141,10 +144,10 @@ class NotifyRepository:
     ) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                "update xtyl_notify.emails set status = $2, brevo_message_id = $3,"
+                "update xtyl_notify.emails set status = $2, brevo_message_id = $3,"  # noqa: S608 - constant statuses
                 " last_error = coalesce($4, last_error), locked_until = null, updated_at = now(),"
                 " sent_at = case when $2 = 'sent' then now() else sent_at end"
-                " where id = $1 and status = 'queued'",
+                f" where id = $1 and status in {_OPEN}",
                 email_id,
                 status.value,
                 message_id,
@@ -162,11 +165,12 @@ class NotifyRepository:
         await self._finish(email_id, EmailStatus.SUPPRESSED, error=f"suppressed: {reason}")
 
     async def release(self, email_id: uuid.UUID, error: str) -> None:
-        """A failed attempt worth retrying: note why and let the next attempt take it."""
+        """A failed attempt worth retrying: ``retrying``, with why; the next attempt takes it."""
         async with self._connection() as conn:
             await conn.execute(
-                "update xtyl_notify.emails set last_error = $2, locked_until = null,"
-                " updated_at = now() where id = $1 and status = 'queued'",
+                "update xtyl_notify.emails set status = 'retrying', last_error = $2,"  # noqa: S608 - constant statuses
+                " locked_until = null, updated_at = now()"
+                f" where id = $1 and status in {_OPEN}",
                 email_id,
                 error[:_MAX_ERROR_CHARS],
                 timeout=self._timeout,

@@ -25,6 +25,9 @@ class EmailKind(StrEnum):
 
 class EmailStatus(StrEnum):
     QUEUED = "queued"
+    #: A send failed for a transient reason (Brevo or the database down, slow or rate
+    #: limiting); it is tried again with backoff until the retry horizon.
+    RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
     SUPPRESSED = "suppressed"

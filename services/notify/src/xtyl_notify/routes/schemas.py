@@ -16,8 +16,9 @@ class NotificationOut(msgspec.Struct, frozen=True, kw_only=True):
     kind: EmailKind
     to_address: str
     subject: str
-    #: ``queued`` (not sent yet, or being retried), ``sent``, ``failed``, ``suppressed`` (the
-    #: address bounced, complained or unsubscribed before).
+    #: ``queued`` (not sent yet), ``retrying`` (a send failed for a passing reason, such as
+    #: Brevo being down; it is tried again), ``sent``, ``failed``, ``suppressed`` (the address
+    #: bounced, complained or unsubscribed before).
     status: EmailStatus
     created_at: datetime
     updated_at: datetime
