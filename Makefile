@@ -77,3 +77,12 @@ clean: ## remove the venv, caches and local data (PostgreSQL's files too, wherev
 	if [ -n "$$loc" ] && [ "$$(cat "$$loc/data-dir" 2>/dev/null)" = "$$(cd $(DATA_DIR) && pwd -P)" ]; then \
 	  echo "rm -rf $$loc"; rm -rf "$$loc"; fi
 	rm -rf .venv .tools .pytest_cache .ruff_cache $(DATA_DIR)
+
+# --- deployment: images, compose on a real engine, manifest checks (docs/deploy.md, "Checks") ---
+.PHONY: images deploy-tools
+
+images: ## build every deployable's image (no registry: offline base stand-ins first; OFFLINE_BASES=auto|1|0)
+	docker/images.sh
+
+deploy-tools: | $(UV) ## install the pinned deployment check tools into .tools/deploy (compose v2, checkov, ...)
+	UV=$(UV) docker/tools.sh
