@@ -159,7 +159,7 @@ class Retriever:
                         query,
                         limit=depth,
                         filters=filters,
-                        scan_owner=candidates <= self.tuning.exact_max_chunks,
+                        scan_owner=candidates <= self.tuning.fulltext_scan_max_chunks,
                     )
                 )
         return (

@@ -28,7 +28,8 @@ async def insert_chunks(
         ids = [uuid.uuid4() for _ in contents]
         await conn.execute(
             "insert into xtyl_rag.chunks (id, document_id, owner_id, ordinal, content,"
-            " token_count) select u.id, $2, $3, u.ordinal - 1, u.content, 10"
+            " token_count) select u.id, $2, $3, u.ordinal - 1, u.content,"
+            " cardinality(regexp_split_to_array(u.content, '\\s+'))"
             " from unnest($1::uuid[], $4::text[]) with ordinality as u(id, content, ordinal)",
             ids,
             document,
@@ -63,6 +64,8 @@ def retriever(core: RagCore, exact_max_chunks: int) -> Retriever:
         chunks=core.chunks,
         models=core.models,
         embedders=core.embedders,
-        tuning=SearchTuning(exact_max_chunks=exact_max_chunks),
+        tuning=SearchTuning(
+            exact_max_chunks=exact_max_chunks, fulltext_scan_max_chunks=exact_max_chunks
+        ),
         llm=None,
     )

@@ -1,5 +1,6 @@
-"""Full-text search: the same ranking whichever plan reads the chunks, the per-owner lexeme
-counts that choose a large owner's candidates, and what those candidates are."""
+"""Full-text search: BM25 scores equal to the formula over the owner's chunks as committed,
+whichever plan reads them and whatever writes and deletes run beside it; the per-owner counts
+that choose a large owner's candidates, and what those candidates are."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from xtyl_rag.adapters.postgres import chunks as chunk_queries
 from xtyl_rag.bootstrap import RagCore
-from xtyl_rag.domain.search import SearchFilters
+from xtyl_rag.domain.bm25 import average_length, bm25_score
+from xtyl_rag.domain.search import ChunkHit, SearchFilters
 
 from .bulk import insert_chunks, near, retriever
 
@@ -48,15 +50,54 @@ async def wordy(core: RagCore) -> uuid.UUID:
     return owner
 
 
+async def reference_bm25(core: RagCore, owner: uuid.UUID, query: str) -> dict[uuid.UUID, float]:
+    """BM25 (``domain/bm25.py``, in Python) of every chunk of ``owner`` sharing a lexeme with
+    ``query``, from the chunks themselves: Postgres only splits the text into lexemes."""
+    lexemes = await core.pool.fetchval(
+        "select tsvector_to_array(to_tsvector('english', $1))", query
+    )
+    rows = await core.pool.fetch(
+        "select c.id, c.token_count as length, u.lexeme, cardinality(u.positions) as tf"
+        " from xtyl_rag.chunks c cross join lateral unnest(c.tsv) u where c.owner_id = $1",
+        owner,
+    )
+    frequencies: dict[uuid.UUID, dict[str, int]] = {}
+    lengths: dict[uuid.UUID, int] = {}
+    for row in rows:
+        frequencies.setdefault(row["id"], {})[row["lexeme"]] = row["tf"]
+        lengths[row["id"]] = row["length"]
+    chunks = await core.pool.fetchval(
+        "select count(*) from xtyl_rag.chunks where owner_id = $1", owner
+    )
+    holding = {lexeme: sum(1 for f in frequencies.values() if lexeme in f) for lexeme in lexemes}
+    avgdl = average_length(chunks, sum(lengths.values()))
+    return {
+        chunk: bm25_score(lexemes, f, lengths[chunk], holding=holding, chunks=chunks, avgdl=avgdl)
+        for chunk, f in frequencies.items()
+        if set(f) & set(lexemes)
+    }
+
+
+def assert_bm25(hits: list[ChunkHit], reference: dict[uuid.UUID, float], k: int) -> None:
+    """``hits`` are the ``k`` best of ``reference`` (ties in any order), with its scores."""
+    assert len(hits) == min(k, len(reference))
+    for hit in hits:
+        assert hit.score == pytest.approx(reference[hit.chunk_id], rel=1e-9)
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    best = sorted(reference.values(), reverse=True)[: len(hits)]
+    assert scores == pytest.approx(best, rel=1e-9)
+
+
 @pytest.mark.parametrize(
     ("query", "k"),
     [("alpha beta", 5), ("alpha beta gamma", 40), ("kappa omega sigma theta zeta", 10)],
 )
-async def test_fulltext_ranks_alike_by_owner_scan_and_by_index(
+async def test_fulltext_is_bm25_by_owner_scan_and_by_index(
     core: RagCore, wordy: uuid.UUID, query: str, k: int
 ) -> None:
     # Small owners are scanned row by row, large ones read through the (owner_id, tsv) GIN
-    # index, all-lexeme matches first: both must give the same ranking.
+    # index: both give BM25 over the owner's chunks (here every lexeme fits the budget).
     scanned, indexed = [
         await retriever(core, threshold).search(
             wordy, query, k=k, mode="fulltext", filters=SearchFilters()
@@ -64,10 +105,29 @@ async def test_fulltext_ranks_alike_by_owner_scan_and_by_index(
         for threshold in (20_000, 0)
     ]
     assert [hit.chunk_id for hit in indexed.hits] == [hit.chunk_id for hit in scanned.hits]
-    assert len(indexed.hits) == k
-    lexemes = set(query.split())
-    full = [set(hit.content.rstrip(".").split()) >= lexemes for hit in indexed.hits]
-    assert full == sorted(full, reverse=True)  # every all-lexeme chunk before any other
+    reference = await reference_bm25(core, wordy, query)
+    assert_bm25(indexed.hits, reference, k)
+    assert_bm25(scanned.hits, reference, k)
+
+
+async def test_bm25_prefers_rare_words_and_short_chunks(core: RagCore) -> None:
+    owner = uuid.uuid4()
+    texts = [
+        "Harbour cranes lift containers.",  # the rare word
+        "Cranes lift containers in the harbour district near the old stone warehouses.",
+        *[f"Containers are stacked in row {n}." for n in range(30)],  # the common word
+    ]
+    vectors = near(
+        np.ones(core.model_status.active.dimension, dtype=np.float32), len(texts), 0.5, 11
+    )
+    ids = await insert_chunks(core, owner, texts, vectors)
+    for threshold in (20_000, 0):
+        found = await retriever(core, threshold).search(
+            owner, "harbour containers", k=5, mode="fulltext", filters=SearchFilters()
+        )
+        # both words, the shorter chunk first; then the common word's chunks
+        assert [hit.chunk_id for hit in found.hits[:2]] == ids[:2]
+        assert_bm25(found.hits, await reference_bm25(core, owner, "harbour containers"), 5)
 
 
 async def test_fulltext_index_is_per_owner(core: RagCore) -> None:
@@ -139,17 +199,13 @@ async def test_a_large_owner_ranks_the_chunks_of_rarer_words(
 ) -> None:
     owner, rare, both = rare_and_common
     search = retriever(core, 0)  # every owner is "large": the GIN index path
-    # within the budget every chunk sharing a word is ranked: the short common ones beat the
-    # long rare ones on length, as the owner scan ranks them
+    reference = await reference_bm25(core, owner, "rare common")
+    # within the budget every chunk sharing a word is scored: exactly BM25, as the scan
     everything = await search.search(
         owner, "rare common", k=10, mode="fulltext", filters=SearchFilters()
     )
-    scanned = await retriever(core, 20_000).search(
-        owner, "rare common", k=10, mode="fulltext", filters=SearchFilters()
-    )
-    assert [h.chunk_id for h in everything.hits] == [h.chunk_id for h in scanned.hits]
+    assert_bm25(everything.hits, reference, 10)
     assert {h.chunk_id for h in everything.hits[:5]} == set(both)
-    assert not {h.chunk_id for h in everything.hits[5:]} & set(rare)
     # over the budget, the rare word's chunks are the candidates; the common word still scores
     monkeypatch.setattr(chunk_queries, "CANDIDATE_BUDGET", 50)
     pruned = await search.search(
@@ -157,13 +213,15 @@ async def test_a_large_owner_ranks_the_chunks_of_rarer_words(
     )
     assert {h.chunk_id for h in pruned.hits[:5]} == set(both)
     assert {h.chunk_id for h in pruned.hits[5:]} <= set(rare)
-    assert len(pruned.hits) == 10
-    # too few chunks with the rare words: filled from every chunk sharing any word
+    for hit in pruned.hits:
+        assert hit.score == pytest.approx(reference[hit.chunk_id], rel=1e-9)
+    # too few chunks with the rare word for the rows asked: the common word's join them
     filled = await search.search(
         owner, "rare common", k=40, mode="fulltext", filters=SearchFilters()
     )
     assert len(filled.hits) == 40
     assert {h.chunk_id for h in filled.hits[:5]} == set(both)
+    assert_bm25(filled.hits, reference, 40)
 
 
 async def test_concurrent_writes_of_one_owner_keep_exact_counts(core: RagCore) -> None:
@@ -189,3 +247,90 @@ async def test_concurrent_writes_of_one_owner_keep_exact_counts(core: RagCore) -
     )
     assert await lexeme_counts(core, owner) == {row["lexeme"]: row["chunks"] for row in recount}
     assert sum((await lexeme_counts(core, owner)).values()) == (8 * 40 - 4 * 20) * 8
+
+
+async def text_stats(core: RagCore, owner: uuid.UUID) -> tuple[int, int] | None:
+    row = await core.pool.fetchrow(
+        "select chunks, tokens from xtyl_rag.owner_text_stats where owner_id = $1", owner
+    )
+    return None if row is None else (row["chunks"], row["tokens"])
+
+
+async def test_bm25_under_concurrent_writes_and_deletes(core: RagCore) -> None:
+    # Eight writers of one owner's chunks, half of them deleting some again, while searches
+    # run: the statistics end equal to a recount, and the scores equal BM25 of what is left.
+    owner = uuid.uuid4()
+    dimension = core.model_status.active.dimension
+    words = ["apple", "banana", "cherry", "damson", "elder", "fig", "grape", "hazel"]
+    search = retriever(core, 0)
+    done = asyncio.Event()
+
+    async def write(n: int) -> None:
+        texts = [" ".join(words[: 1 + (n + i) % 8]) + f" batch{n} item{i}." for i in range(30)]
+        vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 200 + n)
+        ids = await insert_chunks(core, owner, texts, vectors)
+        if n % 2:
+            await core.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
+
+    async def read() -> int:
+        searched = 0
+        while not done.is_set():
+            found = await search.search(
+                owner, "cherry hazel", k=10, mode="fulltext", filters=SearchFilters()
+            )
+            assert all(hit.score > 0 for hit in found.hits)
+            searched += 1
+        return searched
+
+    reader = asyncio.create_task(read())
+    await asyncio.gather(*(write(n) for n in range(8)))
+    done.set()
+    assert await reader > 0
+    recount = await core.pool.fetchrow(
+        "select count(*) as chunks, sum(token_count) as tokens from xtyl_rag.chunks"
+        " where owner_id = $1",
+        owner,
+    )
+    assert await text_stats(core, owner) == (recount["chunks"], recount["tokens"])
+    assert recount["chunks"] == 8 * 30 - 4 * 20
+    for k in (10, 50):
+        found = await search.search(
+            owner, "cherry hazel", k=k, mode="fulltext", filters=SearchFilters()
+        )
+        assert_bm25(found.hits, await reference_bm25(core, owner, "cherry hazel"), k)
+    await core.pool.execute("delete from xtyl_rag.chunks where owner_id = $1", owner)
+    assert await text_stats(core, owner) is None
+
+
+async def test_a_search_sees_only_committed_statistics(core: RagCore) -> None:
+    # A write still in its transaction changes neither what a search finds nor its scores.
+    owner = uuid.uuid4()
+    dimension = core.model_status.active.dimension
+    texts = ["Quartz clocks keep time.", "Clocks chime.", "Sundials keep time too."]
+    vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 21)
+    await insert_chunks(core, owner, texts, vectors)
+    search = retriever(core, 0)
+    before = await search.search(
+        owner, "quartz clocks", k=5, mode="fulltext", filters=SearchFilters()
+    )
+    document = await core.pool.fetchval(
+        "select document_id from xtyl_rag.chunks where owner_id = $1 limit 1", owner
+    )
+    async with core.pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute(
+            "insert into xtyl_rag.chunks (id, document_id, owner_id, ordinal, content,"
+            " token_count) select gen_random_uuid(), $1, $2, 100 + n, 'Quartz quartz.', 3"
+            " from generate_series(1, 50) as n",
+            document,
+            owner,
+        )
+        during = await search.search(
+            owner, "quartz clocks", k=5, mode="fulltext", filters=SearchFilters()
+        )
+        await transaction.rollback()
+    assert [(h.chunk_id, h.score) for h in during.hits] == [
+        (h.chunk_id, h.score) for h in before.hits
+    ]
+    assert await text_stats(core, owner) == (3, 10)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import pytest
 
+from xtyl_rag.domain.bm25 import K1, average_length, bm25_score, idf
 from xtyl_rag.domain.fusion import reciprocal_rank_fusion
 from xtyl_rag.domain.planning import MAX_EF_SEARCH, SearchTuning, candidate_depth, plan_semantic
-from xtyl_rag.domain.search import candidate_lexemes
 from xtyl_rag.domain.snippets import ELLIPSIS, make_snippet, query_terms
 
 
@@ -58,13 +61,21 @@ def test_snippet_centres_on_the_terms() -> None:
     assert make_snippet("a " * 300, []).startswith("a a")
 
 
-def test_candidate_lexemes_take_the_rarest_within_the_budget() -> None:
-    counts = {"common": 9_000, "rare": 12, "mid": 700, "absent": 0, "other": 2_500}
-    assert candidate_lexemes(counts, 3_000) == (["rare", "mid"], False)
-    assert candidate_lexemes(counts, 100_000) == (["rare", "mid", "other", "common"], True)
-    # the rarest is always taken, even when it alone is over the budget
-    assert candidate_lexemes({"huge": 50_000, "bigger": 80_000}, 3_000) == (["huge"], False)
-    # nothing the owner has: nothing to rank, and that is the whole answer
-    assert candidate_lexemes({"absent": 0}, 3_000) == ([], True)
-    # ties broken by the lexeme, so a query ranks the same chunks every time
-    assert candidate_lexemes({"b": 5, "a": 5, "c": 5}, 10) == (["a", "b"], False)
+def test_bm25_weighs_rare_lexemes_saturates_repeats_and_normalises_length() -> None:
+    holding = {"rare": 2, "common": 90}
+    score = partial(bm25_score, holding=holding, chunks=100, avgdl=10.0)
+    # a rare lexeme outweighs a common one
+    assert score(["rare"], {"rare": 1}, 10) > 5 * score(["common"], {"common": 1}, 10)
+    # repeats count, but less and less (saturation by K1)
+    once, twice, often = (score(["rare"], {"rare": n}, 10) for n in (1, 2, 50))
+    assert once < twice < often < once * (K1 + 1)
+    # a longer chunk with the same matches scores less (B)
+    assert score(["rare"], {"rare": 1}, 40) < once
+    # a chunk of average length: idf * tf * (K1 + 1) / (tf + K1)
+    assert once == pytest.approx(idf(100, 2) * (K1 + 1) / (1 + K1))
+    assert idf(100, 2) == pytest.approx(math.log(1 + 98.5 / 2.5))
+    # lexemes the chunk lacks add nothing; a repeated query word counts once
+    assert score(["rare", "absent", "rare"], {"rare": 1}, 10) == once
+    assert idf(10, 10) > 0  # never negative, even for a lexeme in every chunk
+    assert average_length(0, 0) == 1.0
+    assert average_length(4, 100) == 25.0

@@ -37,9 +37,13 @@ SHARE_OVERSAMPLING = 8
 
 @dataclass(frozen=True, slots=True)
 class SearchTuning:
+    #: semantic search: an exact scan up to this many candidate chunks, HNSW above
     exact_max_chunks: int = 10_000
     ef_search: int = 100
     max_scan_tuples: int = 40_000
+    #: full-text search: the owner's rows read one by one up to this many candidate chunks,
+    #: the GIN index on (owner_id, tsv) above (each mode's own measured crossover)
+    fulltext_scan_max_chunks: int = 1_000
 
 
 @dataclass(frozen=True, slots=True)

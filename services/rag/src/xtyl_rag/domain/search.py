@@ -40,26 +40,12 @@ class ChunkHit(msgspec.Struct, frozen=True, kw_only=True):
     fulltext_rank: int | None = None
 
 
-#: How many chunks the lexemes that generate full-text candidates may bring (see
-#: ``candidate_lexemes``). Ranking a chunk costs ~1-2 µs of ``ts_rank`` plus its heap read.
+#: How many chunks the lexemes that choose a large owner's full-text candidates may bring. A
+#: query in plain words shares some word with most of a big owner's chunks; scoring a
+#: candidate (BM25 over its tsvector plus its heap read) costs a few microseconds, so the
+#: candidates are the chunks of the query's rarest lexemes: taken rarest first while their
+#: chunk counts add up to at most this budget, and always until they add up to the number of
+#: rows asked. Every lexeme of the query still scores the candidates; the frequent ones only
+#: stop deciding which chunks are candidates. When the whole query fits, the ranking is
+#: exactly BM25 over every chunk sharing a lexeme with the query.
 CANDIDATE_BUDGET = 3_000
-
-
-def candidate_lexemes(frequencies: dict[str, int], budget: int) -> tuple[list[str], bool]:
-    """The query lexemes whose chunks are ranked, rarest first, and whether that is all of
-    them.
-
-    ``frequencies`` maps each of the query's lexemes to how many of the owner's chunks hold
-    it. Lexemes are taken from the rarest up while their chunks fit in ``budget`` (the rarest
-    always, even alone over it); absent ones (0) bring nothing. The frequent words left out
-    still count when the candidates are ranked: they only stop deciding which chunks are.
-    """
-    present = sorted((count, lexeme) for lexeme, count in frequencies.items() if count > 0)
-    chosen: list[str] = []
-    total = 0
-    for count, lexeme in present:
-        if chosen and total + count > budget:
-            break
-        chosen.append(lexeme)
-        total += count
-    return chosen, len(chosen) == len(present)

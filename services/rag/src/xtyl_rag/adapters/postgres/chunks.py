@@ -11,12 +11,13 @@ Semantic search runs one of the two plans of ``domain/planning.py``:
   the statement (else the planner reads a large owner's rows through the btree and sorts
   them: measured 666 ms p50 for an owner of 125,000 chunks), then a re-sort in Python.
 
-Full-text search ranks chunks that have all the query's lexemes first, then (when those are
-too few) chunks with any of them (``'a' | 'b'``; the ``english`` configuration drops stop
-words and stems), with ``ts_rank`` normalised by length, so a question in plain words finds
-chunks that share only some of its words. For a large owner the chunks sharing any word are
-many, so those holding the query's rarer words (per-owner counts in ``owner_lexemes``) are
-ranked first, and the frequent words only score.
+Full-text search scores chunks by BM25 (``domain/bm25.py``) with the owner's own statistics:
+its chunk count and average chunk length in tokens (``owner_text_stats``) and how many of its chunks
+hold each lexeme (``owner_lexemes``), kept by statement triggers in the transactions that
+write chunks (migrations 0005, 0006) and read by the statement that scores, so one search sees
+one committed state. A chunk is a candidate when it shares a lexeme with the query (the
+``english`` configuration drops stop words and stems). For a large owner the candidates are
+the chunks of the query's rarer lexemes (``CANDIDATE_BUDGET``); the frequent ones only score.
 """
 
 from __future__ import annotations
@@ -28,49 +29,81 @@ import asyncpg
 import numpy as np
 
 from xtyl_rag.adapters.postgres.models import sql_literal
+from xtyl_rag.domain.bm25 import K1, B
 from xtyl_rag.domain.planning import SemanticPlan
-from xtyl_rag.domain.search import (
-    CANDIDATE_BUDGET,
-    ChunkHit,
-    RankedChunk,
-    SearchFilters,
-    candidate_lexemes,
-)
+from xtyl_rag.domain.search import CANDIDATE_BUDGET, ChunkHit, RankedChunk, SearchFilters
 
-#: Chunks ranked at most by one full-text query over the GIN index (a large owner's chunks
-#: that share a common word with the query can be tens of thousands).
+#: Candidates scored at most by one full-text statement over the GIN index (the chunks of the
+#: rarer lexemes can still be many when even the rarest is common).
 MAX_RANKED = 10_000
-#: The query's lexemes joined with ``&`` (``plainto_tsquery``).
-_ALL_LEXEMES = "plainto_tsquery('english'::regconfig, $2::text)"
-#: The query's lexemes joined with ``|`` (NULL when it has none: nothing matches).
-_QUERY_LEXEMES = "tsvector_to_array(to_tsvector('english'::regconfig, $2::text))"
 
 
-def _or_query(lexemes: str) -> str:
-    """A tsquery of the text[] ``lexemes`` (an SQL expression of this module, never input)
-    joined with ``|`` (NULL when empty: nothing matches)."""
+def _quoted_or(lexemes: str) -> str:
+    """A tsquery joining the text lexemes of column ``lexemes`` (this module's SQL, never
+    input) with ``|``; NULL when there are none, which matches nothing."""
     return (
-        "(select string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', '''''') || '''',"  # noqa: S608
-        f" ' | ') from unnest({lexemes}) as l)::tsquery"
+        "string_agg('''' || replace(replace("
+        f"{lexemes}, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery"
     )
 
 
-_ANY_LEXEME = _or_query(_QUERY_LEXEMES)
-#: Every full-text statement starts with the query's two tsqueries, as ``q``.
-_LEXEMES_CTE = f"with q as (select {_ANY_LEXEME} as any_lexeme, {_ALL_LEXEMES} as all_lexemes),"
-#: ``ts_rank`` (normalised by length), plus 1 for a chunk holding every lexeme.
-_SCORE = (
-    "ts_rank(m.tsv, q.any_lexeme, 1) + case when m.tsv @@ q.all_lexemes then 1 else 0 end as score"
+#: The statistics every full-text statement starts with ($1 owner, $2 query text): the query's
+#: lexemes (q), the owner's chunk count and average length (s), and each query lexeme the
+#: owner holds with its chunk count, idf and ``reach``: the chunks of it and every rarer one.
+_STATS = (
+    "with q as (select coalesce(tsvector_to_array(to_tsvector('english'::regconfig, $2::text)),"
+    " '{}'::text[]) as lexemes),"
+    " s as (select t.chunks::float8 as n, greatest(t.tokens::float8 / greatest(t.chunks, 1), 1)"
+    " as avgdl from xtyl_rag.owner_text_stats t where t.owner_id = $1),"
+    " w as (select o.lexeme, o.chunks, ln(1 + (s.n - o.chunks + 0.5) / (o.chunks + 0.5)) as idf,"
+    " sum(o.chunks) over (order by o.chunks, o.lexeme rows unbounded preceding) as reach"
+    " from xtyl_rag.owner_lexemes o, q, s where o.owner_id = $1 and o.lexeme = any(q.lexemes)),"
 )
+#: BM25 of candidate ``m`` (``domain/bm25.py``): its tsvector cut down to the query's lexemes
+#: (``setweight`` marks them, ``ts_filter`` keeps them), each one's positions counted; its
+#: length is its ``token_count``.
+_BM25 = (
+    f"(select sum(w.idf * t.tf * {K1 + 1.0!r} / (t.tf + {K1!r} * ({1.0 - B!r} + {B!r}"  # noqa: S608
+    " * m.tokens / s.avgdl))) from (select u.lexeme, greatest(cardinality(u.positions), 1)"
+    "::float8 as tf from unnest(ts_filter(setweight(m.tsv, 'A', q.lexemes), '{a}')) as u) t"
+    " join w on w.lexeme = t.lexeme)"
+)
+#: Candidates of a large owner: the chunks holding the rarest lexemes, rarest first while they
+#: fit in the budget ($5), and always until they reach the rows asked ($3).
+_RARER = (
+    f"g as (select {_quoted_or('w.lexeme')} as match from w"  # noqa: S608
+    " where w.reach - w.chunks < $3 or w.reach <= $5)"
+)
+#: Candidates of a small owner: its chunks holding any of the query's lexemes.
+_ANY = f"g as (select {_quoted_or('w.lexeme')} as match from w)"  # noqa: S608
 
 
-def _ranked_matches(match: str, filters_sql: str) -> str:
-    """The owner's chunks for which ``tsv @@ match`` holds, read through the GIN index on
-    ``(owner_id, tsv)``, at most ``MAX_RANKED`` ($4) of them ranked, the best $3 returned."""
+def _scored(candidates: str) -> str:
+    """The best $3 of ``candidates`` (a CTE ``m`` of id and tsv) by BM25."""
     return (
-        f"{_LEXEMES_CTE} m as materialized (select c.id, c.tsv"  # noqa: S608
-        f" from xtyl_rag.chunks c, q where c.owner_id = $1 and c.tsv @@ {match}{filters_sql}"
-        f" limit $4) select m.id, {_SCORE} from m, q order by score desc, m.id limit $3"
+        f"{candidates} select m.id, {_BM25} as score from m, q, s"  # noqa: S608
+        " order by score desc, m.id limit $3"
+    )
+
+
+def _index_candidates(filters_sql: str) -> str:
+    """The owner's chunks of the rarer lexemes, through the GIN index on ``(owner_id, tsv)``
+    (migration 0004), at most ``MAX_RANKED`` ($4)."""
+    return (
+        f"{_STATS} {_RARER}, m as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
+        f" from xtyl_rag.chunks c, g where c.owner_id = $1 and c.tsv @@ g.match{filters_sql}"
+        " limit $4)"
+    )
+
+
+def _scan_candidates(filters_sql: str) -> str:
+    """The owner's rows read one by one (a materialised CTE the planner cannot turn into a
+    GIN scan), those sharing a lexeme kept."""
+    return (
+        f"{_STATS} {_ANY}, mine as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
+        f" from xtyl_rag.chunks c where c.owner_id = $1{filters_sql} and $4::int > 0"
+        " and $5::int > 0), m as (select mine.id, mine.tsv, mine.tokens from mine, g"
+        " where mine.tsv @@ g.match)"
     )
 
 
@@ -181,65 +214,29 @@ class ChunkSearch:
         limit: int,
         filters: SearchFilters,
         scan_owner: bool,
+        budget: int | None = None,
     ) -> list[RankedChunk]:
-        """The owner's chunks sharing lexemes with ``query``: those with every lexeme first,
-        then by ``ts_rank`` (normalised by length).
+        """The owner's chunks sharing lexemes with ``query``, best BM25 first (score: BM25).
 
-        ``scan_owner`` (an owner with few chunks): read the owner's rows and test each, in a
-        materialised CTE the planner cannot turn into a scan of the GIN index. Otherwise the
-        GIN index on ``(owner_id, tsv)`` (migration 0004): first the chunks with every lexeme;
-        when they are fewer than ``limit``, the chunks holding the query's rarer lexemes
-        (``candidate_lexemes``: within ``CANDIDATE_BUDGET`` chunks); when those are too few
-        as well, all the chunks sharing any lexeme. Each step ranks at most ``MAX_RANKED``.
+        ``scan_owner`` (an owner with few chunks): read the owner's rows and test each.
+        Otherwise the GIN index on ``(owner_id, tsv)``, for the chunks of the query's rarer
+        lexemes (within ``budget`` chunks, ``CANDIDATE_BUDGET`` by default).
         """
-        sql, params = _filters(filters, 5, alias="c")
-        args = (owner_id, query, limit, MAX_RANKED, *params)
-        if scan_owner:
-            rows = await self._pool.fetch(
-                f"{_LEXEMES_CTE} mine as materialized (select c.id, c.tsv"  # noqa: S608
-                f" from xtyl_rag.chunks c where c.owner_id = $1{sql} and $4::int > 0)"
-                f" select m.id, {_SCORE} from mine m, q where m.tsv @@ q.any_lexeme"
-                " order by score desc, m.id limit $3",
-                *args,
-            )
-            return _ranked(rows)
+        sql, params = _filters(filters, 6, alias="c")
+        statement = _scored(_scan_candidates(sql) if scan_owner else _index_candidates(sql))
         async with self._pool.acquire() as conn, conn.transaction():
             # a generic plan (after five runs of a prepared statement) does not know the
             # owner is large and reads all of its rows through the btree: 0.5 s measured
             await conn.execute("select set_config('plan_cache_mode', 'force_custom_plan', true)")
-            # Chunks with every lexeme outrank any chunk without (+1), so when there are at
-            # least `limit` of them they are the whole answer, and the (GIN-intersected, small)
-            # set of all-lexeme matches is ranked instead of every chunk sharing one word.
-            rows = await conn.fetch(_ranked_matches("q.all_lexemes", sql), *args)
-            if len(rows) >= limit:
-                return _ranked(rows)
-            # Then the chunks holding the query's rarer lexemes (owner_lexemes, migration
-            # 0005): all of a big owner's chunks that share some common word would be
-            # thousands to rank. Only if those are too few, every chunk sharing any lexeme.
-            frequencies = await conn.fetch(
-                f"select l.lexeme, coalesce(o.chunks, 0) as chunks from unnest({_QUERY_LEXEMES})"  # noqa: S608
-                " as l(lexeme) left join xtyl_rag.owner_lexemes o"
-                " on o.owner_id = $1 and o.lexeme = l.lexeme",
+            rows = await conn.fetch(
+                statement,
                 owner_id,
                 query,
+                limit,
+                MAX_RANKED,
+                CANDIDATE_BUDGET if budget is None else budget,
+                *params,
             )
-            chosen, complete = candidate_lexemes(
-                {row["lexeme"]: int(row["chunks"]) for row in frequencies}, CANDIDATE_BUDGET
-            )
-            rows = []
-            if chosen and not complete:
-                rarer_sql, rarer_params = _filters(filters, 6, alias="c")
-                rows = await conn.fetch(
-                    _ranked_matches(_or_query("$5::text[]"), rarer_sql),
-                    owner_id,
-                    query,
-                    limit,
-                    MAX_RANKED,
-                    chosen,
-                    *rarer_params,
-                )
-            if len(rows) < limit:
-                rows = await conn.fetch(_ranked_matches("q.any_lexeme", sql), *args)
         return _ranked(rows)
 
     async def hits(self, owner_id: uuid.UUID, chunk_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
