@@ -161,7 +161,8 @@ class BrevoClient:
         text: str,
         tags: Sequence[str] = (),
     ) -> str:
-        """Send one email; Brevo's message id, or :class:`BrevoError`."""
+        """Send one email; Brevo's message id, or :class:`BrevoUnavailable` /
+        :class:`BrevoRejected`."""
         body = _encoder.encode(
             _SendRequest(
                 sender=self._sender,
