@@ -79,10 +79,13 @@ clean: ## remove the venv, caches and local data (PostgreSQL's files too, wherev
 	rm -rf .venv .tools .pytest_cache .ruff_cache $(DATA_DIR)
 
 # --- deployment: images, compose on a real engine, manifest checks (docs/deploy.md, "Checks") ---
-.PHONY: images deploy-tools
+.PHONY: images deploy-tools deploy-check
 
 images: ## build every deployable's image (no registry: offline base stand-ins first; OFFLINE_BASES=auto|1|0)
 	docker/images.sh
 
 deploy-tools: | $(UV) ## install the pinned deployment check tools into .tools/deploy (compose v2, checkov, ...)
 	UV=$(UV) docker/tools.sh
+
+deploy-check: .venv/.synced images deploy-tools ## run compose prod on a Docker engine against embedded servers, end to end
+	.venv/bin/python compose/deploy_check.py
