@@ -79,7 +79,7 @@ clean: ## remove the venv, caches and local data (PostgreSQL's files too, wherev
 	rm -rf .venv .tools .pytest_cache .ruff_cache $(DATA_DIR)
 
 # --- deployment: images, compose on a real engine, manifest checks (docs/deploy.md, "Checks") ---
-.PHONY: images deploy-tools deploy-check
+.PHONY: images deploy-check deploy-lint deploy-tools
 
 images: ## build every deployable's image (no registry: offline base stand-ins first; OFFLINE_BASES=auto|1|0)
 	docker/images.sh
@@ -89,3 +89,6 @@ deploy-tools: | $(UV) ## install the pinned deployment check tools into .tools/d
 
 deploy-check: .venv/.synced images deploy-tools ## run compose prod on a Docker engine against embedded servers, end to end
 	.venv/bin/python compose/deploy_check.py
+
+deploy-lint: deploy-tools ## render the k8s overlays, check schemas and policies, hadolint; prove a broken copy fails
+	.tools/deploy/bin/python k8s/check.py --self-test

