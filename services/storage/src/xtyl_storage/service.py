@@ -266,8 +266,8 @@ class StorageService:
             try:
                 if not await self.keys.renew(claim, lease_s=LEASE_S):
                     return  # taken over: completing will fail with ClaimLost
-            except XtylError as exc:
-                log.warning("idempotency_renew_failed", error=exc.code)
+            except (XtylError, TimeoutError) as exc:
+                log.warning("idempotency_renew_failed", error=type(exc).__name__)
 
     async def _give_back(self, claim: KeyClaim) -> None:
         """A failed upload stored nothing: its key is free for the retry (a key completed by a

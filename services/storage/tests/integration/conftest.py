@@ -4,6 +4,7 @@ SeaweedFS, one fresh bucket per test; plus helpers to mint tokens and read what 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -204,17 +205,16 @@ async def faulty_s3(devstack: StackInfo) -> AsyncIterator[FaultyS3]:
             request.method,
             state.target + request.path_qs,
             headers=headers,
-            data=body,
+            data=io.BytesIO(body) if body else None,  # bytes over 1 MB make aiohttp warn
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
             if holding:
                 state.applied_late.append(upstream.status)
-            out_headers = {
-                k: v
-                for k, v in upstream.headers.items()
-                if k.lower() not in _HOP_BY_HOP | {"content-length", "content-encoding"}
-            }
+            dropped = _HOP_BY_HOP | {"content-encoding"}
+            if request.method != "HEAD":  # a HEAD answer says the object's length
+                dropped |= {"content-length"}
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in dropped}
             return web.Response(status=upstream.status, headers=out_headers, body=payload)
 
     app = web.Application(client_max_size=64 * 1024 * 1024)

@@ -12,7 +12,6 @@ import pytest
 from xtyl_common.errors import InvalidInput, Unavailable
 from xtyl_common.settings import SettingsError, load_settings
 from xtyl_storage.adapters.orphans import OrphanSweeper
-from xtyl_storage.adapters.s3 import ObjectHead
 from xtyl_storage.adapters.uploads import stream_to_s3
 from xtyl_storage.domain.idempotency import parse_idempotency_key, request_fingerprint
 from xtyl_storage.service import excluding_client_time
@@ -138,11 +137,9 @@ class FlakyBucket:
         self.uploads.discard(key)
         return found
 
-    async def head(self, key: str) -> ObjectHead | None:
+    async def exists(self, key: str) -> bool:
         self._call()
-        if key not in self.objects:
-            return None
-        return ObjectHead(size=1, content_type="text/plain", etag="e")
+        return key in self.objects
 
     async def delete(self, key: str) -> None:
         self._call()
@@ -174,6 +171,21 @@ async def test_the_sweep_outlasts_an_s3_outage_and_removes_late_writes() -> None
     await wait_until_idle(sweeper)
     assert bucket.objects == set()
     assert bucket.uploads == set()
+
+
+async def test_the_sweep_survives_an_unexpected_error() -> None:
+    class Broken(FlakyBucket):
+        async def abort_uploads_under(self, key: str) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyError("UploadId")  # a reply we did not expect
+            return 0
+
+    bucket = Broken(objects={"k"})
+    sweeper = OrphanSweeper(bucket, Rows(), attempt_timeout_s=1.0, recheck_after_s=())
+    sweeper.sweep("k")
+    await wait_until_idle(sweeper)
+    assert bucket.objects == set()
 
 
 async def test_the_sweep_never_deletes_an_object_a_row_points_at() -> None:

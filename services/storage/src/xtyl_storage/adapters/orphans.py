@@ -25,7 +25,6 @@ from typing import Protocol
 import structlog
 
 from xtyl_common.errors import XtylError
-from xtyl_storage.adapters.s3 import ObjectHead
 
 log = structlog.stdlib.get_logger("xtyl.storage.orphans")
 
@@ -43,7 +42,7 @@ MAX_SWEEPS = 10_000
 class SweptBucket(Protocol):
     async def abort_uploads_under(self, key: str) -> int: ...
 
-    async def head(self, key: str) -> ObjectHead | None: ...
+    async def exists(self, key: str) -> bool: ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -66,6 +65,7 @@ class OrphanSweeper:
         self._attempt_timeout_s = attempt_timeout_s
         self._recheck_after_s = recheck_after_s
         self._sweeps: dict[str, asyncio.Task[None]] = {}
+        self._swept_once: set[str] = set()
 
     @property
     def pending(self) -> int:
@@ -80,13 +80,18 @@ class OrphanSweeper:
             return
         task = asyncio.create_task(self._run(key), name=f"orphan-sweep {key}")
         self._sweeps[key] = task
-        task.add_done_callback(lambda _: self._sweeps.pop(key, None))
+        task.add_done_callback(lambda _: self._forget(key))
+
+    def _forget(self, key: str) -> None:
+        self._sweeps.pop(key, None)
+        self._swept_once.discard(key)
 
     async def close(self) -> None:
-        """Stop every sweep (process shutdown); the keys left are logged."""
+        """Stop every sweep (process shutdown); keys never swept yet are logged."""
         tasks = list(self._sweeps.values())
-        if tasks:
-            log.warning("orphan_sweeps_abandoned", count=len(tasks), keys=list(self._sweeps)[:20])
+        unswept = [key for key in self._sweeps if key not in self._swept_once]
+        if unswept:
+            log.warning("orphan_sweeps_abandoned", count=len(unswept), keys=unswept[:20])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -100,7 +105,9 @@ class OrphanSweeper:
             try:
                 async with asyncio.timeout(self._attempt_timeout_s):
                     outcome = await self._sweep_once(key)
-            except (XtylError, TimeoutError) as exc:
+            except Exception as exc:  # S3 or Postgres down, or a bug: never end the sweep early
+                if not isinstance(exc, XtylError | TimeoutError):
+                    log.exception("orphan_sweep_failed", key=key)
                 if loop.time() >= give_up_at:
                     log.error("orphan_sweep_gave_up", key=key, error=type(exc).__name__)
                     return
@@ -109,6 +116,7 @@ class OrphanSweeper:
                 continue
             if outcome == "recorded":
                 return
+            self._swept_once.add(key)
             delay = RETRY_INITIAL_S
             wait = next(rechecks, None)
             if wait is None:
@@ -120,7 +128,7 @@ class OrphanSweeper:
             log.info("orphan_sweep_skipped", key=key, reason="recorded")
             return "recorded"
         aborted = await self._bucket.abort_uploads_under(key)
-        found = await self._bucket.head(key) is not None
+        found = await self._bucket.exists(key)
         if found:
             await self._bucket.delete(key)
         if aborted or found:

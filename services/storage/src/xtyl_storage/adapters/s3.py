@@ -231,6 +231,17 @@ class ObjectStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in _MISSING_CODES:
+                return False
+            raise unavailable("head_object", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("head_object", exc) from exc
+        return True
+
     async def head(self, key: str) -> ObjectHead | None:
         try:
             response = await self.client.head_object(Bucket=self.bucket, Key=key)

@@ -122,7 +122,7 @@ class FilesController(Controller):
         status_code=HTTP_201_CREATED,
         request_max_body_size=None,  # enforced while streaming, from settings
         operation_class=UploadOperation,
-        problems=(400, 409, 413, 415, 422),
+        problems=(400, 404, 409, 413, 415, 422),  # 404: a replay of a deleted file
         summary="Upload a file",
         description="multipart/form-data with one part named `file`, or the raw bytes as the"
         " body with `?filename=` and the file's Content-Type. Streamed to storage; 413 past"
@@ -133,8 +133,9 @@ class FilesController(Controller):
         " answers the first upload's file again, 201 with `Idempotent-Replayed: true`, instead"
         " of a second copy. The same key with another file is 422 `idempotency_key_reused`;"
         " while the first upload still runs, 409 `idempotency_in_progress` with `Retry-After`;"
-        " a malformed key is 422 `invalid_idempotency_key`. A failed upload keeps no key: its"
-        " retry uploads again. Keys are per user and expire (by default after 24 hours).",
+        " a malformed key is 422 `invalid_idempotency_key`; 404 `file_not_found` when the"
+        " first upload's file was deleted since. A failed upload keeps no key: its retry"
+        " uploads again. Keys are per user and expire (by default after 24 hours).",
     )
     async def upload(
         self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal]
