@@ -105,7 +105,9 @@ async def test_checks_the_api_key(
         (valid_email(tags="welcome"), "invalid_parameter", "tags"),
         (valid_email(headers={"idempotencyKey": 1}), "invalid_parameter", "headers"),
         (valid_email(html_content="<p>typo</p>"), "invalid_parameter", "html_content"),
-        (valid_email(templateId=3), "invalid_parameter", "templateId"),
+        (valid_email(templateId="3"), "invalid_parameter", "templateId"),
+        (valid_email(templateId=0), "invalid_parameter", "templateId"),
+        (valid_email(templateId=3, params=["a"]), "invalid_parameter", "params"),
     ],
 )
 async def test_refuses_what_brevo_would_refuse(
@@ -116,6 +118,18 @@ async def test_refuses_what_brevo_would_refuse(
     assert answer["code"] == code
     assert message in answer["message"]
     assert brevo.emails == []
+
+
+async def test_a_template_send_is_kept_with_its_params(
+    brevo: LocalBrevo, session: aiohttp.ClientSession
+) -> None:
+    body = valid_email(
+        subject=None, htmlContent=None, textContent=None, templateId=7, params={"token": "123"}
+    )
+    status, _, _ = await send(session, brevo, body)
+    assert status == 201
+    [kept] = brevo.emails
+    assert (kept["templateId"], kept["params"]) == (7, {"token": "123"})
 
 
 async def test_same_idempotency_key_sends_once(

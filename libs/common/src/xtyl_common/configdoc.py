@@ -118,6 +118,8 @@ DESCRIPTIONS: dict[str, str] = {
     "BREVO_WEBHOOK_SECRET": "shared secret of `POST /webhooks/brevo` (16+ characters); unset: 404",
     "SEND_EMAIL_HOOK_SECRET": "secret of Supabase Auth's Send Email Hook"
     " (`POST /webhooks/auth/send-email`), `v1,whsec_<base64>`; unset: 404",
+    "BREVO_AUTH_TEMPLATES": "Brevo templates for Supabase Auth's emails, `action=template id`"
+    " comma-separated (`recovery=12,signup=13`); others are rendered by notify",
     "EMAIL_SENDER": "the From of every email, e.g. `xtyl <no-reply@xtyl.app>`",
     "APP_URL": "the frontend's base URL, for links in emails",
     "EMBEDDER": "`local` (all-MiniLM-L6-v2 on ONNX Runtime) or `openai` (any OpenAI-compatible"

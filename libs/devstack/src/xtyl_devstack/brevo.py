@@ -23,7 +23,9 @@ What ``POST /v3/smtp/email`` checks, answering like Brevo (``{"code", "message"}
 * a JSON object body with only members Brevo knows; ``sender.email``; ``to``: a non-empty list
   of ``{email, name?}`` with valid addresses; a ``subject``; ``htmlContent`` or ``textContent``;
   ``tags`` a list of strings; ``headers`` an object of strings -> 400 ``missing_parameter`` /
-  ``invalid_parameter``. Templates (``templateId``) are refused: nothing here renders them;
+  ``invalid_parameter``. With ``templateId`` (a positive integer) subject and bodies are not
+  needed and ``params`` must be an object: both are kept as received (nothing here renders a
+  template);
 * ``headers.idempotencyKey``: a key seen in the last 30 minutes answers the first send's
   ``messageId`` again and records nothing new (Brevo processes a key once within its TTL).
 
@@ -155,10 +157,14 @@ def check_send_request(body: object) -> dict[str, Any]:
     unknown = sorted(set(request) - _KNOWN_MEMBERS)
     if unknown:
         raise BrevoRequestError(400, "invalid_parameter", f"unknown parameter {unknown[0]}")
-    if "templateId" in request:
-        raise BrevoRequestError(
-            400, "invalid_parameter", "templateId is not supported by the local stand-in"
-        )
+    template_id = request.get("templateId")
+    if template_id is not None and (
+        not isinstance(template_id, int) or isinstance(template_id, bool) or template_id < 1
+    ):
+        raise BrevoRequestError(400, "invalid_parameter", "templateId must be a positive integer")
+    params = request.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BrevoRequestError(400, "invalid_parameter", "params must be an object")
     sender = request.get("sender")
     if sender is None:
         raise BrevoRequestError(400, "missing_parameter", "sender is missing")
@@ -167,10 +173,11 @@ def check_send_request(body: object) -> dict[str, Any]:
     _recipients(request.get("to"), "to", required=True)
     for member in ("cc", "bcc"):
         _recipients(request.get(member), member, required=False)
-    if not _optional_string(request, "subject"):
-        raise BrevoRequestError(400, "missing_parameter", "subject is missing")
+    subject = _optional_string(request, "subject")
     html, text = _optional_string(request, "htmlContent"), _optional_string(request, "textContent")
-    if html is None and text is None:
+    if template_id is None and not subject:  # a template brings its own subject and body
+        raise BrevoRequestError(400, "missing_parameter", "subject is missing")
+    if template_id is None and html is None and text is None:
         raise BrevoRequestError(400, "missing_parameter", "htmlContent or textContent is missing")
     tags = request.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):

@@ -16,7 +16,12 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_notify.bootstrap import open_core
-from xtyl_notify.routes.auth_hook import WEBHOOKS_STATE_KEY, hook_verifiers, send_email_hook
+from xtyl_notify.routes.auth_hook import (
+    TEMPLATES_STATE_KEY,
+    WEBHOOKS_STATE_KEY,
+    hook_verifiers,
+    send_email_hook,
+)
 from xtyl_notify.routes.notifications import NotificationsController
 from xtyl_notify.routes.webhooks import brevo_webhook
 from xtyl_notify.settings import NotifySettings
@@ -56,6 +61,7 @@ def create_app(settings: NotifySettings) -> Litestar:
         state={
             "webhook_secret": settings.brevo_webhook_secret,
             WEBHOOKS_STATE_KEY: hook_verifiers(settings.send_email_hook_secrets),
+            TEMPLATES_STATE_KEY: settings.auth_templates,
         },
     )
 

@@ -39,6 +39,7 @@ from xtyl_notify.domain.addresses import (
     suppression_key,
 )
 from xtyl_notify.domain.emails import (
+    BrevoTemplate,
     EmailKind,
     EmailRecord,
     EmailStatus,
@@ -187,10 +188,17 @@ class Notifier:
             if current is not None and current.is_final:
                 return current.status
             raise EmailInFlight(f"email {record.id} is being sent by another worker")
-        return await self._send(claimed, email.to_name, final_attempt=final_attempt)
+        return await self._send(
+            claimed, email.to_name, final_attempt=final_attempt, template=email.template
+        )
 
     async def _send(
-        self, claimed: EmailRecord, to_name: str | None, *, final_attempt: bool
+        self,
+        claimed: EmailRecord,
+        to_name: str | None,
+        *,
+        final_attempt: bool,
+        template: BrevoTemplate | None = None,
     ) -> EmailStatus:
         """Steps 3 and 4 for a claimed row."""
         repo = self.repository
@@ -214,6 +222,8 @@ class Notifier:
                 html=claimed.html_body,
                 text=claimed.text_body,
                 tags=claimed.tags,
+                template_id=None if template is None else template.id,
+                params=None if template is None else template.params,
             )
         except BrevoRejected as exc:
             await repo.mark_failed(claimed.id, f"{exc.code}: {exc.message}")

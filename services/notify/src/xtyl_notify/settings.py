@@ -15,6 +15,15 @@ LOCAL_ENV = "local"
 LOCAL_BREVO_API_KEY = "xtyl-local-brevo-key"
 LOCAL_APP_URL = "http://localhost:3000"
 MIN_WEBHOOK_SECRET_CHARS = 16
+#: Supabase Auth's email_action_types notify renders (and may send as Brevo templates).
+AUTH_EMAIL_ACTIONS = (
+    "signup",
+    "recovery",
+    "magiclink",
+    "email_change",
+    "invite",
+    "reauthentication",
+)
 #: What Supabase (and its CLI) accept as a hook secret.
 _HOOK_SECRET = re.compile(r"^v1,whsec_[A-Za-z0-9+/=]{32,88}$")
 
@@ -43,6 +52,9 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
     #: Secret(s) of Supabase Auth's Send Email Hook (``POST /webhooks/auth/send-email``):
     #: ``v1,whsec_<base64>``, several joined by ``|`` while rotating; unset: the route is 404.
     send_email_hook_secret: str | None = None
+    #: Brevo templates for Supabase Auth's emails, ``action=template id`` comma-separated
+    #: (``recovery=12,signup=13``); an action without one is rendered by notify.
+    brevo_auth_templates: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +76,7 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
                 f"must be at least {MIN_WEBHOOK_SECRET_CHARS} characters"
                 " (at `$.brevo_webhook_secret`)"
             )
+        _ = self.auth_templates  # raises on a malformed value
         for hook_secret in self.send_email_hook_secrets:
             if not _HOOK_SECRET.match(hook_secret):
                 raise ValueError(
@@ -80,6 +93,23 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
     def send_email_hook_secrets(self) -> tuple[str, ...]:
         raw = self.send_email_hook_secret or ""
         return tuple(part.strip() for part in raw.split("|") if part.strip())
+
+    @property
+    def auth_templates(self) -> dict[str, int]:
+        """``BREVO_AUTH_TEMPLATES`` as action -> Brevo template id."""
+        templates: dict[str, int] = {}
+        for item in (self.brevo_auth_templates or "").split(","):
+            if not item.strip():
+                continue
+            action, _, raw_id = item.partition("=")
+            action = action.strip()
+            if action not in AUTH_EMAIL_ACTIONS or not raw_id.strip().isdigit():
+                raise ValueError(
+                    f"{item.strip()!r} is not action=template id, with an action among"
+                    f" {', '.join(AUTH_EMAIL_ACTIONS)} (at `$.brevo_auth_templates`)"
+                )
+            templates[action] = int(raw_id)
+        return templates
 
     @property
     def sender(self) -> Mailbox:

@@ -27,14 +27,20 @@ SECRET = "v1,whsec_" + "bm90aWZ5LXRlc3Qtc2VuZC1lbWFpbC1ob29rLXNlY3JldA=="
 OTHER_SECRET = "v1,whsec_" + "c29tZW9uZS1lbHNlcy1zZW5kLWVtYWlsLWhvb2stc2VjcmV0"
 AUTH_URL = "https://project.supabase.co/auth/v1"
 HOOK = "/webhooks/auth/send-email"
+INVITE_TEMPLATE = 42
 
 
 @pytest.fixture(scope="module")
 async def hook_notify(
     notify_env: dict[str, str], service_log_dir: Path
 ) -> AsyncIterator[RunningService]:
-    """The notify API with the hook's secret set (and an old one kept, as while rotating)."""
-    env = {**notify_env, "SEND_EMAIL_HOOK_SECRET": f"{OTHER_SECRET}|{SECRET}"}
+    """The notify API with the hook's secret set (and an old one kept, as while rotating), and
+    invites sent as a Brevo template."""
+    env = {
+        **notify_env,
+        "SEND_EMAIL_HOOK_SECRET": f"{OTHER_SECRET}|{SECRET}",
+        "BREVO_AUTH_TEMPLATES": f"invite={INVITE_TEMPLATE}",
+    }
     async with running_service_async(
         "xtyl_notify", env, log_dir=service_log_dir, name="notify-hook", ready_path="/readyz"
     ) as service:
@@ -131,6 +137,21 @@ async def test_each_action_is_sent_with_its_code_and_link(
     else:
         assert f"{link_label}: {link}" in sent["textContent"]
         assert link.replace("&", "&amp;") in sent["htmlContent"]
+    if action == "invite":  # configured as a Brevo template: Brevo renders it with the params
+        assert sent["templateId"] == INVITE_TEMPLATE
+        assert sent["params"] == {
+            "token": "123456",
+            "token_hash": "ab" * 28,
+            "confirmation_url": link,
+            "email_action_type": "invite",
+            "email": to,
+            "new_email": "",
+            "full_name": "Ada Lovelace",
+            "site_url": AUTH_URL,
+            "redirect_to": "https://app.example.com/auth/callback",
+        }
+    else:
+        assert "templateId" not in sent
 
 
 async def test_a_secure_email_change_writes_to_both_addresses(

@@ -81,6 +81,9 @@ class _SendRequest(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tr
     text_content: str
     headers: dict[str, str]
     tags: list[str] = msgspec.field(default_factory=list[str])
+    #: A template kept in Brevo: it replaces subject and bodies, filled with ``params``.
+    template_id: int | None = None
+    params: dict[str, str] | None = None
 
 
 class _SendResponse(msgspec.Struct, frozen=True, rename="camel"):
@@ -160,9 +163,12 @@ class BrevoClient:
         html: str,
         text: str,
         tags: Sequence[str] = (),
+        template_id: int | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> str:
         """Send one email; Brevo's message id, or :class:`BrevoUnavailable` /
-        :class:`BrevoRejected`."""
+        :class:`BrevoRejected`. With ``template_id``, Brevo renders that template with
+        ``params`` (subject and bodies are then ignored)."""
         body = _encoder.encode(
             _SendRequest(
                 sender=self._sender,
@@ -172,6 +178,8 @@ class BrevoClient:
                 text_content=text,
                 headers={"idempotencyKey": str(email_id), "X-Mailin-custom": str(email_id)},
                 tags=list(tags),
+                template_id=template_id,
+                params=None if params is None else dict(params),
             )
         )
         try:

@@ -17,19 +17,25 @@ An email change asks for two emails when Supabase's secure email change is on: t
 ``token`` with the link of ``token_hash_new`` to the current address, and ``token_new`` with
 ``token_hash`` to the new one (that pairing is Supabase's, documented for this hook);
 otherwise one, ``token`` with ``token_hash``, to the new address.
+
+An action with a Brevo template configured (``BREVO_AUTH_TEMPLATES``) is sent as that template,
+with the params ``token``, ``token_hash``, ``confirmation_url`` (empty for reauthentication),
+``email_action_type``, ``email`` (the recipient), ``new_email``, ``full_name``, ``site_url`` and
+``redirect_to``; the rendered email is still what the log keeps.
 """
 
 from __future__ import annotations
 
 import html
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
 
 from xtyl_notify.domain.addresses import display_name
-from xtyl_notify.domain.emails import EmailKind, RenderedEmail
+from xtyl_notify.domain.emails import BrevoTemplate, EmailKind, RenderedEmail
 from xtyl_notify.domain.templates import PRODUCT, _greeting, _html_page, _text_page
 
 ACTION_KINDS: dict[str, EmailKind] = {
@@ -113,6 +119,7 @@ class AuthEmail(msgspec.Struct, frozen=True, kw_only=True):
     to_address: str
     to_name: str | None
     content: RenderedEmail
+    template: BrevoTemplate | None = None
 
 
 def _full_name(user: HookUser) -> str | None:
@@ -151,9 +158,10 @@ def render(
     )
 
 
-def emails_for(hook: SendEmailHook) -> list[AuthEmail]:
+def emails_for(hook: SendEmailHook, templates: Mapping[str, int] | None = None) -> list[AuthEmail]:
     """The emails one call of the hook asks for; none for an action this service does not
-    send (Supabase's optional security notifications)."""
+    send (Supabase's optional security notifications). ``templates``: action -> Brevo
+    template id."""
     data, user = hook.email_data, hook.user
     action = data.email_action_type
     kind = ACTION_KINDS.get(action)
@@ -164,6 +172,21 @@ def emails_for(hook: SendEmailHook) -> list[AuthEmail]:
 
     def email(role: str, to: str, code: str, token_hash: str, purpose: str | None) -> AuthEmail:
         link = verify_link(data, token_hash) if with_link and token_hash else None
+        template_id = (templates or {}).get(action)
+        template = None
+        if template_id is not None:
+            params = {
+                "token": code,
+                "token_hash": token_hash,
+                "confirmation_url": link or "",
+                "email_action_type": action,
+                "email": to.strip(),
+                "new_email": user.new_email or "",
+                "full_name": name or "",
+                "site_url": data.site_url,
+                "redirect_to": data.redirect_to,
+            }
+            template = BrevoTemplate(id=template_id, params=params)
         return AuthEmail(
             role=role,
             kind=kind,
@@ -171,6 +194,7 @@ def emails_for(hook: SendEmailHook) -> list[AuthEmail]:
             to_address=to.strip(),
             to_name=name,
             content=render(action, full_name=name, code=code, link=link, purpose=purpose),
+            template=template,
         )
 
     if action != "email_change":

@@ -45,6 +45,14 @@ class RenderedEmail(msgspec.Struct, frozen=True, kw_only=True):
     tags: tuple[str, ...] = ()
 
 
+class BrevoTemplate(msgspec.Struct, frozen=True, kw_only=True):
+    """A template kept in Brevo, sent with ``params`` in place of the rendered bodies (which
+    are still logged, as what the email says)."""
+
+    id: int
+    params: dict[str, str]
+
+
 class NewEmail(msgspec.Struct, frozen=True, kw_only=True):
     """An email the service decided to send, before it is logged."""
 
@@ -54,6 +62,8 @@ class NewEmail(msgspec.Struct, frozen=True, kw_only=True):
     to_address: str
     to_name: str | None
     content: RenderedEmail
+    #: Brevo renders this template instead (``templateId`` and ``params``), when set.
+    template: BrevoTemplate | None = None
 
 
 class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,6 +36,7 @@ log = structlog.stdlib.get_logger("xtyl.notify.auth_hook")
 MAX_HOOK_BYTES = 256 * 1024
 HOOK_PATH = "/webhooks/auth/send-email"
 WEBHOOKS_STATE_KEY = "send_email_hook"
+TEMPLATES_STATE_KEY = "brevo_auth_templates"
 
 _hook_decoder = msgspec.json.Decoder(SendEmailHook)
 
@@ -97,7 +98,8 @@ async def send_email_hook(request: Request[Any, Any, Any]) -> dict[str, Any]:
         ) from None
     notifier: Notifier = request.app.state.notifier
     try:
-        statuses = await send_auth_emails(notifier, webhook_id, hook)
+        templates: dict[str, int] = request.app.state[TEMPLATES_STATE_KEY]
+        statuses = await send_auth_emails(notifier, webhook_id, hook, templates)
     except (BrevoUnavailable, EmailInFlight, Unavailable) as exc:
         raise _hook_error(
             Unavailable,
