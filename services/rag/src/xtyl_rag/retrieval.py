@@ -2,8 +2,9 @@
 
 Search embeds the query with the *active* model (the one whose vectors are complete; during a
 change of model that may not be the configured one), chooses the semantic plan from the
-caller's chunk count (``domain/planning.py``), runs the semantic and full-text rankings
-concurrently and fuses them (reciprocal rank fusion) in hybrid mode. Every statement carries
+caller's chunk count (``domain/planning.py``), runs the semantic and full-text (BM25)
+rankings concurrently and fuses them (weighted reciprocal rank fusion, ``domain/fusion.py``)
+in hybrid mode. Recent query vectors are cached. Every statement carries
 the caller's id, so a result can only be one of the caller's chunks.
 """
 
@@ -12,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+import numpy as np
 import structlog
 
 from xtyl_common.errors import DependencyError, Unavailable
-from xtyl_rag.adapters.embedders import Embedder, Vectors
+from xtyl_rag.adapters.embedders import Embedder
 from xtyl_rag.adapters.llm import ChatClient
 from xtyl_rag.adapters.postgres import ChunkSearch, EmbeddingModel, ModelRegistry
 from xtyl_rag.adapters.postgres.chunks import to_hit
@@ -31,7 +34,7 @@ from xtyl_rag.domain.answers import (
     extractive_answer,
     number_passages,
 )
-from xtyl_rag.domain.fusion import reciprocal_rank_fusion
+from xtyl_rag.domain.fusion import hybrid_fusion
 from xtyl_rag.domain.planning import SearchTuning, SemanticPlan, candidate_depth, plan_semantic
 from xtyl_rag.domain.search import ChunkHit, RankedChunk, SearchFilters, SearchMode
 from xtyl_rag.domain.snippets import make_snippet, query_terms
@@ -42,6 +45,9 @@ T = TypeVar("T")
 
 ACTIVE_MODEL_TTL_S = 5.0
 TOTAL_VECTORS_TTL_S = 60.0
+#: Recent query vectors kept per process (least recently used out): a repeated query (paging,
+#: a retried request, an answer after a search) skips the model. 384 floats: 1.5 kB each.
+QUERY_VECTORS_CACHED = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,7 @@ class Retriever:
         self.llm = llm
         self._active: _Cached[EmbeddingModel] = _Cached(ACTIVE_MODEL_TTL_S)
         self._total: _Cached[int] = _Cached(TOTAL_VECTORS_TTL_S)
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray[Any, Any]] = OrderedDict()
 
     async def active_model(self) -> EmbeddingModel:
         cached = self._active.fresh()
@@ -111,6 +118,20 @@ class Retriever:
             )
         return model, embedder
 
+    async def query_vector(self, embedder: Embedder, query: str) -> np.ndarray[Any, Any]:
+        """The query's vector: from the cache of recent queries, else embedded (5-10 ms with
+        the local model, a network call with a remote one) and kept."""
+        key = (embedder.model, query)
+        vector = self._vectors.get(key)
+        if vector is not None:
+            self._vectors.move_to_end(key)
+            return vector
+        vector = (await embedder.embed([query]))[0]
+        self._vectors[key] = vector
+        if len(self._vectors) > QUERY_VECTORS_CACHED:
+            self._vectors.popitem(last=False)
+        return vector
+
     async def _rankings(
         self,
         owner_id: uuid.UUID,
@@ -123,14 +144,14 @@ class Retriever:
         """The semantic and full-text rankings the mode asks for, run concurrently; the
         query's vector is computed while the database counts the caller's candidates."""
         model: EmbeddingModel | None = None
-        vector_task: asyncio.Future[Vectors] | None = None
+        vector_task: asyncio.Future[np.ndarray[Any, Any]] | None = None
         if mode in ("semantic", "hybrid"):
             model, embedder = await self._query_embedder()
-            vector_task = asyncio.ensure_future(embedder.embed([query]))
+            vector_task = asyncio.ensure_future(self.query_vector(embedder, query))
         try:
             candidates = await self.chunks.candidate_count(owner_id, filters)
         finally:
-            vectors = await vector_task if vector_task is not None else None
+            vector = await vector_task if vector_task is not None else None
         plan = None
         if model is not None:
             total = self._total.fresh()
@@ -141,11 +162,11 @@ class Retriever:
             return [], [], plan, model
         async with asyncio.TaskGroup() as group:
             semantic = fulltext = None
-            if model is not None and plan is not None and vectors is not None:
+            if model is not None and plan is not None and vector is not None:
                 semantic = group.create_task(
                     self.chunks.semantic(
                         owner_id,
-                        vectors[0],
+                        vector,
                         model=model.model,
                         dimension=model.dimension,
                         plan=plan,
@@ -192,8 +213,8 @@ class Retriever:
         elif mode == "fulltext":
             ranked = [(r.chunk_id, r.score) for r in fulltext[:k]]
         else:
-            ranked = reciprocal_rank_fusion(
-                [[r.chunk_id for r in semantic], [r.chunk_id for r in fulltext]], limit=k
+            ranked = hybrid_fusion(
+                [r.chunk_id for r in semantic], [r.chunk_id for r in fulltext], limit=k
             )
         rows = await self.chunks.hits(owner_id, [chunk_id for chunk_id, _ in ranked])
         hits = [

@@ -8,8 +8,14 @@ from functools import partial
 import pytest
 
 from xtyl_rag.domain.bm25 import K1, average_length, bm25_score, idf
-from xtyl_rag.domain.fusion import reciprocal_rank_fusion
-from xtyl_rag.domain.planning import MAX_EF_SEARCH, SearchTuning, candidate_depth, plan_semantic
+from xtyl_rag.domain.fusion import SEMANTIC_WEIGHT, hybrid_fusion, reciprocal_rank_fusion
+from xtyl_rag.domain.planning import (
+    HNSW_OVERFETCH,
+    MAX_EF_SEARCH,
+    SearchTuning,
+    candidate_depth,
+    plan_semantic,
+)
 from xtyl_rag.domain.snippets import ELLIPSIS, make_snippet, query_terms
 
 
@@ -27,6 +33,30 @@ def test_rrf_limit_ties_and_repeats() -> None:
     assert [i for i, _ in reciprocal_rank_fusion([["p", "q"], ["q", "p"]])] == ["p", "q"]
 
 
+def test_weighted_rrf_scales_each_rankings_pull() -> None:
+    semantic, fulltext = ["s1", "both", "s3"], ["f1", "both", "f3"]
+    # equal weights: the first of either ranking ties; the item both hold wins
+    equal = reciprocal_rank_fusion([semantic, fulltext])
+    assert equal[0][0] == "both"
+    # a heavier semantic ranking puts its first ahead of the full-text first
+    weighted = reciprocal_rank_fusion([semantic, fulltext], weights=[0.7, 0.3])
+    order = [item for item, _ in weighted]
+    assert order.index("s1") < order.index("f1")
+    assert dict(weighted)["both"] == pytest.approx(0.7 / 62 + 0.3 / 62)
+    assert dict(weighted)["f1"] == pytest.approx(0.3 / 61)
+    with pytest.raises(ValueError, match="one weight per ranking"):
+        reciprocal_rank_fusion([semantic, fulltext], weights=[1.0])
+
+
+def test_hybrid_fusion_uses_the_measured_weight() -> None:
+    fused = dict(hybrid_fusion(["a", "b"], ["b", "c"]))
+    assert fused["a"] == pytest.approx(SEMANTIC_WEIGHT / 61)
+    assert fused["c"] == pytest.approx((1 - SEMANTIC_WEIGHT) / 62)
+    assert fused["b"] == pytest.approx(SEMANTIC_WEIGHT / 62 + (1 - SEMANTIC_WEIGHT) / 61)
+    assert [item for item, _ in hybrid_fusion(["a"], [], limit=1)] == ["a"]
+    assert hybrid_fusion([], []) == []
+
+
 def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:
     tuning = SearchTuning(exact_max_chunks=5_000, ef_search=100, max_scan_tuples=40_000)
     assert plan_semantic(0, 10, tuning).kind == "exact"
@@ -35,6 +65,8 @@ def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:
     assert big.kind == "hnsw"
     assert big.ef_search == 400  # SHARE_OVERSAMPLING (8) * 10 / 0.2
     assert big.max_scan_tuples == 40_000
+    assert (big.limit, big.rows) == (10, 10 * HNSW_OVERFETCH)  # read more, keep the nearest
+    assert plan_semantic(5_000, 10, tuning).rows == 10
     small_share = plan_semantic(6_000, 30, tuning, total_chunks=10_000_000)
     assert small_share.ef_search == MAX_EF_SEARCH
     assert plan_semantic(6_000, 10, tuning).ef_search == 100

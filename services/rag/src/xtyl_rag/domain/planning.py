@@ -46,13 +46,25 @@ class SearchTuning:
     fulltext_scan_max_chunks: int = 1_000
 
 
+#: The HNSW plan reads this many times the rows asked, then keeps the nearest by exact
+#: distance: an iterative scan in ``relaxed_order`` hands rows over roughly nearest first, and
+#: the first ``limit`` it finds of a small share of the table are not quite the nearest ones.
+HNSW_OVERFETCH = 3
+
+
 @dataclass(frozen=True, slots=True)
 class SemanticPlan:
     kind: Literal["exact", "hnsw"]
-    #: rows asked of the index scan (HNSW) or of the sort (exact)
+    #: rows returned
     limit: int
     ef_search: int = 0
     max_scan_tuples: int = 0
+    #: rows asked of the index scan (HNSW) or of the sort (exact), at least ``limit``
+    fetch: int = 0
+
+    @property
+    def rows(self) -> int:
+        return max(self.limit, self.fetch)
 
 
 def plan_semantic(
@@ -72,7 +84,11 @@ def plan_semantic(
         ef_search = max(ef_search, min(MAX_EF_SEARCH, round(SHARE_OVERSAMPLING * limit / share)))
     ef_search = min(ef_search, MAX_EF_SEARCH)
     return SemanticPlan(
-        "hnsw", limit, ef_search=ef_search, max_scan_tuples=max(tuning.max_scan_tuples, ef_search)
+        "hnsw",
+        limit,
+        ef_search=ef_search,
+        max_scan_tuples=max(tuning.max_scan_tuples, ef_search),
+        fetch=limit * HNSW_OVERFETCH,
     )
 
 

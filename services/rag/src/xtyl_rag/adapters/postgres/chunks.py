@@ -201,9 +201,9 @@ class ChunkSearch:
                 str(plan.ef_search),
                 str(plan.max_scan_tuples),
             )
-            rows = await conn.fetch(query, owner_id, vector, plan.limit, *params)
+            rows = await conn.fetch(query, owner_id, vector, plan.rows, *params)
         # relaxed_order may return rows slightly out of order: sort by the exact distance
-        ordered = sorted(rows, key=_distance)
+        ordered = sorted(rows, key=_distance)[: plan.limit]
         return [RankedChunk(row["chunk_id"], 1.0 - float(row["distance"])) for row in ordered]
 
     async def fulltext(
