@@ -13,13 +13,17 @@ Starts its own Postgres (xtyl_devstack, pgvector), applies the migrations, and:
    make HNSW look far worse than it is on text (no cluster structure). Each owner draws from
    a window of neighbouring sentences (a user's documents share topics); queries are
    perturbed base sentences from the owner's window, full-text queries their text.
-2. **Owners of very different sizes**: 5,000 owners of ~20 chunks, 100 of 2,000, 10 of
-   20,000 and 4 of 125,000 (scaled down with ``--chunks``). Loaded with COPY, indexes built
+2. **Owners of very different sizes**: 5,000 owners of ~20 chunks, 75 of 2,000, 10 of 5,000,
+   10 of 10,000 (the band just under the semantic threshold), 5 of 20,000 and 4 of 125,000
+   (scaled down with ``--chunks``). Loaded with COPY, indexes built
    after loading (HNSW m=16, ef_construction=64, with maintenance_work_mem high).
 3. **Search latency** (p50/p99 per mode and group; the query embedding is precomputed, so
-   this is the database side of ``Retriever.search``) and **recall@10** of semantic search
-   against an exact scan of the owner's chunks. Then both semantic plans forced on every
-   group: where the exact scan stops being cheaper is the threshold (``SEARCH_EXACT_MAX_CHUNKS``).
+   this is the database side of ``Retriever.search``), **recall@10** of semantic search
+   against an exact scan of the owner's chunks, and of full-text search against BM25 over
+   every chunk sharing a word with the query. The query embedding is timed apart (the local
+   model, and a repeated query from the cache). Then each mode's two plans forced on every
+   group: where the owner scan stops being cheaper than the index is that mode's threshold
+   (``SEARCH_EXACT_MAX_CHUNKS``, ``SEARCH_FULLTEXT_SCAN_MAX_CHUNKS``).
 4. **Ingest**: markdown documents through the worker's indexer (extraction child, chunking,
    embedding, one write transaction; two at a time, as the worker runs) beside the
    embedder's raw rate on the same chunks.
@@ -71,8 +75,16 @@ MODEL = "local:all-MiniLM-L6-v2"
 DIM = 384
 SIGMA = 0.02
 K = 10
-#: (group, owners, chunks per owner) for 1,000,000 chunks
-GROUPS = (("~20", 5_000, 20), ("2k", 100, 2_000), ("20k", 10, 20_000), ("125k", 4, 125_000))
+#: (group, owners, chunks per owner) for 1,000,000 chunks: "10k" is the band just under the
+#: semantic threshold (SEARCH_EXACT_MAX_CHUNKS), the largest owners the exact scan reads
+GROUPS = (
+    ("~20", 5_000, 20),
+    ("2k", 75, 2_000),
+    ("5k", 10, 5_000),
+    ("10k", 10, 10_000),
+    ("20k", 5, 20_000),
+    ("125k", 4, 125_000),
+)
 MODES: tuple[SearchMode, ...] = ("semantic", "fulltext", "hybrid")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 #: not the standard library's own prose (installed packages, tests, vendored code)
@@ -358,7 +370,10 @@ class Query:
     owner: Owner
     text: str
     vector: np.ndarray
+    #: the K nearest chunks (exact scan)
     truth: list[uuid.UUID]
+    #: the K best chunks by BM25 over every chunk sharing a lexeme (the owner scan)
+    text_truth: list[uuid.UUID] = field(default_factory=list[uuid.UUID])
 
 
 async def time_searches(
@@ -380,15 +395,18 @@ async def time_searches(
                     )
                     latencies.append((time.perf_counter() - started) * 1000)
                     plans[group, mode] = result.plan or "-"
-                    if mode == "semantic" and phase == "warm":
+                    if mode != "hybrid" and phase == "warm":
                         got = {hit.chunk_id for hit in result.hits}
+                        truth = set(query.truth if mode == "semantic" else query.text_truth)
                         recalls.setdefault((group, mode), []).append(
-                            len(got & set(query.truth)) / max(1, len(query.truth))
+                            len(got & truth) / len(truth) if truth else 1.0
                         )
     print(
-        f"\nsearch: k={K}, {per_group} queries per group, threshold"
-        f" {tuning.exact_max_chunks} chunks, ef_search {tuning.ef_search};"
-        " p50/p99 of the second pass, cold: the first pass after Postgres started"
+        f"\nsearch: k={K}, {per_group} queries per group, thresholds: semantic"
+        f" {tuning.exact_max_chunks}, full text {tuning.fulltext_scan_max_chunks} chunks,"
+        f" ef_search {tuning.ef_search}; p50/p99 of the second pass, cold: the first pass after"
+        " Postgres started; recall@10: semantic of the exact scan, full text of BM25 over"
+        " every chunk sharing a word"
     )
     print(
         f"  {'group':>6} {'mode':>9} {'plan':>6} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}"
@@ -407,6 +425,7 @@ async def time_searches(
 
 async def search_bench(
     pool: asyncpg.Pool,
+    embedder: LocalEmbedder,
     per_group: int,
     tuning: SearchTuning,
     rng: np.random.Generator,
@@ -442,6 +461,10 @@ async def search_bench(
             text = f"{seed['content']} #{group}-{n}"
             fixed.vectors[text] = vector[None, :]
             picked.append(Query(owner, text, vector, await exact_top(pool, owner.id, vector)))
+            scanned = await chunks.fulltext(
+                owner.id, text, limit=K, filters=SearchFilters(), scan_owner=True
+            )
+            picked[-1].text_truth = [r.chunk_id for r in scanned]
         queries[group] = picked
     total = await chunks.total_vectors()
     await time_searches(retriever, queries, tuning, per_group)
@@ -492,6 +515,76 @@ async def search_bench(
             f"  {group:>6} {size:>7} {row[0]:>9} {row[1]:>9} {row[2]:>8} {row[3]:>8}"
             f" {recall:>11.3f} {ef:>9}"
         )
+
+    await fulltext_plans(chunks, queries)
+    await embedding_times(pool, chunks, embedder, tuning, queries)
+
+
+async def fulltext_plans(chunks: ChunkSearch, queries: dict[str, list[Query]]) -> None:
+    print(
+        "\nfull-text plans forced per group (the threshold is where the owner scan stops"
+        " being cheaper); recall: of BM25 over every chunk sharing a word"
+    )
+    print(
+        f"  {'group':>6} {'chunks':>7} {'scan p50':>8} {'scan p99':>8} {'index p50':>9}"
+        f" {'index p99':>9} {'index recall':>12}"
+    )
+    for group, picked in queries.items():
+        size = picked[0].owner.size
+        timed: dict[bool, list[float]] = {True: [], False: []}
+        recalls = []
+        for query in picked:
+            for scan in (True, False):
+                started = time.perf_counter()
+                found = await chunks.fulltext(
+                    query.owner.id, query.text, limit=K, filters=SearchFilters(), scan_owner=scan
+                )
+                timed[scan].append((time.perf_counter() - started) * 1000)
+                if not scan:
+                    got = {r.chunk_id for r in found}
+                    truth = set(query.text_truth)
+                    recalls.append(len(got & truth) / len(truth) if truth else 1.0)
+        print(
+            f"  {group:>6} {size:>7} {pct(timed[True], 0.5):8.1f} {pct(timed[True], 0.99):8.1f}"
+            f" {pct(timed[False], 0.5):9.1f} {pct(timed[False], 0.99):9.1f}"
+            f" {statistics.mean(recalls):12.3f}"
+        )
+
+
+async def embedding_times(
+    pool: asyncpg.Pool,
+    chunks: ChunkSearch,
+    embedder: LocalEmbedder,
+    tuning: SearchTuning,
+    queries: dict[str, list[Query]],
+) -> None:
+    texts = [query.text for picked in queries.values() for query in picked][:50]
+    embedder.embed_sync(texts[:2])  # warm up
+    alone: list[float] = []
+    for text in texts:
+        started = time.perf_counter()
+        await embedder.embed([text])
+        alone.append((time.perf_counter() - started) * 1000)
+    cached_retriever = Retriever(
+        chunks=chunks,
+        models=ModelRegistry(pool),
+        embedders=Embedders(EmbedderConfig(), embedder, None),
+        tuning=tuning,
+        llm=None,
+    )
+    repeated: list[float] = []
+    for text in texts:
+        await cached_retriever.search(
+            queries["~20"][0].owner.id, text, k=K, mode="semantic", filters=SearchFilters()
+        )
+        started = time.perf_counter()
+        await cached_retriever.query_vector(embedder, text)
+        repeated.append((time.perf_counter() - started) * 1000)
+    print(
+        f"\nquery embedding (not in the search figures above; {len(texts)} queries):"
+        f" local model p50 {pct(alone, 0.5):.1f} ms, p99 {pct(alone, 0.99):.1f} ms;"
+        f" a repeated query (cache) p50 {pct(repeated, 0.5):.3f} ms"
+    )
 
 
 # --- ingest ---------------------------------------------------------------------------------
@@ -573,6 +666,67 @@ async def ingest_bench(
 # --- quality --------------------------------------------------------------------------------
 
 
+def docstring_set(
+    docs: Sequence[tuple[str, str, str]], n: int, queries: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The known-item set: ``n`` documents (title, text) and ``queries`` (query, title of the
+    one right document): a docstring's summary line asks for the rest of it."""
+    rng = random.Random(7)
+    candidates = [d for d in docs if len(d[1]) >= 40 and 200 <= len(d[2]) <= 4000]
+    by_summary: dict[str, tuple[str, str, str]] = {}
+    for d in candidates:
+        by_summary.setdefault(d[1], d)  # one document per distinct summary: one right answer
+    chosen = rng.sample(sorted(by_summary.values()), min(n, len(by_summary)))
+    asked = rng.sample(sorted(s for _name, s, _rest in chosen), min(queries, len(chosen)))
+    title = {summary: name for name, summary, _rest in chosen}
+    return [(name, rest) for name, _summary, rest in chosen], [(q, title[q]) for q in asked]
+
+
+async def index_inline(
+    pool: asyncpg.Pool, embedder: LocalEmbedder, documents: Sequence[tuple[str, str]]
+) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
+    """A new owner holding ``documents`` (title, text), indexed as the worker does (chunking,
+    embedding, one write each); returns the owner and each title's document id."""
+    counter = MiniLMTokenCounter.load()
+    owner = uuid.uuid4()
+    await ModelRegistry(pool).register(embedder.model, embedder.dimension)
+    repository = DocumentRepository(pool)
+    indexer = Indexer(
+        documents=repository,
+        models=ModelRegistry(pool),
+        embedders=Embedders(EmbedderConfig(), embedder, None),
+        storage=None,  # type: ignore[arg-type]
+        extractor=None,  # type: ignore[arg-type]  # inline texts need no extraction
+        counter=counter,
+        max_document_bytes=50 * 2**20,
+        max_attempts=5,
+    )
+    ids: dict[str, uuid.UUID] = {}
+    for title, text in documents:
+        document = await repository.create_inline(
+            owner, title=title, text=text, sha256=sha256_text(text), metadata={}
+        )
+        await indexer.index(document.id)
+        ids[title] = document.id
+    return owner, ids
+
+
+async def ranked_documents(
+    retriever: Retriever, owner: uuid.UUID, query: str, mode: SearchMode
+) -> list[uuid.UUID]:
+    """The first ``K`` distinct documents of a search of ``3 K`` chunks."""
+    result = await retriever.search(owner, query, k=K * 3, mode=mode, filters=SearchFilters())
+    ranked: list[uuid.UUID] = []
+    for hit in result.hits:
+        if hit.document_id not in ranked:
+            ranked.append(hit.document_id)
+    return ranked[:K]
+
+
+def reciprocal_rank(ranked: Sequence[uuid.UUID], right: uuid.UUID) -> float:
+    return 1 / (ranked.index(right) + 1) if right in ranked[:K] else 0.0
+
+
 async def quality_bench(
     pool: asyncpg.Pool,
     embedder: LocalEmbedder,
@@ -580,62 +734,27 @@ async def quality_bench(
     n: int,
     queries: int,
 ) -> None:
-    rng = random.Random(7)
-    candidates = [d for d in docs if len(d[1]) >= 40 and 200 <= len(d[2]) <= 4000]
-    by_summary: dict[str, tuple[str, str, str]] = {}
-    for d in candidates:
-        by_summary.setdefault(d[1], d)  # one document per distinct summary: one right answer
-    chosen = rng.sample(sorted(by_summary.values()), min(n, len(by_summary)))
-    counter = MiniLMTokenCounter.load()
-    owner = uuid.uuid4()
-    config = EmbedderConfig()
-    embedders = Embedders(config, embedder, None)
-    documents = DocumentRepository(pool)
-    indexer = Indexer(
-        documents=documents,
-        models=ModelRegistry(pool),
-        embedders=embedders,
-        storage=None,  # type: ignore[arg-type]
-        extractor=None,  # type: ignore[arg-type]  # inline texts need no extraction
-        counter=counter,
-        max_document_bytes=50 * 2**20,
-        max_attempts=5,
-    )
-    right: dict[str, uuid.UUID] = {}
+    documents, asked = docstring_set(docs, n, queries)
     started = time.perf_counter()
-    for name, summary, rest in chosen:
-        document = await documents.create_inline(
-            owner, title=name, text=rest, sha256=sha256_text(rest), metadata={}
-        )
-        await indexer.index(document.id)
-        right[summary] = document.id
+    owner, ids = await index_inline(pool, embedder, documents)
     print(
-        f"\nquality: {len(chosen)} stdlib docstrings indexed in"
-        f" {time.perf_counter() - started:.0f} s; {queries} summary-line queries,"
+        f"\nquality: {len(documents)} stdlib docstrings indexed in"
+        f" {time.perf_counter() - started:.0f} s; {len(asked)} summary-line queries,"
         " one right document each"
     )
     retriever = Retriever(
         chunks=ChunkSearch(pool),
         models=ModelRegistry(pool),
-        embedders=embedders,
+        embedders=Embedders(EmbedderConfig(), embedder, None),
         tuning=SearchTuning(),
         llm=None,
     )
-    asked = rng.sample(sorted(right), min(queries, len(right)))
     print(f"  {'mode':>9} {'MRR@10':>7} {'recall@10':>9}")
     for mode in MODES:
-        reciprocal: list[float] = []
-        for summary in asked:
-            result = await retriever.search(
-                owner, summary, k=K * 3, mode=mode, filters=SearchFilters()
-            )
-            ranked: list[uuid.UUID] = []
-            for hit in result.hits:
-                if hit.document_id not in ranked:
-                    ranked.append(hit.document_id)
-            ranked = ranked[:K]
-            rank = ranked.index(right[summary]) + 1 if right[summary] in ranked else 0
-            reciprocal.append(1 / rank if rank else 0.0)
+        reciprocal = [
+            reciprocal_rank(await ranked_documents(retriever, owner, query, mode), ids[title])
+            for query, title in asked
+        ]
         hits = sum(1 for r in reciprocal if r > 0)
         print(f"  {mode:>9} {statistics.mean(reciprocal):7.3f} {hits / len(asked):9.3f}")
 
@@ -669,8 +788,12 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
                 loaded = await load(conn, owners, texts, base_vectors, rng)
                 timings.run(f"COPY {loaded} chunks of {len(owners)} owners", started)
                 await build_indexes(conn, timings, indexes)
-        tuning = SearchTuning(exact_max_chunks=args.threshold, ef_search=args.ef_search)
-        await search_bench(pool, args.queries, tuning, rng)
+        tuning = SearchTuning(
+            exact_max_chunks=args.threshold,
+            ef_search=args.ef_search,
+            fulltext_scan_max_chunks=args.fulltext_threshold,
+        )
+        await search_bench(pool, embedder, args.queries, tuning, rng)
         if not args.skip_ingest:
             await ingest_bench(pool, embedder, docs, args.ingest_docs)
         if not args.skip_quality:
@@ -686,6 +809,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100, help="queries per owner group")
     parser.add_argument("--threshold", type=int, default=SearchTuning().exact_max_chunks)
     parser.add_argument("--ef-search", type=int, default=SearchTuning().ef_search)
+    parser.add_argument(
+        "--fulltext-threshold", type=int, default=SearchTuning().fulltext_scan_max_chunks
+    )
     parser.add_argument("--ingest-docs", type=int, default=30)
     parser.add_argument("--quality-docs", type=int, default=1000)
     parser.add_argument("--quality-queries", type=int, default=300)
