@@ -310,8 +310,9 @@ def build_service_app(
         CORSConfig(
             allow_origins=list(cors_origins),
             allow_credentials=True,
-            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            # Idempotency-Key: safe retries of POST /v1/files (storage), and their answer
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER, "Idempotency-Key"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Idempotent-Replayed"],
         )
         if cors_origins
         else None

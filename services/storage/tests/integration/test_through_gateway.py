@@ -22,6 +22,8 @@ from .test_uploads import blocks, sha256_of
 
 pytestmark = pytest.mark.integration
 
+FRONTEND = "https://app.example.com"
+
 
 @asynccontextmanager
 async def storage_behind_gateway(
@@ -38,6 +40,7 @@ async def storage_behind_gateway(
             "REDIS_URL": env["REDIS_URL"],
             "STORAGE_URL": storage.url,
             "RATE_LIMIT_REQUESTS": "100000",
+            "CORS_ORIGINS": FRONTEND,
         }
         async with running_service_async(
             "xtyl_gateway", gateway_env, log_dir=log_dir, name="gateway-st"
@@ -221,3 +224,36 @@ async def test_the_gateway_publishes_one_document_for_the_public_api(
     async with http.get(gateway.url + "/docs") as resp:
         assert resp.status == 200
         assert "/v1/openapi.json" in await resp.text()
+
+
+async def test_the_frontend_may_send_an_idempotency_key_and_read_the_replay(
+    stack: tuple[RunningService, RunningService], http: aiohttp.ClientSession, alice: User
+) -> None:
+    gateway, _ = stack
+    async with http.options(
+        f"{gateway.url}/v1/files",
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    ) as preflight:
+        assert preflight.status in (200, 204), await preflight.text()
+        assert preflight.headers["Access-Control-Allow-Origin"] == FRONTEND
+    headers = {
+        **alice.headers,
+        "Origin": FRONTEND,
+        "Content-Type": "text/plain",
+        "Idempotency-Key": "browser-retry",
+    }
+    answers: list[tuple[str, str | None]] = []
+    for _ in range(2):
+        async with http.post(
+            f"{gateway.url}/v1/files", params={"filename": "a.txt"}, headers=headers, data=b"hi"
+        ) as resp:
+            assert resp.status == 201
+            exposed = resp.headers["Access-Control-Expose-Headers"].lower()
+            assert "idempotent-replayed" in exposed  # a browser script may read it
+            answers.append(((await resp.json())["id"], resp.headers.get("Idempotent-Replayed")))
+    assert answers[1] == (answers[0][0], "true")
+    assert answers[0][1] is None
