@@ -222,13 +222,6 @@ class ObjectStore:
         except S3_ERRORS as exc:
             raise unavailable("delete_object", exc) from exc
 
-    async def delete_quietly(self, key: str) -> None:
-        """Best-effort clean-up after another failure: logs instead of raising."""
-        try:
-            await self.client.delete_object(Bucket=self.bucket, Key=key)
-        except S3_ERRORS as exc:
-            log.error("object_cleanup_failed", key=key, error=error_code(exc))
-
     # -- reading ---------------------------------------------------------------------------
 
     async def exists(self, key: str) -> bool:
