@@ -387,3 +387,66 @@ async def test_password_recovery_through_notify(
         await client.verify_otp({"email": email, "token": code, "type": "recovery"})
     assert caught.value.code == "otp_expired"
     assert len(brevo.emails_to(email)) == 1
+
+
+async def test_an_email_change_is_confirmed_from_both_addresses(
+    client: AsyncGoTrueClient,
+    email: str,
+    gateway: RunningService,
+    brevo: LocalBrevo,
+    http: aiohttp.ClientSession,
+) -> None:
+    session = await signed_up(client, email)
+    new_email = "new-" + email
+    changed = await client.update_user({"email": new_email})
+    assert changed.user.email == email  # not yet: both addresses confirm first
+    assert changed.user.new_email == new_email
+
+    [to_current] = await brevo.wait_for_emails(email)
+    [to_new] = await brevo.wait_for_emails(new_email)
+    assert to_current["subject"] == to_new["subject"] == "Confirm your new email address"
+    pending = await client.verify_otp(
+        {"email": email, "token": _code_in(to_current), "type": "email_change"}
+    )
+    assert pending.session is None
+    done = await client.verify_otp(
+        {"email": new_email, "token": _code_in(to_new), "type": "email_change"}
+    )
+    assert done.user is not None
+    assert done.user.email == new_email
+
+    headers = {"Authorization": f"Bearer {session.access_token}"}
+    async with http.get(gateway.url + "/v1/me", headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["email"] == new_email  # the update trigger followed
+    renewed = await client.sign_in_with_password({"email": new_email, "password": PASSWORD})
+    assert renewed.session is not None
+
+
+async def test_an_emailed_link_opened_in_a_browser_signs_in_at_the_redirect(
+    auth: LocalAuth, client: AsyncGoTrueClient, email: str, http: aiohttp.ClientSession
+) -> None:
+    await signed_up(client, email)
+    admin = {"apikey": auth.service_role_key, "Authorization": f"Bearer {auth.service_role_key}"}
+    async with http.post(
+        auth.api_url + "/admin/generate_link",
+        json={"type": "recovery", "email": email, "redirect_to": SITE_URL + "/auth/callback"},
+        headers=admin,
+    ) as response:
+        assert response.status == 200
+        link = (await response.json())["action_link"]
+    async with http.get(link, allow_redirects=False) as response:  # no apikey: a browser
+        assert response.status == 303
+        location = response.headers["Location"]
+    target, _, fragment = location.partition("#")
+    assert target == SITE_URL + "/auth/callback"
+    assert "type=recovery" in fragment
+    access_token = re.search(r"access_token=([^&]+)", fragment)
+    assert access_token is not None
+    user = await client.get_user(access_token.group(1))
+    assert user is not None
+    assert user.user.email == email
+
+    async with http.get(link, allow_redirects=False) as response:  # spent
+        assert response.status == 303
+        assert "error_code=otp_expired" in response.headers["Location"]

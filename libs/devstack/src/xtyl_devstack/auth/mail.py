@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
@@ -56,19 +57,11 @@ _VERIFY: dict[str, tuple[tuple[str, ...], str]] = {
 _EXPIRED = AuthApiError(403, "otp_expired", "Token has expired or is invalid")
 
 
-class EmailChangePending(AuthApiError):
-    """One of the two addresses of a secure email change is confirmed; the other is not yet.
-    Not an error: Supabase Auth answers 200 with this body."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            200,
-            "",
-            "Confirmation link accepted. Please proceed to confirm link sent to the other email",
-        )
-
-    def body(self, api_version: str | None) -> dict[str, Any]:
-        return {"msg": self.message, "code": 200}
+#: What Supabase Auth answers (200) when one address of a secure email change is confirmed
+#: and the other is not yet.
+EMAIL_CHANGE_PENDING = (
+    "Confirmation link accepted. Please proceed to confirm link sent to the other email"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +197,8 @@ class AuthMailer:
         )
         target = redirect_target(redirect_to, self.config)
         return {
-            "action_link": f"{self.external_url}/verify?token={hashed}&type={kind}"
-            f"&redirect_to={target}",
+            "action_link": f"{self.external_url}/verify?"
+            + urlencode({"token": hashed, "type": kind, "redirect_to": target}),
             "email_otp": otp,
             "hashed_token": hashed,
             "verification_type": kind,
@@ -214,8 +207,9 @@ class AuthMailer:
 
     async def verify(
         self, conn: Conn, *, kind: str, email: str, token: str, token_hash: str
-    ) -> tuple[uuid.UUID, str]:
-        """Spend a code: the user it signs in and the sign-in method, or ``otp_expired``."""
+    ) -> tuple[uuid.UUID, str] | None:
+        """Spend a code: the user it signs in and the sign-in method, or ``otp_expired``; None
+        when it confirmed one address of an email change and the other is still to confirm."""
         if kind == "email_change":
             return await self._verify_email_change(conn, email, token, token_hash)
         if kind not in _VERIFY:
@@ -266,7 +260,7 @@ class AuthMailer:
 
     async def _verify_email_change(
         self, conn: Conn, email: str, token: str, hashed: str
-    ) -> tuple[uuid.UUID, str]:
+    ) -> tuple[uuid.UUID, str] | None:
         if not hashed:
             if not (email and token):
                 raise AuthApiError(
@@ -298,7 +292,7 @@ class AuthMailer:
                 " where id = $1",
                 row["id"],
             )
-            raise EmailChangePending()
+            return None
         await conn.execute(
             "update auth.users set email = email_change, email_change = '',"
             " email_change_token_new = '', email_change_token_current = '',"

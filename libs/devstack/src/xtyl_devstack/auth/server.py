@@ -8,11 +8,11 @@
                                    headers={"apikey": auth.anon_key})
 
 Routes under ``/auth/v1`` (each needs the ``apikey`` header, or ``?apikey=``, holding the
-project's anon or service-role key, as Supabase's API gateway demands; the JWKS and
-``/health`` do not): ``POST /signup``; ``POST /token?grant_type=password|refresh_token``;
+project's anon or service-role key, as Supabase's API gateway demands; the JWKS, ``/health``
+and ``/verify`` do not): ``POST /signup``; ``POST /token?grant_type=password|refresh_token``;
 ``GET``/``PUT /user``; ``POST /logout?scope=global|local|others``; ``POST /recover``;
 ``POST``/``GET /verify``; ``GET /settings``; the service-role-only admin routes
-``/admin/users[/<id>]`` and ``POST /admin/generate_link``; ``GET /.well-known/jwks.json``.
+(:mod:`.admin`); ``GET /.well-known/jwks.json``.
 
 It behaves like Supabase Auth configured by ``supabase/config.toml`` (:mod:`.config`): users in
 the embedded Postgres's ``auth.users`` (bcrypt ``encrypted_password``), so the gateway's
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,23 @@ from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
-import bcrypt
 import jwt
-import msgspec
 from aiohttp import web
 
 from xtyl_devstack.auth import store
+from xtyl_devstack.auth.admin import EMAIL_EXISTS, AdminApi
 from xtyl_devstack.auth.config import AuthConfig
 from xtyl_devstack.auth.errors import API_VERSION_2024_01_01, API_VERSION_HEADER, AuthApiError
-from xtyl_devstack.auth.mail import AuthMailer
+from xtyl_devstack.auth.inputs import (
+    Handler,
+    client_address,
+    hash_password,
+    metadata,
+    password_matches,
+    read_json,
+    text,
+)
+from xtyl_devstack.auth.mail import EMAIL_CHANGE_PENDING, AuthMailer
 from xtyl_devstack.auth.policy import (
     RateLimiter,
     check_password,
@@ -58,16 +65,13 @@ from xtyl_devstack.issuer import JWKS_PATH, LocalIssuer, mint_anon_key, mint_ser
 
 PREFIX = "/auth/v1"
 HEALTH_PATH = PREFIX + "/health"
-_OPEN_PATHS = frozenset({JWKS_PATH, HEALTH_PATH})
+#: Open without an API key, as Supabase's API gateway leaves them (a link in an email is opened
+#: by a browser that has no key).
+_OPEN_PATHS = frozenset({JWKS_PATH, HEALTH_PATH, PREFIX + "/verify"})
 _WINDOW_S = 300.0
-_BCRYPT_ROUNDS = 10
 _ADMIN_ROLES = frozenset({"service_role", "supabase_admin"})
 _KEY_ROLES = frozenset({"anon", *_ADMIN_ROLES})
-_json = msgspec.json.Decoder()
 _NO_BEARER = "This endpoint requires a valid Bearer token"
-_EMAIL_EXISTS = "A user with this email address has already been registered"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,56 +81,6 @@ class Caller:
     user: asyncpg.Record
     session_id: uuid.UUID | None
     claims: dict[str, Any]
-
-
-def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(_BCRYPT_ROUNDS)).decode()
-
-
-def password_matches(password: str, encrypted: str | None) -> bool:
-    if not encrypted:
-        return False
-    try:
-        return bcrypt.checkpw(password.encode(), encrypted.encode())
-    except ValueError:
-        return False
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body: object = _json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise AuthApiError(
-            400, "bad_json", f"Could not parse request body as JSON: {exc}"
-        ) from None
-    if not isinstance(body, dict):
-        raise AuthApiError(400, "bad_json", "Request body must be a JSON object")
-    return body  # pyright: ignore[reportUnknownVariableType]
-
-
-def text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise AuthApiError(400, "validation_failed", f"{name} must be a string")
-    return value
-
-
-def metadata(body: dict[str, Any], name: str) -> dict[str, Any]:
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise AuthApiError(400, "validation_failed", f"{name} must be an object")
-    return value  # pyright: ignore[reportUnknownVariableType]
-
-
-def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
 
 
 class LocalAuth(LocalIssuer):
@@ -196,12 +150,7 @@ class LocalAuth(LocalIssuer):
             ("POST", "/recover", self._recover),
             ("POST", "/verify", self._verify_post),
             ("GET", "/verify", self._verify_get),
-            ("GET", "/admin/users", self._admin_list),
-            ("POST", "/admin/users", self._admin_create),
-            ("GET", "/admin/users/{user_id}", self._admin_get),
-            ("PUT", "/admin/users/{user_id}", self._admin_update),
-            ("DELETE", "/admin/users/{user_id}", self._admin_delete),
-            ("POST", "/admin/generate_link", self._admin_generate_link),
+            *AdminApi(self).routes(),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, PREFIX + path, handler)
@@ -254,13 +203,14 @@ class LocalAuth(LocalIssuer):
     def _access_token(
         self, user: asyncpg.Record, session_id: uuid.UUID, methods: list[tuple[str, int]]
     ) -> tuple[str, int]:
+        shown = store.user_json(user)
         token = self.mint(
             user_id=user["id"],
             email=user["email"],
             ttl_s=self.config.jwt_expiry_s,
             phone=user["phone"] or "",
-            app_metadata=store.user_json(user)["app_metadata"],
-            user_metadata=store.user_json(user)["user_metadata"],
+            app_metadata=shown["app_metadata"],
+            user_metadata=shown["user_metadata"],
             role=user["role"] or "authenticated",
             session_id=str(session_id),
             amr=[{"method": m, "timestamp": at} for m, at in methods],
@@ -344,7 +294,7 @@ class LocalAuth(LocalIssuer):
                 403, "bad_jwt", f"invalid JWT: unable to parse or verify signature, {exc}"
             ) from None
 
-    def _require_admin(self, request: web.Request) -> None:
+    def require_admin(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthApiError(401, "no_authorization", _NO_BEARER)
@@ -550,7 +500,7 @@ class LocalAuth(LocalIssuer):
                 )
             data = body.get("data")
             if isinstance(data, dict):
-                await _merge_user_metadata(conn, user["id"], data)  # pyright: ignore[reportUnknownArgumentType]
+                await store.merge_user_metadata(conn, user["id"], data)  # pyright: ignore[reportUnknownArgumentType]
             new_email = text(body, "email")
             if new_email and new_email.lower() != (user["email"] or "").lower():
                 new_email = checked_email(new_email)
@@ -558,7 +508,7 @@ class LocalAuth(LocalIssuer):
                     raise AuthApiError(
                         422,
                         "email_exists",
-                        _EMAIL_EXISTS,
+                        EMAIL_EXISTS,
                     )
                 fresh = await store.find_user(conn, user["id"])
                 assert fresh is not None
@@ -609,13 +559,16 @@ class LocalAuth(LocalIssuer):
         )
         body = await read_json(request)
         async with self.pool.acquire() as conn, conn.transaction():
-            user_id, method = await self.mailer.verify(
+            verified = await self.mailer.verify(
                 conn,
                 kind=text(body, "type"),
                 email=text(body, "email"),
                 token=text(body, "token"),
                 token_hash=text(body, "token_hash"),
             )
+            if verified is None:
+                return web.json_response({"msg": EMAIL_CHANGE_PENDING, "code": "200"})
+            user_id, method = verified
             return web.json_response(await self._sign_in(conn, request, user_id, method))
 
     async def _verify_get(self, request: web.Request) -> web.Response:
@@ -627,12 +580,15 @@ class LocalAuth(LocalIssuer):
         )
         kind = request.query.get("type", "")
         target = redirect_target(request.query.get("redirect_to"), self.config)
+        session: dict[str, Any] | None = None
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                user_id, method = await self.mailer.verify(
+                verified = await self.mailer.verify(
                     conn, kind=kind, email="", token="", token_hash=request.query.get("token", "")
                 )
-                session = await self._sign_in(conn, request, user_id, method)
+                if verified is not None:
+                    user_id, method = verified
+                    session = await self._sign_in(conn, request, user_id, method)
         except AuthApiError as exc:
             fragment = {
                 "error": "access_denied",
@@ -640,6 +596,8 @@ class LocalAuth(LocalIssuer):
                 "error_description": "Email link is invalid or has expired",
             }
             raise web.HTTPSeeOther(f"{target}#{urlencode(fragment)}") from None
+        if session is None:  # one address of an email change confirmed (committed), not both
+            raise web.HTTPSeeOther(f"{target}#{urlencode({'message': EMAIL_CHANGE_PENDING})}")
         fragment = {
             "access_token": session["access_token"],
             "expires_at": str(session["expires_at"]),
@@ -649,129 +607,6 @@ class LocalAuth(LocalIssuer):
             "type": kind,
         }
         raise web.HTTPSeeOther(f"{target}#{urlencode(fragment)}")
-
-    # --- admin routes (service-role key) --------------------------------------------------
-
-    async def _admin_list(self, request: web.Request) -> web.Response:
-        self._require_admin(request)
-        try:
-            page = max(1, int(request.query.get("page") or "1"))
-            per_page = min(1000, max(1, int(request.query.get("per_page") or "50")))
-        except ValueError:
-            raise AuthApiError(400, "validation_failed", "Bad Pagination Parameters") from None
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"select {store.USER_COLUMNS} from auth.users"  # noqa: S608 - constant columns
-                " where aud = 'authenticated' order by created_at desc, id"
-                " limit $1 offset $2",
-                per_page,
-                (page - 1) * per_page,
-            )
-            total = await conn.fetchval("select count(*) from auth.users")
-        return web.json_response(
-            {"users": [store.user_json(r) for r in rows], "aud": "authenticated"},
-            headers={"X-Total-Count": str(total)},
-        )
-
-    async def _admin_create(self, request: web.Request) -> web.Response:
-        self._require_admin(request)
-        body = await read_json(request)
-        email = checked_email(text(body, "email"))
-        password = text(body, "password")
-        encrypted: str | None = None
-        if password:
-            check_password(password, self.config)
-            encrypted = await asyncio.to_thread(hash_password, password)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await store.lock_email(conn, email)
-            if await store.find_user_by_email(conn, email) is not None:
-                raise AuthApiError(422, "email_exists", _EMAIL_EXISTS)
-            user = await store.insert_user(
-                conn,
-                email=email,
-                encrypted_password=encrypted,
-                user_metadata=metadata(body, "user_metadata"),
-                app_metadata={
-                    "provider": "email",
-                    "providers": ["email"],
-                    **metadata(body, "app_metadata"),
-                },
-                confirmed=bool(body.get("email_confirm", False)),
-            )
-        return web.json_response(store.user_json(user))
-
-    async def _admin_user(self, request: web.Request, conn: Conn) -> asyncpg.Record:
-        self._require_admin(request)
-        try:
-            user_id = uuid.UUID(request.match_info["user_id"])
-        except ValueError:
-            raise AuthApiError(404, "user_not_found", "User not found") from None
-        user = await store.find_user(conn, user_id)
-        if user is None:
-            raise AuthApiError(404, "user_not_found", "User not found")
-        return user
-
-    async def _admin_get(self, request: web.Request) -> web.Response:
-        async with self.pool.acquire() as conn:
-            return web.json_response(store.user_json(await self._admin_user(request, conn)))
-
-    async def _admin_update(self, request: web.Request) -> web.Response:
-        async with self.pool.acquire() as conn, conn.transaction():
-            user = await self._admin_user(request, conn)
-            body = await read_json(request)
-            password = text(body, "password")
-            if password:
-                check_password(password, self.config)
-                await conn.execute(
-                    "update auth.users set encrypted_password = $2, updated_at = now()"
-                    " where id = $1",
-                    user["id"],
-                    await asyncio.to_thread(hash_password, password),
-                )
-            if body.get("email_confirm") is True:
-                await conn.execute(
-                    "update auth.users set email_confirmed_at = coalesce(email_confirmed_at,"
-                    " now()), updated_at = now() where id = $1",
-                    user["id"],
-                )
-            if isinstance(body.get("user_metadata"), dict):
-                await _merge_user_metadata(conn, user["id"], body["user_metadata"])
-            if isinstance(body.get("app_metadata"), dict):
-                await conn.execute(
-                    "update auth.users set raw_app_meta_data ="
-                    " coalesce(raw_app_meta_data, '{}'::jsonb) || $2, updated_at = now()"
-                    " where id = $1",
-                    user["id"],
-                    body["app_metadata"],
-                )
-            updated = await store.find_user(conn, user["id"])
-        assert updated is not None
-        return web.json_response(store.user_json(updated))
-
-    async def _admin_delete(self, request: web.Request) -> web.Response:
-        async with self.pool.acquire() as conn, conn.transaction():
-            user = await self._admin_user(request, conn)
-            await conn.execute("delete from auth.users where id = $1", user["id"])
-        return web.json_response({})
-
-    async def _admin_generate_link(self, request: web.Request) -> web.Response:
-        self._require_admin(request)
-        body = await read_json(request)
-        kind = text(body, "type")
-        if kind not in ("magiclink", "recovery"):
-            raise AuthApiError(
-                400, "validation_failed", "Only magiclink and recovery links are supported here"
-            )
-        email = checked_email(text(body, "email"))
-        redirect_to = text(body, "redirect_to") or request.query.get("redirect_to")
-        async with self.pool.acquire() as conn, conn.transaction():
-            user = await store.find_user_by_email(conn, email)
-            if user is None:
-                raise AuthApiError(404, "user_not_found", "User with this email not found")
-            link = await self.mailer.link(conn, user, kind, redirect_to)
-            fresh = await store.find_user(conn, user["id"])
-        assert fresh is not None
-        return web.json_response({**store.user_json(fresh), **link})
 
 
 class _KongError(AuthApiError):
@@ -785,17 +620,3 @@ class _KongError(AuthApiError):
             "message": self.message,
             "hint": "Double check your Supabase `anon` or `service_role` API key.",
         }
-
-
-async def _merge_user_metadata(conn: Conn, user_id: uuid.UUID, changes: dict[str, Any]) -> None:
-    """Supabase Auth's metadata update: keys set to null are removed, others replaced."""
-    removed = [k for k, v in changes.items() if v is None]
-    kept = {k: v for k, v in changes.items() if v is not None}
-    await conn.execute(
-        "update auth.users set raw_user_meta_data ="
-        " (coalesce(raw_user_meta_data, '{}'::jsonb) - $3::text[]) || $2, updated_at = now()"
-        " where id = $1",
-        user_id,
-        kept,
-        removed,
-    )

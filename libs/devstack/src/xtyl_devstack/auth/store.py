@@ -303,3 +303,17 @@ async def session_methods(conn: Conn, session_id: uuid.UUID) -> list[tuple[str, 
         session_id,
     )
     return [(str(row["authentication_method"]), int(row["at"])) for row in rows]
+
+
+async def merge_user_metadata(conn: Conn, user_id: uuid.UUID, changes: dict[str, Any]) -> None:
+    """Supabase Auth's metadata update: keys set to null are removed, others replaced."""
+    removed = [k for k, v in changes.items() if v is None]
+    kept = {k: v for k, v in changes.items() if v is not None}
+    await conn.execute(
+        "update auth.users set raw_user_meta_data ="
+        " (coalesce(raw_user_meta_data, '{}'::jsonb) - $3::text[]) || $2, updated_at = now()"
+        " where id = $1",
+        user_id,
+        kept,
+        removed,
+    )
