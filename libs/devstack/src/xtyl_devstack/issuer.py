@@ -1,5 +1,6 @@
 """A local stand-in for Supabase Auth's token side: an ES256 key, a JWKS, and tokens shaped
-exactly like Supabase's access tokens. For ``make up`` and tests only; never deployed.
+exactly like Supabase's access tokens. For tests only (tokens for any user, no sign-in); never
+deployed. ``make up`` runs the local Auth (:mod:`xtyl_devstack.auth`), which builds on it.
 
     issuer = LocalIssuer(Path(".data/auth"))
     await issuer.start()                       # http://127.0.0.1:<port>
