@@ -146,6 +146,9 @@ DESCRIPTIONS: dict[str, str] = {
     " 1.0); above, HNSW (measured crossover, bench/bench_rag.py)",
     "SEARCH_EF_SEARCH": "base `hnsw.ef_search`, widened for owners who are a small share",
     "SEARCH_MAX_SCAN_TUPLES": "`hnsw.max_scan_tuples` of the iterative scan",
+    "SEARCH_FULLTEXT_SCAN_MAX_CHUNKS": "full text: owners with at most this many chunks are read"
+    " row by row; above, the `(owner_id, tsv)` GIN index (measured crossover,"
+    " bench/bench_rag.py)",
     "MAX_DOCUMENT_BYTES": "largest document the worker indexes",
     "INDEX_CONCURRENCY": "documents indexed at once per worker",
     "EXTRACTION_WORKERS": "child processes that extract text (memory- and time-capped)",

@@ -66,6 +66,9 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
     search_exact_max_chunks: int = 10_000
     search_ef_search: int = 100
     search_max_scan_tuples: int = 40_000
+    #: Full text: owners (or filters) with at most this many chunks have their rows read one
+    #: by one; above it the GIN index on (owner_id, tsv). Measured by bench/bench_rag.py.
+    search_fulltext_scan_max_chunks: int = SearchTuning().fulltext_scan_max_chunks
 
     # --- indexing (rag-worker) ---
     #: Largest file or inline text indexed, bytes; larger ones fail ``too_large``.
@@ -93,6 +96,7 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
             raise ValueError("must be an http(s) URL (at `$.llm_url`)")
         positive = {
             "search_exact_max_chunks": self.search_exact_max_chunks,
+            "search_fulltext_scan_max_chunks": self.search_fulltext_scan_max_chunks,
             "search_ef_search": self.search_ef_search,
             "search_max_scan_tuples": self.search_max_scan_tuples,
             "max_document_bytes": self.max_document_bytes,
@@ -103,7 +107,7 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
             "llm_max_tokens": self.llm_max_tokens,
         }
         for name, value in positive.items():
-            if value < 0 or (value == 0 and name != "search_exact_max_chunks"):
+            if value < 0 or (value == 0 and not name.endswith("_max_chunks")):
                 raise ValueError(f"must be greater than 0 (at `$.{name}`)")
         if not self.storage_ready_wait_s >= 0:
             raise ValueError("must be at least 0 (at `$.storage_ready_wait_s`)")
@@ -135,4 +139,5 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
             exact_max_chunks=self.search_exact_max_chunks,
             ef_search=self.search_ef_search,
             max_scan_tuples=self.search_max_scan_tuples,
+            fulltext_scan_max_chunks=self.search_fulltext_scan_max_chunks,
         )
