@@ -137,6 +137,7 @@ def manual_set(
 class Rankings:
     """One query's semantic and full-text chunk rankings: (document, score) best first."""
 
+    query: str
     right: uuid.UUID
     semantic: list[tuple[uuid.UUID, uuid.UUID, float]]
     fulltext: list[tuple[uuid.UUID, uuid.UUID, float]]
@@ -289,7 +290,7 @@ async def evaluate(
                 filters=SearchFilters(),
             )
             lists.append([(h.chunk_id, h.document_id, h.score) for h in result.hits])
-        rankings.append(Rankings(ids[title], lists[0], lists[1]))
+        rankings.append(Rankings(query, ids[title], lists[0], lists[1]))
     return rankings
 
 
@@ -307,6 +308,31 @@ def report_grid(sets: dict[str, list[Rankings]], tune: str) -> None:
                     + " ".join(f"{mrr(sets[n], fuse, w)[0]:10.3f}" for n in names)
                     + mark
                 )
+
+
+#: a token a person types exactly: an identifier, a function call, a version, a path
+_EXACT_TOKEN = re.compile(r"\w*(?:_|\d|\(|\.\w|[a-z][A-Z])\w*")
+
+
+def report_query_dependent(sets: dict[str, list[Rankings]], tune: str) -> None:
+    """Would a weight chosen by the query help? Queries holding an exact token (identifier,
+    call, number) against the rest, each with its own best weighted-RRF weight."""
+    print("\nquery-dependent weight (weighted rrf): queries with an exact token vs the rest")
+    for label, has in (("exact token", True), ("plain words", False)):
+        part = {
+            n: [r for r in s if bool(_EXACT_TOKEN.search(r.query)) == has] for n, s in sets.items()
+        }
+        if not part[tune]:
+            continue
+        best = max(GRID, key=lambda w: (mrr(part[tune], weighted_rrf, w)[0], -abs(w - 0.5)))
+        cells = " ".join(
+            f"{n}: {len(p)} queries, w={best:.2f} {mrr(p, weighted_rrf, best)[0]:.3f}"
+            f" (semantic {mrr(p, weighted_rrf, 1.0)[0]:.3f}, full text"
+            f" {mrr(p, weighted_rrf, 0.0)[0]:.3f})"
+            for n, p in part.items()
+            if p
+        )
+        print(f"  {label:>12}: {cells}")
 
 
 async def run(args: argparse.Namespace, dsn: str) -> None:
@@ -328,6 +354,7 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             print(f"\nno manual at {args.manual}: apt-get install postgresql-doc-15")
         if args.tune in sets:
             report_grid(sets, args.tune)
+            report_query_dependent(sets, args.tune)
     finally:
         await pool.close()
 

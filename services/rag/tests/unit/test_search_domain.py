@@ -10,6 +10,7 @@ import pytest
 from xtyl_rag.domain.bm25 import K1, average_length, bm25_score, idf
 from xtyl_rag.domain.fusion import SEMANTIC_WEIGHT, hybrid_fusion, reciprocal_rank_fusion
 from xtyl_rag.domain.planning import (
+    HNSW_MAX_FETCH,
     HNSW_OVERFETCH,
     MAX_EF_SEARCH,
     SearchTuning,
@@ -61,12 +62,14 @@ def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:
     tuning = SearchTuning(exact_max_chunks=5_000, ef_search=100, max_scan_tuples=40_000)
     assert plan_semantic(0, 10, tuning).kind == "exact"
     assert plan_semantic(5_000, 10, tuning).kind == "exact"
-    big = plan_semantic(200_000, 10, tuning, total_chunks=1_000_000)
+    big = plan_semantic(500_000, 10, tuning, total_chunks=1_000_000)
     assert big.kind == "hnsw"
-    assert big.ef_search == 400  # SHARE_OVERSAMPLING (8) * 10 / 0.2
+    # read more rows than asked (keep the nearest), the candidate list widened for them:
+    assert (big.limit, big.rows) == (10, 10 * HNSW_OVERFETCH)
+    assert big.ef_search == 480  # SHARE_OVERSAMPLING (8) * 30 rows read / 0.5
     assert big.max_scan_tuples == 40_000
-    assert (big.limit, big.rows) == (10, 10 * HNSW_OVERFETCH)  # read more, keep the nearest
     assert plan_semantic(5_000, 10, tuning).rows == 10
+    assert plan_semantic(500_000, 30, tuning).rows == HNSW_MAX_FETCH  # at most
     small_share = plan_semantic(6_000, 30, tuning, total_chunks=10_000_000)
     assert small_share.ef_search == MAX_EF_SEARCH
     assert plan_semantic(6_000, 10, tuning).ef_search == 100

@@ -42,14 +42,20 @@ class SearchTuning:
     ef_search: int = 100
     max_scan_tuples: int = 40_000
     #: full-text search: the owner's rows read one by one up to this many candidate chunks,
-    #: the GIN index on (owner_id, tsv) above (each mode's own measured crossover)
-    fulltext_scan_max_chunks: int = 1_000
+    #: the GIN index on (owner_id, tsv) above: its own measured crossover (1,000,000 chunks,
+    #: k=30: owner of 20, scan 0.7 ms, index 0.9; of 2,000, scan 3.7, index 2.4; of 10,000,
+    #: 14.7 and 4.0: about 1.5 us a row scanned against 0.8 us a candidate scored)
+    fulltext_scan_max_chunks: int = 250
 
 
 #: The HNSW plan reads this many times the rows asked, then keeps the nearest by exact
 #: distance: an iterative scan in ``relaxed_order`` hands rows over roughly nearest first, and
 #: the first ``limit`` it finds of a small share of the table are not quite the nearest ones.
 HNSW_OVERFETCH = 3
+#: ... but no more than this many: each row of a small share of the table costs a walk through
+#: many other owners' rows (hybrid, 30 rows asked, an owner of 2 % of 1,000,000 chunks: 22 ms
+#: p50 reading 90, bench/bench_rag.py)
+HNSW_MAX_FETCH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +84,18 @@ def plan_semantic(
     """
     if candidate_chunks <= tuning.exact_max_chunks:
         return SemanticPlan("exact", limit)
-    ef_search = max(tuning.ef_search, limit)
+    fetch = max(limit, min(limit * HNSW_OVERFETCH, HNSW_MAX_FETCH))
+    ef_search = max(tuning.ef_search, fetch)
     if total_chunks and candidate_chunks < total_chunks:
         share = candidate_chunks / total_chunks
-        ef_search = max(ef_search, min(MAX_EF_SEARCH, round(SHARE_OVERSAMPLING * limit / share)))
+        ef_search = max(ef_search, min(MAX_EF_SEARCH, round(SHARE_OVERSAMPLING * fetch / share)))
     ef_search = min(ef_search, MAX_EF_SEARCH)
     return SemanticPlan(
         "hnsw",
         limit,
         ef_search=ef_search,
         max_scan_tuples=max(tuning.max_scan_tuples, ef_search),
-        fetch=limit * HNSW_OVERFETCH,
+        fetch=fetch,
     )
 
 

@@ -42,10 +42,12 @@ class ChunkHit(msgspec.Struct, frozen=True, kw_only=True):
 
 #: How many chunks the lexemes that choose a large owner's full-text candidates may bring. A
 #: query in plain words shares some word with most of a big owner's chunks; scoring a
-#: candidate (BM25 over its tsvector plus its heap read) costs a few microseconds, so the
+#: candidate (BM25 over its tsvector plus its heap read) costs ~5 microseconds (1,000 of
+#: them: 4-5 ms, 3,000: 15 ms for an owner of 125,000 chunks, with 0.98-1.0 of the exhaustive
+#: BM25 top 10 either way; bench/bench_rag.py), so the
 #: candidates are the chunks of the query's rarest lexemes: taken rarest first while their
 #: chunk counts add up to at most this budget, and always until they add up to the number of
 #: rows asked. Every lexeme of the query still scores the candidates; the frequent ones only
 #: stop deciding which chunks are candidates. When the whole query fits, the ranking is
 #: exactly BM25 over every chunk sharing a lexeme with the query.
-CANDIDATE_BUDGET = 3_000
+CANDIDATE_BUDGET = 1_000

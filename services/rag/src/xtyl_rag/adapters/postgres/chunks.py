@@ -40,48 +40,48 @@ MAX_RANKED = 10_000
 
 def _quoted_or(lexemes: str) -> str:
     """A tsquery joining the text lexemes of column ``lexemes`` (this module's SQL, never
-    input) with ``|``; NULL when there are none, which matches nothing."""
+    input) with ``|``; NULL when there are none, which matches nothing. An aggregate."""
     return (
         "string_agg('''' || replace(replace("
-        f"{lexemes}, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery"
+        f"{lexemes}, '\\', '\\\\'), '''', '''''') || '''', ' | ')"
     )
 
 
 #: The statistics every full-text statement starts with ($1 owner, $2 query text): the query's
-#: lexemes (q), the owner's chunk count and average length (s), and each query lexeme the
-#: owner holds with its chunk count, idf and ``reach``: the chunks of it and every rarer one.
+#: lexemes (q), the owner's chunk count and average length (s), each query lexeme the owner
+#: holds with its chunk count, idf and ``reach``: the chunks of it and every rarer one (w);
+#: then (g) those lexemes and idfs as two arrays, the tsquery of them all (``any_lexeme``) and
+#: that of the rarest (``rarer``): taken while their chunks fit the budget ($5), and always
+#: until they reach the rows asked ($3).
 _STATS = (
-    "with q as (select coalesce(tsvector_to_array(to_tsvector('english'::regconfig, $2::text)),"
+    "with q as (select coalesce(tsvector_to_array(to_tsvector('english'::regconfig, $2::text)),"  # noqa: S608
     " '{}'::text[]) as lexemes),"
     " s as (select t.chunks::float8 as n, greatest(t.tokens::float8 / greatest(t.chunks, 1), 1)"
     " as avgdl from xtyl_rag.owner_text_stats t where t.owner_id = $1),"
     " w as (select o.lexeme, o.chunks, ln(1 + (s.n - o.chunks + 0.5) / (o.chunks + 0.5)) as idf,"
     " sum(o.chunks) over (order by o.chunks, o.lexeme rows unbounded preceding) as reach"
     " from xtyl_rag.owner_lexemes o, q, s where o.owner_id = $1 and o.lexeme = any(q.lexemes)),"
+    " g as (select coalesce(array_agg(w.lexeme), '{}'::text[]) as lexemes,"
+    " array_agg(w.idf) as idf,"
+    f" {_quoted_or('w.lexeme')}::tsquery as any_lexeme,"
+    f" {_quoted_or('w.lexeme')} filter (where w.reach - w.chunks < $3 or w.reach <= $5)"
+    "::tsquery as rarer from w),"
 )
 #: BM25 of candidate ``m`` (``domain/bm25.py``): its tsvector cut down to the query's lexemes
-#: (``setweight`` marks them, ``ts_filter`` keeps them), each one's positions counted; its
-#: length is its ``token_count``.
+#: (``setweight`` marks them, ``ts_filter`` keeps them), each one's positions counted, its idf
+#: looked up in g's arrays; its length is its ``token_count``.
+_TF = "greatest(cardinality(u.positions), 1)"
 _BM25 = (
-    f"(select sum(w.idf * t.tf * {K1 + 1.0!r} / (t.tf + {K1!r} * ({1.0 - B!r} + {B!r}"  # noqa: S608
-    " * m.tokens / s.avgdl))) from (select u.lexeme, greatest(cardinality(u.positions), 1)"
-    "::float8 as tf from unnest(ts_filter(setweight(m.tsv, 'A', q.lexemes), '{a}')) as u) t"
-    " join w on w.lexeme = t.lexeme)"
+    f"(select sum(g.idf[array_position(g.lexemes, u.lexeme)] * {_TF} * {K1 + 1.0!r}"  # noqa: S608
+    f" / ({_TF} + {K1!r} * ({1.0 - B!r} + {B!r} * m.tokens / s.avgdl)))"
+    " from unnest(ts_filter(setweight(m.tsv, 'A', g.lexemes), '{a}')) as u)"
 )
-#: Candidates of a large owner: the chunks holding the rarest lexemes, rarest first while they
-#: fit in the budget ($5), and always until they reach the rows asked ($3).
-_RARER = (
-    f"g as (select {_quoted_or('w.lexeme')} as match from w"  # noqa: S608
-    " where w.reach - w.chunks < $3 or w.reach <= $5)"
-)
-#: Candidates of a small owner: its chunks holding any of the query's lexemes.
-_ANY = f"g as (select {_quoted_or('w.lexeme')} as match from w)"  # noqa: S608
 
 
 def _scored(candidates: str) -> str:
-    """The best $3 of ``candidates`` (a CTE ``m`` of id and tsv) by BM25."""
+    """The best $3 of ``candidates`` (a CTE ``m`` of id, tsv and tokens) by BM25."""
     return (
-        f"{candidates} select m.id, {_BM25} as score from m, q, s"  # noqa: S608
+        f"{_STATS} {candidates} select m.id, {_BM25} as score from m, g, s"  # noqa: S608
         " order by score desc, m.id limit $3"
     )
 
@@ -90,8 +90,8 @@ def _index_candidates(filters_sql: str) -> str:
     """The owner's chunks of the rarer lexemes, through the GIN index on ``(owner_id, tsv)``
     (migration 0004), at most ``MAX_RANKED`` ($4)."""
     return (
-        f"{_STATS} {_RARER}, m as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
-        f" from xtyl_rag.chunks c, g where c.owner_id = $1 and c.tsv @@ g.match{filters_sql}"
+        "m as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
+        f" from xtyl_rag.chunks c, g where c.owner_id = $1 and c.tsv @@ g.rarer{filters_sql}"
         " limit $4)"
     )
 
@@ -100,10 +100,10 @@ def _scan_candidates(filters_sql: str) -> str:
     """The owner's rows read one by one (a materialised CTE the planner cannot turn into a
     GIN scan), those sharing a lexeme kept."""
     return (
-        f"{_STATS} {_ANY}, mine as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
+        "mine as materialized (select c.id, c.tsv, c.token_count as tokens"  # noqa: S608
         f" from xtyl_rag.chunks c where c.owner_id = $1{filters_sql} and $4::int > 0"
         " and $5::int > 0), m as (select mine.id, mine.tsv, mine.tokens from mine, g"
-        " where mine.tsv @@ g.match)"
+        " where mine.tsv @@ g.any_lexeme)"
     )
 
 
