@@ -26,11 +26,11 @@ from typing import Any
 
 import aioboto3
 import aiohttp
-import psutil
 from botocore.config import Config
 
 from xtyl_common.migrate import migrate
 from xtyl_devstack.issuer import mint_legacy_access_token
+from xtyl_devstack.process_tree import tree_rss
 from xtyl_devstack.pytest_plugin import ENV_INFO
 from xtyl_devstack.s3 import ensure_bucket, s3_client
 from xtyl_devstack.service_process import RunningService, running_service
@@ -87,17 +87,6 @@ def stack_info() -> Generator[StackInfo]:
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def tree_rss(pid: int) -> int:
-    root = psutil.Process(pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 async def sample_peak(pid: int, stop: asyncio.Event, peak: list[int]) -> None:

@@ -1,6 +1,8 @@
-"""What a run left behind: snapshot a process's descendants, wait for them to be gone.
+"""What a run left behind: snapshot a process's descendants, wait for them to be gone; and
+what a process tree holds in memory (:func:`tree_rss`).
 
-Used by the tests that kill pytest or ``up`` and check that no server survives.
+Used by the tests that kill pytest or ``up`` and check that no server survives, and by the
+memory tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -74,3 +76,19 @@ def kill_all(processes: list[psutil.Process]) -> None:
             proc.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             continue
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants (a server and its workers); 0 once gone."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in tree:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total

@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from xtyl_devstack.issuer import LocalIssuer, mint_legacy_access_token
+from xtyl_devstack.process_tree import tree_rss
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_devstack.stack import StackInfo
 from xtyl_devstack.testing import TEST_JWT_SECRET
@@ -407,17 +408,6 @@ async def test_an_early_413_reaches_a_client_that_pauses(
 
 
 # -- 8: unfinished headers cannot eat the gateway's memory ------------------------------------
-
-
-def tree_rss(pid: int) -> int:
-    root = psutil.Process(pid)
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 async def test_unfinished_huge_headers_are_cut_at_64_kib(

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 import pytest
 from redis.asyncio import Redis
 
+from xtyl_devstack.process_tree import tree_rss
 from xtyl_devstack.service_process import RunningService, running_service_async
 
 from .conftest import MIB, User, object_keys, open_multipart_uploads
@@ -24,21 +24,6 @@ from .test_uploads import blocks, sha256_of
 pytestmark = pytest.mark.integration
 
 BIG = 200 * 1000 * 1000
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of the service process and its workers (VmRSS of each)."""
-    total = 0
-    try:
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-    except psutil.NoSuchProcess:
-        return 0
-    return total
 
 
 class RssSampler:
