@@ -58,7 +58,7 @@ from xtyl_devstack.postgres import PostgresServer
 from xtyl_rag.adapters.embedders import EmbedderConfig, LocalEmbedder
 from xtyl_rag.adapters.postgres import ChunkSearch, ModelRegistry
 from xtyl_rag.adapters.vector_spaces import Embedders
-from xtyl_rag.domain.planning import SearchTuning
+from xtyl_rag.domain.planning import SearchTuning, candidate_depth
 from xtyl_rag.domain.search import SearchFilters
 from xtyl_rag.retrieval import Retriever
 
@@ -285,7 +285,7 @@ async def evaluate(
             result = await retriever.search(
                 owner,
                 query,
-                k=50,
+                k=candidate_depth(K * 3, fused=True),  # what hybrid fuses
                 mode=mode,  # type: ignore[arg-type]
                 filters=SearchFilters(),
             )

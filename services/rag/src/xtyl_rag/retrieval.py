@@ -3,8 +3,8 @@
 Search embeds the query with the *active* model (the one whose vectors are complete; during a
 change of model that may not be the configured one), chooses the semantic plan from the
 caller's chunk count (``domain/planning.py``), runs the semantic and full-text (BM25)
-rankings concurrently and fuses them (weighted reciprocal rank fusion, ``domain/fusion.py``)
-in hybrid mode. Recent query vectors are cached. Every statement carries
+rankings concurrently and fuses them (a weighted combination of their min-max scaled scores,
+``domain/fusion.py``) in hybrid mode. Recent query vectors are cached. Every statement carries
 the caller's id, so a result can only be one of the caller's chunks.
 """
 
@@ -214,7 +214,9 @@ class Retriever:
             ranked = [(r.chunk_id, r.score) for r in fulltext[:k]]
         else:
             ranked = hybrid_fusion(
-                [r.chunk_id for r in semantic], [r.chunk_id for r in fulltext], limit=k
+                [(r.chunk_id, r.score) for r in semantic],
+                [(r.chunk_id, r.score) for r in fulltext],
+                limit=k,
             )
         rows = await self.chunks.hits(owner_id, [chunk_id for chunk_id, _ in ranked])
         hits = [

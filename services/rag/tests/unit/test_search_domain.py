@@ -8,7 +8,12 @@ from functools import partial
 import pytest
 
 from xtyl_rag.domain.bm25 import K1, average_length, bm25_score, idf
-from xtyl_rag.domain.fusion import SEMANTIC_WEIGHT, hybrid_fusion, reciprocal_rank_fusion
+from xtyl_rag.domain.fusion import (
+    SEMANTIC_WEIGHT,
+    convex_fusion,
+    hybrid_fusion,
+    reciprocal_rank_fusion,
+)
 from xtyl_rag.domain.planning import (
     HNSW_MAX_FETCH,
     HNSW_OVERFETCH,
@@ -49,13 +54,25 @@ def test_weighted_rrf_scales_each_rankings_pull() -> None:
         reciprocal_rank_fusion([semantic, fulltext], weights=[1.0])
 
 
-def test_hybrid_fusion_uses_the_measured_weight() -> None:
-    fused = dict(hybrid_fusion(["a", "b"], ["b", "c"]))
-    assert fused["a"] == pytest.approx(SEMANTIC_WEIGHT / 61)
-    assert fused["c"] == pytest.approx((1 - SEMANTIC_WEIGHT) / 62)
-    assert fused["b"] == pytest.approx(SEMANTIC_WEIGHT / 62 + (1 - SEMANTIC_WEIGHT) / 61)
-    assert [item for item, _ in hybrid_fusion(["a"], [], limit=1)] == ["a"]
+def test_hybrid_fusion_combines_scaled_scores_with_the_measured_weight() -> None:
+    semantic = [("a", 0.9), ("b", 0.7), ("s", 0.5)]
+    fulltext = [("b", 12.0), ("c", 6.0), ("f", 2.0)]
+    fused = dict(hybrid_fusion(semantic, fulltext))
+    # each ranking scaled to [0, 1] by its own min and max, then weighted
+    assert fused["a"] == pytest.approx(SEMANTIC_WEIGHT * 1.0)
+    assert fused["b"] == pytest.approx(SEMANTIC_WEIGHT * 0.5 + (1 - SEMANTIC_WEIGHT) * 1.0)
+    assert fused["c"] == pytest.approx((1 - SEMANTIC_WEIGHT) * 0.4)
+    assert fused["s"] == fused["f"] == 0.0  # the last of a ranking adds nothing
+    assert [item for item, _ in hybrid_fusion(semantic, fulltext)][:2] == ["b", "a"]
+    # one row, or equal scores: each counts fully
+    assert hybrid_fusion([("x", 0.2)], [], limit=1) == [("x", pytest.approx(SEMANTIC_WEIGHT))]
     assert hybrid_fusion([], []) == []
+    # a ranking that repeats an item counts it once, at its best
+    assert dict(hybrid_fusion([("x", 0.9), ("y", 0.1), ("x", 0.1)], []))["x"] == pytest.approx(
+        SEMANTIC_WEIGHT
+    )
+    with pytest.raises(ValueError, match="one weight per ranking"):
+        convex_fusion([semantic], weights=[0.5, 0.5])
 
 
 def test_plan_exact_up_to_the_threshold_then_hnsw() -> None:

@@ -114,7 +114,7 @@ class DocumentListOut(msgspec.Struct, frozen=True, kw_only=True):
 class SearchIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     query: Query
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = 10
-    #: ``hybrid``: semantic and full-text rankings fused by reciprocal rank fusion
+    #: ``hybrid``: semantic and full-text (BM25) scores combined (``domain/fusion.py``)
     mode: SearchMode = "hybrid"
     document_ids: (
         Annotated[list[uuid.UUID], msgspec.Meta(max_length=MAX_FILTER_DOCUMENTS)] | None
@@ -150,7 +150,9 @@ class SearchHitOut(msgspec.Struct, frozen=True, kw_only=True):
     title: str
     chunk_id: uuid.UUID
     ordinal: int
-    #: semantic: cosine similarity; fulltext: ts_rank; hybrid: reciprocal rank fusion score
+    #: semantic: cosine similarity (-1..1); fulltext: BM25 among the caller's chunks (>= 0,
+    #: comparable within one query); hybrid: 0.6 x semantic + 0.4 x BM25, each min-max scaled
+    #: within its ranking of this query (0..1)
     score: float
     snippet: str
     page: int | None

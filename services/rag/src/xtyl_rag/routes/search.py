@@ -44,10 +44,17 @@ class SearchController(Controller):
         "/search",
         status_code=HTTP_200_OK,
         summary="Search your documents",
-        description="`mode`: `semantic` (embeddings), `fulltext` (Postgres full-text search)"
-        " or `hybrid` (both, fused by reciprocal rank fusion; the default). At most `k` ≤ 50"
-        " chunks of your own documents, optionally only of `document_ids` or of documents"
-        " whose metadata contains `metadata`.",
+        description="`mode`: `semantic` (embeddings), `fulltext` (Postgres full-text search"
+        " ranked by BM25) or `hybrid` (both, their scores combined; the default, and the best"
+        " ranking of the three on both evaluation sets of bench/bench_quality.py). At most"
+        " `k` ≤ 50 chunks of your own documents, optionally only of `document_ids` or of"
+        " documents whose metadata contains `metadata`. What `score` means depends on the"
+        " mode: `semantic`, the cosine similarity of the query's and the chunk's embeddings"
+        " (-1 to 1); `fulltext`, the chunk's BM25 score among your own chunks (0 and up;"
+        " comparable within one query only); `hybrid`, 0.6 times the semantic score plus 0.4"
+        " times the BM25 score, each scaled to 0-1 by the lowest and highest of its ranking"
+        " for this query (0 to 1; comparable within one query only). `semantic_rank` and"
+        " `fulltext_rank` say where each ranking placed the chunk.",
     )
     async def search(
         self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], data: SearchIn
