@@ -302,7 +302,7 @@ def report_grid(sets: dict[str, list[Rankings]], tune: str) -> None:
         best = max(GRID, key=lambda w: (mrr(sets[tune], fuse, w)[0], -abs(w - 0.5)))
         for w in GRID:
             mark = " <- best" if w == best else ""
-            if w in (0.0, 0.5, 1.0) or w == best or abs(w - best) == 0.1:
+            if w in (0.0, 0.5, 1.0) or round(abs(w - best), 2) <= 0.1:
                 print(
                     f"  {label:>22} {w:5.2f} "
                     + " ".join(f"{mrr(sets[n], fuse, w)[0]:10.3f}" for n in names)
@@ -316,19 +316,22 @@ _EXACT_TOKEN = re.compile(r"\w*(?:_|\d|\(|\.\w|[a-z][A-Z])\w*")
 
 def report_query_dependent(sets: dict[str, list[Rankings]], tune: str) -> None:
     """Would a weight chosen by the query help? Queries holding an exact token (identifier,
-    call, number) against the rest, each with its own best weighted-RRF weight."""
-    print("\nquery-dependent weight (weighted rrf): queries with an exact token vs the rest")
+    call, number) against the rest, each with its own best weight."""
+    print(
+        "\nquery-dependent weight (convex min-max, as shipped):"
+        " queries with an exact token against the rest"
+    )
     for label, has in (("exact token", True), ("plain words", False)):
         part = {
             n: [r for r in s if bool(_EXACT_TOKEN.search(r.query)) == has] for n, s in sets.items()
         }
         if not part[tune]:
             continue
-        best = max(GRID, key=lambda w: (mrr(part[tune], weighted_rrf, w)[0], -abs(w - 0.5)))
+        best = max(GRID, key=lambda w: (mrr(part[tune], convex_minmax, w)[0], -abs(w - 0.5)))
         cells = " ".join(
-            f"{n}: {len(p)} queries, w={best:.2f} {mrr(p, weighted_rrf, best)[0]:.3f}"
-            f" (semantic {mrr(p, weighted_rrf, 1.0)[0]:.3f}, full text"
-            f" {mrr(p, weighted_rrf, 0.0)[0]:.3f})"
+            f"{n}: {len(p)} queries, w={best:.2f} {mrr(p, convex_minmax, best)[0]:.3f}"
+            f" (semantic {mrr(p, convex_minmax, 1.0)[0]:.3f}, full text"
+            f" {mrr(p, convex_minmax, 0.0)[0]:.3f})"
             for n, p in part.items()
             if p
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
@@ -36,6 +37,7 @@ def create_app(settings: RagSettings, *, event_settings: EventSettings | None = 
         async with open_core(settings, events) as core:
             verifier = TokenVerifier(settings.auth_config(), core.session)
             arq = await open_job_queue(settings.redis_url)
+            prewarm: asyncio.Task[None] | None = None
             try:
                 await verifier.warm_up()
                 readiness = readiness_of(app)
@@ -47,8 +49,12 @@ def create_app(settings: RagSettings, *, event_settings: EventSettings | None = 
                     jobs=JobQueue(arq, queue=queue_name(events.stream_prefix)),
                 )
                 app.state[VERIFIER_STATE_KEY] = verifier
+                # the HNSW index read ahead of the first searches, in the background
+                prewarm = asyncio.create_task(app.state[STATE_KEY].retriever.prewarm())
                 yield
             finally:
+                if prewarm is not None:
+                    prewarm.cancel()
                 await verifier.close()
                 await arq.aclose()
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+import asyncpg
 import numpy as np
 import structlog
 
@@ -107,6 +108,28 @@ class Retriever:
         if active is None:
             raise Unavailable("no embedding model is active yet", code="no_embedding_model")
         return self._active.put(active)
+
+    async def prewarm(self) -> None:
+        """Read the active model's HNSW index ahead of the first searches (at start-up, in
+        the background); a failure is logged, never raised: searches work without it."""
+        started = time.perf_counter()
+        try:
+            model = await self.active_model()
+            done = await self.chunks.prewarm(model.model)
+        except (DependencyError, asyncpg.PostgresError, OSError) as exc:
+            log.warning("hnsw_prewarm_failed", error=str(exc))
+            return
+        if done is None:
+            log.info("hnsw_prewarm_skipped", reason="no index or no pg_prewarm")
+            return
+        blocks, mode = done
+        log.info(
+            "hnsw_prewarmed",
+            model=model.model,
+            blocks=blocks,
+            mode=mode,
+            ms=round((time.perf_counter() - started) * 1000),
+        )
 
     async def _query_embedder(self) -> tuple[EmbeddingModel, Embedder]:
         model = await self.active_model()

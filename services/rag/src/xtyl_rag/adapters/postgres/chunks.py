@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from xtyl_rag.adapters.postgres.models import sql_literal
+from xtyl_rag.adapters.postgres.models import index_name, sql_literal
 from xtyl_rag.domain.bm25 import K1, B
 from xtyl_rag.domain.planning import SemanticPlan
 from xtyl_rag.domain.search import CANDIDATE_BUDGET, ChunkHit, RankedChunk, SearchFilters
@@ -238,6 +238,37 @@ class ChunkSearch:
                 *params,
             )
         return _ranked(rows)
+
+    async def prewarm(self, model: str) -> tuple[int, str] | None:
+        """Read ``model``'s HNSW index ahead of the first searches (pg_prewarm, migration
+        0007): into shared buffers when it takes at most a quarter of them, else into the
+        operating system's page cache (it would only evict other pages from the buffers).
+        Returns (blocks read, mode), or None without the index or the extension."""
+        row = await self._pool.fetchrow(
+            "select c.oid::regclass::text as index, pg_catalog.pg_relation_size(c.oid) as bytes,"
+            " (select s.setting::bigint * current_setting('block_size')::bigint"
+            " from pg_catalog.pg_settings s where s.name = 'shared_buffers') as buffers,"
+            " exists (select 1 from pg_catalog.pg_extension where extname = 'pg_prewarm')"
+            " as available from pg_catalog.pg_class c"
+            " where c.relname = $1 and c.relnamespace = 'xtyl_rag'::regnamespace",
+            index_name(model),
+        )
+        if row is None or not row["available"]:
+            return None
+        mode = "buffer" if 4 * int(row["bytes"]) <= int(row["buffers"]) else "read"
+        # the extension's schema (`extensions` on Supabase) is not always on the search_path
+        schema = await self._pool.fetchval(
+            "select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n"
+            " on n.oid = e.extnamespace where e.extname = 'pg_prewarm'"
+        )
+        quoted = '"' + str(schema).replace('"', '""') + '"'
+        blocks = await self._pool.fetchval(
+            f"select {quoted}.pg_prewarm($1::regclass, $2)",
+            row["index"],
+            mode,
+            timeout=None,
+        )
+        return int(blocks or 0), mode
 
     async def hits(self, owner_id: uuid.UUID, chunk_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
         """The owner's chunks by id, with their documents' titles (ids of others are absent).
