@@ -21,9 +21,11 @@ import pytest
 from redis.asyncio import Redis
 
 from xtyl_common.events import stream_key
+from xtyl_common.migrate import migrate
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.ports import free_port
+from xtyl_devstack.postgres import create_database, drop_database
 from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.service_process import (
@@ -31,6 +33,7 @@ from xtyl_devstack.service_process import (
     running_service_async,
     start_worker_process,
 )
+from xtyl_devstack.stack import StackInfo
 from xtyl_devstack.testing import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,8 +55,27 @@ def drill_prefix() -> str:
 
 
 @pytest.fixture
+async def drill_database_url(devstack: StackInfo) -> AsyncIterator[str]:
+    """A database of the drill's own: the session's database has other gateways whose relays
+    would publish these users' events under their own stream prefix."""
+    name = f"xtyl_drill_{secrets.token_hex(4)}"
+    await asyncio.to_thread(create_database, devstack.postgres_dsn, name)
+    url = devstack.dsn(name)
+    await migrate(url)
+    yield url
+    await asyncio.to_thread(drop_database, devstack.postgres_dsn, name)
+
+
+@pytest.fixture
+async def drill_db(drill_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool: asyncpg.Pool = await asyncpg.create_pool(drill_database_url, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
 async def gateway(
-    migrated_database_url: str,
+    drill_database_url: str,
     auth_env: dict[str, str],
     redis_control: RedisServer,
     drill_prefix: str,
@@ -63,7 +85,7 @@ async def gateway(
     env = {
         **auth_env,
         **FAST_EVENTS,
-        "DATABASE_URL": migrated_database_url,
+        "DATABASE_URL": drill_database_url,
         "REDIS_URL": redis_control.url,
         "EVENTS_STREAM_PREFIX": drill_prefix,
         "STORAGE_URL": nowhere,
@@ -79,6 +101,7 @@ async def gateway(
 @pytest.fixture
 async def worker(
     notify_env: dict[str, str],
+    drill_database_url: str,
     redis_control: RedisServer,
     drill_prefix: str,
     service_log_dir: Path,
@@ -86,6 +109,7 @@ async def worker(
     env = {
         **notify_env,
         **FAST_EVENTS,
+        "DATABASE_URL": drill_database_url,
         "REDIS_URL": redis_control.url,
         "EVENTS_STREAM_PREFIX": drill_prefix,
     }
@@ -113,7 +137,7 @@ async def sign_up(db: asyncpg.Pool, address: str) -> None:
 
 @pytest.mark.timeout(300)
 async def test_redis_restarted_empty_during_20_sign_ups_each_user_gets_one_welcome_email(
-    db: asyncpg.Pool,
+    drill_db: asyncpg.Pool,
     brevo: LocalBrevo,
     redis_control: RedisServer,
     drill_prefix: str,
@@ -125,14 +149,14 @@ async def test_redis_restarted_empty_during_20_sign_ups_each_user_gets_one_welco
     bus: Redis = create_redis(redis_control.url, socket_timeout_s=2.0, connect_timeout_s=0.5)
     users_stream = stream_key("users", drill_prefix)
     try:
-        await asyncio.gather(*(sign_up(db, a) for a in addresses[:first]))
+        await asyncio.gather(*(sign_up(drill_db, a) for a in addresses[:first]))
 
         async def all_in_the_stream() -> bool:
             return await bus.xlen(users_stream) >= first
 
         await eventually(all_in_the_stream, timeout_s=30)
         await asyncio.to_thread(redis_control.stop)
-        await asyncio.gather(*(sign_up(db, a) for a in addresses[first:]))
+        await asyncio.gather(*(sign_up(drill_db, a) for a in addresses[first:]))
         await asyncio.sleep(2.0)  # the worker's Redis calls fail meanwhile
         assert worker.running, "notify-worker exited while Redis was down"
         await asyncio.to_thread(redis_control.start)  # same port, nothing in it
