@@ -16,7 +16,8 @@ Starts its own Postgres (xtyl_devstack, pgvector), applies the migrations, and:
 2. **Owners of very different sizes**: 5,000 owners of ~20 chunks, 75 of 2,000, 10 of 5,000,
    10 of 10,000 (the band just under the semantic threshold), 5 of 20,000 and 4 of 125,000
    (scaled down with ``--chunks``). Loaded with COPY, indexes built
-   after loading (HNSW m=16, ef_construction=64, with maintenance_work_mem high).
+   after loading (HNSW with the service's parameters, ``HNSW_BUILD``, and
+   maintenance_work_mem high).
 3. **Search latency** (p50/p99 per mode and group; the query embedding is precomputed, so
    this is the database side of ``Retriever.search``), **recall@10** of semantic search
    against an exact scan of the owner's chunks, and of full-text search against BM25 over
@@ -24,6 +25,8 @@ Starts its own Postgres (xtyl_devstack, pgvector), applies the migrations, and:
    model, and a repeated query from the cache). Then each mode's two plans forced on every
    group: where the owner scan stops being cheaper than the index is that mode's threshold
    (``SEARCH_EXACT_MAX_CHUNKS``, ``SEARCH_FULLTEXT_SCAN_MAX_CHUNKS``).
+   Before the first ("cold") pass the HNSW index is prewarmed as the service does at start-up
+   (``--no-prewarm`` to see the first pass without it).
 4. **Ingest**: markdown documents through the worker's indexer (extraction child, chunking,
    embedding, one write transaction; two at a time, as the worker runs) beside the
    embedder's raw rate on the same chunks.
@@ -61,7 +64,7 @@ from xtyl_common.migrate import migrate
 from xtyl_devstack.postgres import PostgresServer
 from xtyl_rag.adapters.embedders import EmbedderConfig, LocalEmbedder, MiniLMTokenCounter, Vectors
 from xtyl_rag.adapters.postgres import ChunkSearch, DocumentRepository, ModelRegistry
-from xtyl_rag.adapters.postgres.models import index_name
+from xtyl_rag.adapters.postgres.models import HNSW_BUILD, index_name
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.chunking import chunk_text
 from xtyl_rag.domain.documents import FileSource, sha256_text
@@ -305,9 +308,10 @@ async def build_indexes(conn: Any, timings: Timings, indexes: list[tuple[str, st
     for name, sql in (
         *indexes,
         (
-            "HNSW cosine (m=16, ef_construction=64)",
+            f"HNSW cosine ({HNSW_BUILD})",
             f"create index {index_name(MODEL)} on xtyl_rag.chunk_embeddings using hnsw"
-            f" ((embedding::vector({DIM})) vector_cosine_ops) where model = '{MODEL}'",
+            f" ((embedding::vector({DIM})) vector_cosine_ops) with ({HNSW_BUILD})"
+            f" where model = '{MODEL}'",
         ),
     ):
         started = time.perf_counter()
@@ -441,6 +445,8 @@ async def search_bench(
     per_group: int,
     tuning: SearchTuning,
     rng: np.random.Generator,
+    *,
+    prewarm: bool,
 ) -> None:
     fixed = FixedEmbedder()
     embedders = Embedders(EmbedderConfig(), fixed, None)  # type: ignore[arg-type]
@@ -479,6 +485,10 @@ async def search_bench(
             picked[-1].text_truth = [r.chunk_id for r in scanned]
         queries[group] = picked
     total = await chunks.total_vectors()
+    if prewarm:  # as the service does at start-up, before the first ("cold") pass
+        started = time.perf_counter()
+        done = await chunks.prewarm(MODEL)
+        print(f"\nHNSW index prewarmed ({done}) in {time.perf_counter() - started:.1f} s")
     await time_searches(retriever, queries, tuning, per_group)
 
     print("\nsemantic plans forced per group (the threshold is where exact stops being cheaper):")
@@ -807,7 +817,7 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             ef_search=args.ef_search,
             fulltext_scan_max_chunks=args.fulltext_threshold,
         )
-        await search_bench(pool, embedder, args.queries, tuning, rng)
+        await search_bench(pool, embedder, args.queries, tuning, rng, prewarm=not args.no_prewarm)
         if not args.skip_ingest:
             await ingest_bench(pool, embedder, docs, args.ingest_docs)
         if not args.skip_quality:
@@ -830,6 +840,9 @@ def main() -> None:
     parser.add_argument("--quality-docs", type=int, default=1000)
     parser.add_argument("--quality-queries", type=int, default=300)
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument(
+        "--no-prewarm", action="store_true", help="no pg_prewarm of the HNSW index before"
+    )
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--dsn", help="an existing database (default: start one)")
     parser.add_argument(

@@ -27,7 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MAX_EF_SEARCH = 1000
+#: The widest candidate list of a search. pgvector allows 1,000, but an owner of 20,000
+#: chunks among 1,000,000 (2 %) read 30 rows in 9.3 ms at 1,000 and 6.3 ms at 500, with recall@10
+#: 1.000 and 0.998 (0.997 either way for 125,000; bench/bench_rag.py's data, HNSW built with
+#: ef_construction 128): the iterative scan goes on past the list when it holds too few of the
+#: owner's rows anyway.
+MAX_EF_SEARCH = 500
 #: How many of the owner's rows the HNSW candidate list should hold, per row asked: ef_search
 #: is ``SHARE_OVERSAMPLING * limit / share``. Owners of 125,000 chunks among 1,000,000, k=10:
 #: at 2 (ef_search 160) recall@10 was 0.916-0.958 from run to run, at 4 (320) 0.946-0.954, at
@@ -53,9 +58,9 @@ class SearchTuning:
 #: the first ``limit`` it finds of a small share of the table are not quite the nearest ones.
 HNSW_OVERFETCH = 3
 #: ... but no more than this many: each row of a small share of the table costs a walk through
-#: many other owners' rows (hybrid, 30 rows asked, an owner of 2 % of 1,000,000 chunks: 22 ms
-#: p50 reading 90, bench/bench_rag.py)
-HNSW_MAX_FETCH = 40
+#: many other owners' rows (an owner of 2 % of 1,000,000 chunks: 30 rows 9.3 ms, 40 rows 17.5 ms
+#: at ef_search 1,000, bench/bench_rag.py's data)
+HNSW_MAX_FETCH = 30
 
 
 @dataclass(frozen=True, slots=True)
