@@ -15,11 +15,11 @@ distance) always has recall 1.0 and costs time linear in the caller's chunks. So
   owners that are a small share of the table, results re-sorted by exact distance.
 
 ``exact_max_chunks`` is measured by ``bench/bench_rag.py`` (the owner size where the exact
-scan's p50 passes the HNSW path's), not guessed. On 1,000,000 x 384 here (warm): exact 0.3 ms
-at 20 chunks, 1.9 ms at 2,000, 15.3 ms at 20,000, 90 ms at 125,000 (~0.7 us a row); HNSW
-191 ms and recall 0.70 at 20 chunks (the filter starves the scan), 6.6 ms at 2,000, 5.3 ms
-(recall 0.980) at 20,000, 3.8 ms (0.972, ef_search 640) at 125,000. The lines cross near
-10,000 chunks.
+scan's p50 passes the HNSW path's), not guessed. On 1,000,000 x 384 here (warm, k=10): exact
+0.4 ms at 20 chunks, 1.7 ms at 2,000, 3.6 at 5,000, 6.9 at 10,000, 13.6 at 20,000, 80 at
+125,000; HNSW (ef_search 500) 174 ms and recall 0.68 at 20 chunks (the filter starves the
+scan), 12-15 ms from 2,000 to 10,000, 7.0 ms (recall 1.000) at 20,000, 3.9 ms (0.999) at
+125,000. The lines cross between 10,000 and 20,000 chunks.
 """
 
 from __future__ import annotations
