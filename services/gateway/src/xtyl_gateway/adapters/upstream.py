@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 import structlog
 from litestar.types import Receive, Scope, Send
 from yarl import URL
@@ -56,23 +57,14 @@ EARLY_ANSWER_DRAIN_S = 5.0
 SMALL_BODY_BYTES = 64 * 1024
 
 
-class ProxyConfig:
+class ProxyConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Limits of the gateway → service hop (from the gateway's settings)."""
 
-    def __init__(
-        self,
-        *,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        pool_size: int,
-        pool_wait_s: float,
-        body_idle_timeout_s: float,
-    ) -> None:
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.pool_size = pool_size
-        self.pool_wait_s = pool_wait_s
-        self.body_idle_timeout_s = body_idle_timeout_s
+    connect_timeout_s: float
+    read_timeout_s: float
+    pool_size: int
+    pool_wait_s: float
+    body_idle_timeout_s: float
 
 
 class RequestBody:
