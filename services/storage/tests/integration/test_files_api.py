@@ -184,7 +184,7 @@ async def test_every_route_answers_404_for_another_users_file_and_changes_nothin
             f"/v1/files/{fid}/content", headers=bob.headers, params={"redirect": "true"}
         ),
         await client.delete(f"/v1/files/{fid}", headers=bob.headers),
-        await client.post(f"/v1/files/uploads/{fid}/complete", headers=bob.headers),
+        await client.post(f"/v1/files/{fid}/complete", headers=bob.headers),
         await client.get(f"/internal/files/{fid}/content", headers=service_headers(user_id=bob.id)),
         await client.get(f"/internal/files/{fid}", headers=service_headers(user_id=bob.id)),
     ]

@@ -175,7 +175,7 @@ async def test_another_users_file_is_404_on_every_route_through_the_gateway(
         ("GET", f"/v1/files/{file_id}/content"),
         ("GET", f"/v1/files/{file_id}/content?redirect=true"),
         ("DELETE", f"/v1/files/{file_id}"),
-        ("POST", f"/v1/files/uploads/{file_id}/complete"),
+        ("POST", f"/v1/files/{file_id}/complete"),
     ]
     for method, path in routes:
         async with http.request(

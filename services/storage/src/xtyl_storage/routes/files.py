@@ -252,11 +252,11 @@ class FilesController(Controller):
             url=started.url,
             headers=started.headers,
             expires_at=started.expires_at,
-            complete_url=f"/v1/files/uploads/{started.file.id}/complete",
+            complete_url=f"/v1/files/{started.file.id}/complete",
         )
 
     @post(
-        "/uploads/{file_id:uuid}/complete",
+        "/{file_id:uuid}/complete",
         problems=(409,),
         status_code=200,
         summary="Finish a direct upload",
