@@ -1,18 +1,17 @@
 """Internal HTTP on aiohttp: one shared session per process, explicit timeouts, request ids,
-bounded retries with jitter for idempotent methods only.
+bounded retries (:mod:`xtyl_common.retry`) for idempotent methods only.
 
 Why aiohttp and not httpx: httpx's connection pool collapses under concurrency
 (encode/httpx#3215); measured here, a proxy on ``httpx.AsyncClient`` reached 0.03x the direct
 request rate, the same proxy on aiohttp 0.26x.
 
 Errors map onto the error tree: a refused or reset connection is :class:`Unavailable` (503), a
-timeout is :class:`TimedOut` (504). Retries live here and nowhere else (one layer).
+timeout is :class:`TimedOut` (504). An internal call is retried here and by no caller
+(one layer).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ import structlog
 
 from xtyl_common.context import REQUEST_ID_HEADER, current_request_id
 from xtyl_common.errors import TimedOut, Unavailable
+from xtyl_common.retry import NO_RETRY, RetryPolicy
 
 log = structlog.stdlib.get_logger("xtyl.http.client")
 
@@ -37,9 +37,8 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     read_timeout_s: float = 30.0
     max_connections: int = 200
     max_connections_per_host: int = 100
-    retries: int = 2
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 1.0
+    #: how idempotent internal calls are retried (3 tries, 50 ms doubling to 1 s, jittered)
+    retry: RetryPolicy = RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.05)
 
 
 def create_session(config: HttpConfig | None = None) -> aiohttp.ClientSession:
@@ -73,11 +72,6 @@ def request_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
     return merged
 
 
-def backoff_delay(attempt: int, config: HttpConfig) -> float:
-    """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
-    return random.uniform(0, min(config.backoff_max_s, config.backoff_base_s * 2**attempt))  # noqa: S311
-
-
 class Response(msgspec.Struct, frozen=True):
     status: int
     headers: Mapping[str, str]
@@ -107,30 +101,36 @@ class InternalClient:
     ) -> Response:
         method = method.upper()
         may_retry = (method in IDEMPOTENT_METHODS) if retry is None else retry
-        attempts = 1 + (self.config.retries if may_retry else 0)
+        policy = self.config.retry if may_retry else NO_RETRY
         body = msgspec.json.encode(json) if json is not None else data
         sent_headers = request_headers(headers)
         if json is not None:
             sent_headers.setdefault("Content-Type", "application/json")
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+
+        async def attempt() -> Response:
             try:
                 async with self.session.request(
                     method, url, headers=sent_headers, data=body, timeout=timeout
                 ) as resp:
-                    payload = await resp.read()
-                    if resp.status in RETRY_STATUSES and not last:
-                        log.info("http_retry", method=method, url=url, status=resp.status)
-                    else:
-                        return Response(resp.status, dict(resp.headers), payload)
+                    answer = Response(resp.status, dict(resp.headers), await resp.read())
             except TimeoutError as exc:
-                if last:
-                    raise TimedOut(f"{method} {url} timed out") from exc
-                log.info("http_retry", method=method, url=url, error="timeout")
+                raise TimedOut(f"{method} {url} timed out") from exc
             except aiohttp.ClientError as exc:
-                if last:
-                    raise Unavailable(f"{method} {url} failed: {type(exc).__name__}") from exc
-                log.info("http_retry", method=method, url=url, error=type(exc).__name__)
-            await asyncio.sleep(backoff_delay(attempt, self.config))
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise Unavailable(f"{method} {url} failed: {type(exc).__name__}") from exc
+            if answer.status in RETRY_STATUSES:
+                raise _RetryableAnswer(answer)
+            return answer
+
+        try:
+            return await policy.call((TimedOut, Unavailable, _RetryableAnswer), attempt)
+        except _RetryableAnswer as last:
+            return last.response
+
+
+class _RetryableAnswer(Exception):
+    """A 502/503/504 worth another try; the last one is returned as it is."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"answered {response.status}")
+        self.response = response

@@ -12,6 +12,7 @@ from aiohttp import web
 from xtyl_common.context import set_request_id
 from xtyl_common.errors import TimedOut, Unavailable
 from xtyl_common.http import HttpConfig, InternalClient, create_session
+from xtyl_common.retry import RetryPolicy
 
 
 class Upstream:
@@ -49,7 +50,12 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
 @pytest.fixture
 async def client() -> AsyncIterator[InternalClient]:
     session = create_session()
-    yield InternalClient(session, HttpConfig(retries=2, backoff_base_s=0.001))
+    yield InternalClient(
+        session,
+        HttpConfig(
+            retry=RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.001, wait_jitter_s=0.001)
+        ),
+    )
     await session.close()
 
 
