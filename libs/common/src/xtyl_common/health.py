@@ -25,6 +25,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get
 
 from xtyl_common.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+from xtyl_common.metrics import exposition
 
 READINESS_STATE_KEY = "readiness"
 
@@ -112,5 +113,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_encoder.encode(body), status_code=503, media_type=PROBLEM_CONTENT_TYPE)
 
 
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def metrics() -> Response[bytes]:
+    """Prometheus' text format (see :mod:`xtyl_common.metrics`)."""
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
+
+
 def health_handlers() -> list[Any]:
-    return [livez, readyz]
+    return [livez, readyz, metrics]

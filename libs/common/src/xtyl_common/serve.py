@@ -7,6 +7,7 @@ granian starts, so a misconfigured service never gets as far as a worker traceba
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 
 import msgspec
@@ -14,6 +15,7 @@ from granian.constants import Interfaces, Loops
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server import Server
+from prometheus_client import values
 
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import BaseSettings, load_settings_or_exit
@@ -25,6 +27,16 @@ from xtyl_common.settings import BaseSettings, load_settings_or_exit
 MAX_HEADER_BUFFER_BYTES = 64 * 1024
 #: Slow-header clients (slowloris) are cut after this long.
 HEADER_READ_TIMEOUT_MS = 10_000
+
+
+def share_metrics_between_workers() -> None:
+    """prometheus-client's multiprocess mode for the granian workers about to be forked: each
+    writes its numbers to files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory unless the
+    operator set one) and ``/metrics`` adds them up (:func:`xtyl_common.metrics.exposition`)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="xtyl-metrics-")
+    # the value class is chosen at import: choose again now that the directory is set
+    values.ValueClass = values.get_value_class()
 
 
 def serve(
@@ -45,6 +57,8 @@ def serve(
         load_settings_or_exit(cls, program=program, prefix=prefix)
     configure_logging(settings.log_level, json_logs=settings.log_json)
     worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "1"))
+    if worker_count > 1:
+        share_metrics_between_workers()
     levels = msgspec.convert(settings.log_level.lower(), LogLevels)
     Server(
         factory,

@@ -2,9 +2,10 @@
 
 ``build_service_app`` gives each service the same edge: request ids, access logs, problem
 details for every error (RFC 9457, ``application/problem+json`` with a stable ``code``),
-``/livez`` and ``/readyz``, OpenAPI docs at ``/schema`` (Swagger UI at ``/schema/swagger``), and
-422 ``invalid_text`` for text Postgres cannot store (:mod:`xtyl_common.text`) in JSON bodies,
-query and path parameters, checked before the handler runs.
+``/livez``, ``/readyz``, ``/metrics`` (Prometheus, :mod:`xtyl_common.metrics`: every request
+counted by route template), OpenAPI docs at ``/schema`` (Swagger UI at ``/schema/swagger``),
+and 422 ``invalid_text`` for text Postgres cannot store (:mod:`xtyl_common.text`) in JSON
+bodies, query and path parameters, checked before the handler runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 from redis import exceptions as redis_exceptions
 
-from xtyl_common import errors
+from xtyl_common import errors, metrics
 from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_request_id
 from xtyl_common.health import READINESS_STATE_KEY, Readiness, health_handlers
 from xtyl_common.openapi import ClosedStructSchemaPlugin, document_problems
@@ -41,7 +42,7 @@ from xtyl_common.text import NUL_ESCAPE, check_storable, invalid_text, refused_j
 log = structlog.stdlib.get_logger("xtyl.http")
 
 _REQUEST_ID_HEADER_LOWER = REQUEST_ID_HEADER.lower().encode()
-_QUIET_PATHS = frozenset({"/livez", "/readyz"})
+_QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 _problem_encoder = msgspec.json.Encoder()
 
 _STATUS_CODES: dict[int, type[errors.XtylError]] = {
@@ -69,7 +70,12 @@ def caller_path(scope: Scope) -> str:
 
 
 class RequestContextMiddleware(ASGIMiddleware):
-    """Binds a request id (the caller's, when plain, else a new one) and logs each request."""
+    """Binds a request id (the caller's, when plain, else a new one), logs each request and
+    counts it (``xtyl_http_*``, by route template: :mod:`xtyl_common.metrics`)."""
+
+    def __init__(self, service: str = "xtyl") -> None:
+        self.service = service
+        self.in_flight = metrics.HTTP_IN_FLIGHT.labels(service)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         candidate: str | None = None
@@ -92,9 +98,12 @@ class RequestContextMiddleware(ASGIMiddleware):
                 headers[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        self.in_flight.inc()
         try:
             await next_app(scope, receive, send_with_id)
         finally:
+            self.in_flight.dec()
+            elapsed = time.perf_counter() - started
             path = caller_path(scope)
             if path not in _QUIET_PATHS:
                 log.info(
@@ -102,8 +111,12 @@ class RequestContextMiddleware(ASGIMiddleware):
                     method=scope.get("method"),
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
+                method, route = metrics.http_labels(scope.get("method"), scope.get("path_template"))
+                labels = (self.service, route, method, str(status))
+                metrics.HTTP_REQUESTS.labels(*labels).inc()
+                metrics.HTTP_DURATION.labels(*labels).observe(elapsed)
             structlog.contextvars.unbind_contextvars("request_id", "user_id")
 
 
@@ -304,8 +317,10 @@ def build_service_app(
     debug: bool = False,
     request_max_body_size: int | None = 10 * 1024 * 1024,
     state: dict[str, Any] | None = None,
+    service: str | None = None,
 ) -> Litestar:
-    """A Litestar app with the shared edge; the service adds its routes and lifespan."""
+    """A Litestar app with the shared edge; the service adds its routes and lifespan.
+    ``service`` (gateway, storage, rag, notify) labels its metrics."""
     cors = (
         CORSConfig(
             allow_origins=list(cors_origins),
@@ -320,7 +335,7 @@ def build_service_app(
     app = Litestar(
         route_handlers=[*health_handlers(), *route_handlers],
         lifespan=list(lifespan),
-        middleware=[RequestContextMiddleware()],
+        middleware=[RequestContextMiddleware(service or "unnamed")],
         # app-wide; a before_request set on a router, controller or handler would replace it
         before_request=refuse_unstorable_text,
         exception_handlers=EXCEPTION_HANDLERS,
