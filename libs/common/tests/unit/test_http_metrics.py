@@ -3,7 +3,7 @@ distinct ids make one series; an unknown method or path adds none."""
 
 from __future__ import annotations
 
-from litestar import get
+from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,7 +17,7 @@ def item(item_id: FromPath[int]) -> dict[str, int]:
     return {"id": item_id}
 
 
-def samples(client: TestClient[object], name: str) -> list[dict[str, str]]:
+def samples(client: TestClient[Litestar], name: str) -> list[dict[str, str]]:
     text = client.get("/metrics").text
     return [
         {**sample.labels, "value": str(sample.value)}
