@@ -15,6 +15,8 @@ import msgspec
 import structlog
 from structlog.typing import Processor
 
+from xtyl_common.tracing import add_trace_ids
+
 _NOISY_LOGGERS = (
     "botocore",
     "aiobotocore",
@@ -42,6 +44,7 @@ def configure_logging(level: str = "info", *, json_logs: bool | None = None) -> 
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,  # trace_id / span_id while a span is current (tracing on)
     ]
     renderer: Processor
     if as_json:

@@ -29,6 +29,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 from redis import exceptions as redis_exceptions
@@ -38,6 +39,7 @@ from xtyl_common.context import REQUEST_ID_HEADER, accept_request_id, set_reques
 from xtyl_common.health import READINESS_STATE_KEY, Readiness, health_handlers
 from xtyl_common.openapi import ClosedStructSchemaPlugin, document_problems
 from xtyl_common.text import NUL_ESCAPE, check_storable, invalid_text, refused_json_text
+from xtyl_common.tracing import UNTRACED_PATHS, configure_tracing
 
 log = structlog.stdlib.get_logger("xtyl.http")
 
@@ -306,6 +308,14 @@ def repair_options_allow(app: Litestar) -> None:
                     cell.cell_contents = route
 
 
+def tracing_plugins(service: str) -> list[OpenTelemetryPlugin]:
+    """Litestar's OpenTelemetry plugin (the maintained ASGI instrumentation) when tracing is on
+    (:mod:`xtyl_common.tracing`), else nothing."""
+    if not configure_tracing(service):
+        return []
+    return [OpenTelemetryPlugin(OpenTelemetryConfig(exclude=UNTRACED_PATHS))]
+
+
 def build_service_app(
     *,
     title: str,
@@ -351,7 +361,7 @@ def build_service_app(
         debug=debug,
         request_max_body_size=request_max_body_size,
         state=State({READINESS_STATE_KEY: Readiness(), **(state or {})}),
-        plugins=[ClosedStructSchemaPlugin()],
+        plugins=[ClosedStructSchemaPlugin(), *tracing_plugins(service or "unnamed")],
         on_startup=[document_problems],
     )
     repair_options_allow(app)
