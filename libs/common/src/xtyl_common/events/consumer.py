@@ -1,26 +1,30 @@
-"""The stream consumer inside an arq worker process: consumer group -> one arq job per entry.
+"""The stream consumer inside a worker process: consumer group entries -> handlers, as tasks.
 
-What it does, per worker process (``StreamConsumer``, started from arq's ``on_startup``):
+What it does, per worker process (``StreamConsumer``, started from the arq worker's
+``on_startup``, see :mod:`.worker`):
 
 * creates its consumer group on each stream it handles, from ``0`` with ``MKSTREAM``, and again
   whenever Redis answers ``NOGROUP`` (a restart that lost the data);
-* reads with ``XREADGROUP`` only as many entries as the process has free job slots
-  (``max_jobs`` minus running), so backlog stays in the stream as the group's **lag** (what an
-  autoscaler reads);
-* turns each entry into one arq job whose id is ``<group>:<stream>:<entry id>``: a redelivered
-  entry finds its job (queued, running or finished) instead of running twice while arq
-  remembers it. Job payloads are msgpack (msgspec), never pickle;
-* acknowledges (``XACK``) an entry when its handler succeeded, or when it was moved to
-  ``<stream>:dead``: at once for a permanent failure, an unknown type or a body that does not
-  decode; when a transient failure outlasts the retry horizon; after ``max_tries`` unexpected
-  errors; after ``max_deliveries`` deliveries (see :mod:`.retries`). An entry waiting for a
-  retry stays pending, its job deferred in the queue; a consumer that takes it over keeps its
-  schedule. Entries of known types this group has no handler for are acknowledged without a
-  job;
-* keeps its running entries' idle time fresh (``XCLAIM ... JUSTID`` heartbeat), and takes over
-  entries idle longer than ``claim_idle_ms`` (their consumer died) with ``XAUTOCLAIM``;
-* on shutdown stops reading, lets running jobs finish within ``grace_period_s``, and leaves the
-  rest pending for the other consumers;
+* runs each entry's handler itself, as an asyncio task, at most ``max_jobs`` at once, with
+  the worker's arq ctx (see :mod:`.handling`), within ``handler_timeout_s``;
+* reads with ``XREADGROUP`` (blocking up to ``read_block_ms``) only as many entries as it has
+  free slots (``max_jobs`` minus running and ready), split across its streams, so backlog
+  stays in the stream as the group's **lag** (what an autoscaler reads);
+* after a handler succeeded, writes the entry's done marker, then acknowledges it (``XACK``,
+  batched); it moves the entry to ``<stream>:dead`` (acknowledging it) at once for a permanent
+  failure, an unknown type or a body that does not decode; when a transient failure outlasts
+  the retry horizon; after ``max_tries`` unexpected errors; after ``max_deliveries``
+  deliveries (see :mod:`.retries`). Entries of known types this group has no handler for are
+  acknowledged without running anything;
+* keeps an entry that waits for a retry **pending** and schedules its next attempt in memory
+  (a heap of due times, checked every ``retry_poll_s``); its retry state is in Redis;
+* keeps the entries it holds fresh (``XCLAIM ... JUSTID`` heartbeat, every third of
+  ``claim_idle_ms``), and takes over entries idle longer than ``claim_idle_ms`` (their consumer
+  died) with ``XAUTOCLAIM``: one with a done marker is acknowledged without running again, one
+  waiting for a retry keeps its schedule (its takeovers while it waited are not counted as
+  deaths of workers on it), any other runs with its delivery count as ``job_try``;
+* on shutdown stops reading, lets running handlers finish within ``grace_period_s``, cancels
+  the rest, and leaves everything not handled pending for the other consumers;
 * runs each of its loops (read, claim, retries, heartbeat, acks) supervised
   (:mod:`xtyl_common.supervise`): a failed pass is logged (with its traceback when it is not a
   Redis error) and backed off (0.1 s doubling to 5 s), never the end of the loop; only
@@ -28,72 +32,57 @@ What it does, per worker process (``StreamConsumer``, started from arq's ``on_st
   :meth:`StreamConsumer.state` say whether every loop runs and completes passes (for a
   worker's health listener).
 
-Why the jobs do not go through arq's polled queue: plain arq finds new jobs by polling a sorted
-set every ``poll_delay`` (0.5 s by default; measured here 271 ms p50 from enqueue to start, and
-at most ~200 no-op jobs/s). Polling faster costs every idle worker hundreds of Redis calls a
-second and still adds half a poll period. Instead each consumer drives an arq ``Worker`` of its
-own (:class:`~xtyl_common.events.runner.StreamJobRunner`) on a private queue
-(``<prefix>:jobs:<group>:<consumer>``): it enqueues the jobs for the entries it read (one
-pipeline) and immediately hands their ids to arq's ``start_jobs``, which takes arq's
-in-progress lock and runs ``run_job`` as usual: tries, timeouts, ``Retry`` deferral and results
-are arq's. The only polling left is for deferred retries (``retry_poll_s``). A new entry reaches
-its handler after one blocking read, one pipeline and arq's start, a few milliseconds (see
-``bench/bench_events.py``). When another consumer takes over an entry whose job is still in
-a dead consumer's queue, it moves the job to its own queue (same job id) and runs it there.
+A new entry reaches its handler after one blocking read: nothing polls for new work (see
+``bench/bench_events.py``). arq only hosts the process (``on_startup``/``on_shutdown``, the
+service's own jobs, cron jobs); no stream entry becomes an arq job.
 
 Delivery is at least once: a handler may see an event again (a worker died after the handler
-and before ``XACK``, or a relay republished), so every handler must be idempotent.
+and before the done marker was written, the marker expired, or a relay republished), so every
+handler must be idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import os
 import secrets
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
-from arq.utils import timestamp_ms
-from arq.worker import func
 from redis.asyncio import Redis
 
-from xtyl_common.events import jobstore
-from xtyl_common.events.contracts import (
-    EVENT_TYPES,
-    Event,
-    stream_key,
-    type_of,
-)
-from xtyl_common.events.handling import TRANSIENT, EntryHandling, Handler, describe
-from xtyl_common.events.jobstore import JOB_FUNCTION, EntryJob
-from xtyl_common.events.runner import StreamJobRunner
+from xtyl_common.events.contracts import EVENT_TYPES, Event, stream_key, type_of
+from xtyl_common.events.handling import TRANSIENT, Entry, EntryHandling, Handler, Outcome
+from xtyl_common.events.retries import now_ms
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import (
     EVENT_FIELD,
     TYPE_FIELD,
     Fields,
+    delivery_counts,
     ensure_group,
     is_nogroup,
 )
-from xtyl_common.supervise import Backoff, LoopHealth, LoopState, log_failure
+from xtyl_common.supervise import Backoff, LoopHealth, LoopState, describe, log_failure
 
 log = structlog.stdlib.get_logger("xtyl.events.consumer")
 
-#: arq must never refuse a try on its own: the job function counts tries and dead-letters.
-_ARQ_MAX_TRIES = 1_000_000
-_TRANSIENT = TRANSIENT
+EntryKey = tuple[str, str]  # (stream, entry id)
 
 
 def default_consumer_name() -> str:
-    """Unique per process start, so a restarted pod never inherits a dead one's queue."""
+    """Unique per process start, so a restarted pod never inherits a dead one's entries."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class StreamConsumer:
-    """Feeds one consumer group's entries to handlers through arq jobs.
+    """Feeds one consumer group's entries to handlers, at most ``max_jobs`` at once.
 
     ``handlers`` maps event types (classes or ``"file.uploaded"`` strings) to async handlers;
     the streams read are those of the handled types' domains.
@@ -122,8 +111,13 @@ class StreamConsumer:
         domains = {EVENT_TYPES[t].domain for t in self.handlers}
         self.streams: list[str] = sorted(stream_key(d, s.stream_prefix) for d in domains)
         self.name = name or default_consumer_name()
-        self.queue_name = f"{s.stream_prefix}:jobs:{group}:{self.name}"
-        self._inflight: dict[str, EntryJob] = {}
+        self._ctx: dict[Any, Any] = {}
+        #: Every entry this consumer holds (pending in the group under its name).
+        self._entries: dict[EntryKey, Entry] = {}
+        self._running: dict[EntryKey, asyncio.Task[Outcome]] = {}
+        self._ready: deque[EntryKey] = deque()
+        self._retries: list[tuple[int, int, EntryKey]] = []  # heap of (due ms, seq, key)
+        self._seq = itertools.count()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
@@ -131,51 +125,36 @@ class StreamConsumer:
         self._acker: asyncio.Task[None] | None = None
         self._loops: dict[str, LoopHealth] = {}
         self._claim_cursor: dict[str, str] = dict.fromkeys(self.streams, "0-0")
-        self._runner: StreamJobRunner | None = None
         self._handling = EntryHandling(
             redis, group=group, consumer=self.name, handlers=self.handlers, settings=s
-        )
-        self._function = func(
-            self._handling.run,
-            name=JOB_FUNCTION,
-            timeout=s.handler_timeout_s + 2 * s.redis_timeout_s,
-            keep_result=s.keep_result_s,
-            max_tries=_ARQ_MAX_TRIES,
         )
 
     # --- life cycle -----------------------------------------------------------------------
 
     @property
-    def runner(self) -> StreamJobRunner:
-        if self._runner is None:
-            raise RuntimeError("the stream consumer is not started")
-        return self._runner
+    def inflight(self) -> int:
+        """Entries this consumer holds (running, ready, waiting to retry or to be acked)."""
+        return len(self._entries)
 
     @property
-    def inflight(self) -> int:
-        """Entries this consumer holds a job for (queued, running or waiting to retry)."""
-        return len(self._inflight)
+    def running(self) -> int:
+        """Handlers running now (at most ``max_jobs``)."""
+        return len(self._running)
 
-    async def start(self, ctx: dict[str, Any] | None = None) -> None:
+    @property
+    def free_slots(self) -> int:
+        """How many more entries it takes now: ``max_jobs`` minus running and ready ones."""
+        return max(0, self.settings.max_jobs - len(self._running) - len(self._ready))
+
+    async def start(self, ctx: dict[Any, Any] | None = None) -> None:
         """Create the groups and start reading; ``ctx`` is the arq worker's ctx (shared live
-        with the handlers)."""
+        with the handlers: each attempt gets a copy of it as it is then)."""
         s = self.settings
+        self._ctx = ctx if ctx is not None else {}
         self._stopping.clear()
-        self._runner = StreamJobRunner(
-            self._function,
-            redis=self.redis,
-            queue_name=self.queue_name,
-            ctx=ctx if ctx is not None else {},
-            max_jobs=s.max_jobs,
-            job_timeout_s=s.handler_timeout_s + 2 * s.redis_timeout_s,
-            keep_result_s=s.keep_result_s,
-            max_tries=_ARQ_MAX_TRIES,
-            on_job_done=self._job_done,
-            on_slot_freed=self._slot_freed.set,
-        )
         try:
             await self._ensure_groups()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning("consumer_group_setup_failed", error=describe(exc))
         self._readers = [
             self._spawn("stream-read", self.read_once, 0.0),
@@ -183,11 +162,11 @@ class StreamConsumer:
             self._spawn("stream-retries", self.start_due_retries, s.retry_poll_s),
         ]
         self._heartbeat = self._spawn("stream-heartbeat", self.heartbeat, s.claim_idle_ms / 3000)
-        self._acker = self._spawn("stream-acks", self._handling.flush_acks, 0.0)
+        self._acker = self._spawn("stream-acks", self.acknowledge, 0.0)
         log.info("consumer_started", group=self.group, consumer=self.name, streams=self.streams)
 
     async def stop(self, grace_period_s: float | None = None) -> None:
-        """Stop reading, let running jobs finish within the grace period, cancel the rest
+        """Stop reading, let running handlers finish within the grace period, cancel the rest
         (their entries stay pending and are taken over by other consumers)."""
         grace = self.settings.grace_period_s if grace_period_s is None else grace_period_s
         self._stopping.set()
@@ -195,20 +174,19 @@ class StreamConsumer:
         await _finish(self._readers, self.settings.read_block_ms / 1000 + 1.0)
         self._readers = []
         finished = left = 0
-        if self._runner is not None:
-            running = list(self._runner.tasks.values())
-            if running:
-                done, pending = await asyncio.wait(running, timeout=grace)
-                finished, left = len(done), len(pending)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        running = list(self._running.values())
+        if running:
+            done, pending = await asyncio.wait(running, timeout=grace)
+            finished, left = len(done), len(pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._acker is not None:
             self._handling.wake()
             await _finish([self._acker], 0.0)
             self._acker = None
-            with contextlib.suppress(*_TRANSIENT):
-                await self._handling.flush_acks()
+            with contextlib.suppress(*TRANSIENT):
+                await self.acknowledge()
         if self._heartbeat is not None:
             await _finish([self._heartbeat], 0.0)
             self._heartbeat = None
@@ -218,8 +196,11 @@ class StreamConsumer:
             consumer=self.name,
             finished_in_grace=finished,
             cancelled=left,
-            left_pending=len(self._inflight),
+            left_pending=len(self._entries),
         )
+        self._entries.clear()
+        self._ready.clear()
+        self._retries.clear()
 
     # --- supervision ----------------------------------------------------------------------
 
@@ -260,7 +241,7 @@ class StreamConsumer:
                     log,
                     "consumer_step_failed",
                     exc,
-                    expected=_TRANSIENT,
+                    expected=TRANSIENT,
                     step=step.__name__,
                     retry_in_s=round(delay, 2),
                 )
@@ -278,9 +259,9 @@ class StreamConsumer:
                 await step()
                 backoff.reset()
                 health.passed()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 if is_nogroup(exc):
-                    with contextlib.suppress(*_TRANSIENT):
+                    with contextlib.suppress(*TRANSIENT):
                         await self._ensure_groups()
                     continue
                 health.failed(exc)
@@ -308,10 +289,11 @@ class StreamConsumer:
     async def read_once(self) -> None:
         """One ``XREADGROUP`` of at most the free slots (waits for a slot when none is free)."""
         s = self.settings
-        free = self.runner.free_slots
+        self._start_due()  # retries whose time has come take their slots first
+        free = self.free_slots
         if free <= 0:
             self._slot_freed.clear()
-            if self.runner.free_slots <= 0:
+            if self.free_slots <= 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(s.read_block_ms / 1000):
                         await self._slot_freed.wait()
@@ -326,8 +308,6 @@ class StreamConsumer:
                 count=count,
                 block=s.read_block_ms,
             )
-        if self._stopping.is_set() and not response:
-            return
         entries = [
             (stream.decode(), entry_id.decode(), fields)
             for stream, stream_entries in response or []
@@ -340,7 +320,7 @@ class StreamConsumer:
         """Take over entries idle longer than ``claim_idle_ms`` (``XAUTOCLAIM``)."""
         s = self.settings
         for stream in self.streams:
-            free = self.runner.free_slots
+            free = self.free_slots
             if free <= 0:
                 return
             async with asyncio.timeout(s.redis_timeout_s):
@@ -364,9 +344,10 @@ class StreamConsumer:
             entries = [
                 (stream, eid.decode(), fields) for eid, fields in claimed if fields is not None
             ]
+            entries = [e for e in entries if (stream, e[1]) not in self._entries]
             if not entries:
                 continue
-            deliveries = await jobstore.delivery_counts(
+            deliveries = await delivery_counts(
                 self.redis, stream, self.group, [e[1] for e in entries], timeout_s=s.redis_timeout_s
             )
             log.info("entries_claimed", stream=stream, group=self.group, count=len(entries))
@@ -375,125 +356,123 @@ class StreamConsumer:
     async def _accept(
         self, entries: Iterable[tuple[str, str, Fields]], *, deliveries: Mapping[str, int]
     ) -> None:
+        """Take entries read (``deliveries`` empty) or taken over (their delivery counts)."""
         s = self.settings
-        skipped: dict[str, list[str]] = {}
-        fresh: list[EntryJob] = []
-        claimed: list[tuple[EntryJob, int]] = []
-        entries = list(entries)
-        # Taken over: an entry that was waiting for a retry keeps its schedule, and its takeovers
-        # while it waited (one per failure at most) are not deaths of workers on it.
-        retrying = await self._handling.retry_states(
-            (stream, entry_id) for stream, entry_id, _ in entries if entry_id in deliveries
-        )
+        entries = [e for e in entries if (e[0], e[1]) not in self._entries]
+        taken_over = [(stream, eid) for stream, eid, _ in entries if eid in deliveries]
+        # Taken over: one that was handled is only acknowledged; one that waits for a retry
+        # keeps its schedule, and its takeovers while it waited (one per failure at most) are
+        # not deaths of workers on it.
+        done = await self._handling.already_done(taken_over)
+        retrying = await self._handling.retry_states(taken_over)
+        now = now_ms()
         for stream, entry_id, fields in entries:
             event_type = fields.get(TYPE_FIELD, b"").decode(errors="replace")
             count = deliveries.get(entry_id, 1)
-            waited = retrying[entry_id].failures if entry_id in retrying else 0
+            state = retrying.get(entry_id)
+            waited = state.failures if state is not None else 0
             if event_type not in EVENT_TYPES or EVENT_FIELD not in fields:
                 await self._handling.dead_letter(
-                    stream, entry_id, fields, f"unknown event type {event_type!r}", count
+                    (stream, entry_id), fields, f"unknown event type {event_type!r}", count
                 )
             elif event_type not in self.handlers:
-                skipped.setdefault(stream, []).append(entry_id)
+                self._handling.queue_ack(stream, [entry_id])
+            elif (stream, entry_id) in done:
+                log.info("entry_already_handled", stream=stream, entry_id=entry_id)
+                self._handling.queue_ack(stream, [entry_id])
             elif count - waited > s.max_deliveries:
                 error = f"delivered {count} times (max {s.max_deliveries}); workers died on it"
-                await self._handling.dead_letter(stream, entry_id, fields, error, count)
-            elif entry_id in deliveries:
-                claimed.append((EntryJob(stream, entry_id, event_type, fields[EVENT_FIELD]), count))
+                await self._handling.dead_letter((stream, entry_id), fields, error, count)
             else:
-                fresh.append(EntryJob(stream, entry_id, event_type, fields[EVENT_FIELD]))
-        for stream, ids in skipped.items():
-            await self._handling.ack(stream, ids)
-        job_ids = await self._enqueue(fresh) if fresh else []
-        if claimed:
-            due = {entry_id: state.next_attempt_ms for entry_id, state in retrying.items()}
-            job_ids += await self._adopt(claimed, due)
-        if job_ids:
-            await self.runner.start_jobs([job_id.encode() for job_id in job_ids])
-
-    # --- jobs -----------------------------------------------------------------------------
-
-    def job_id(self, entry: EntryJob) -> str:
-        return f"{self.group}:{entry.stream}:{entry.entry_id}"
-
-    async def _enqueue(
-        self, entries: list[EntryJob], due: Mapping[str, int] | None = None
-    ) -> list[str]:
-        """Create one arq job per entry in this consumer's queue (one pipeline), due now or at
-        ``due[entry id]``."""
-        jobs = [(self.job_id(e), e) for e in entries]
-        due = due or {}
-        await jobstore.enqueue(
-            self.redis,
-            self.queue_name,
-            jobs,
-            due_ms={self.job_id(e): due[e.entry_id] for e in entries if e.entry_id in due},
-            expires_ms=self._handling.policy.keep_ms,
-            timeout_s=self.settings.redis_timeout_s,
-        )
-        self._inflight.update(jobs)
-        return [job_id for job_id, _ in jobs]
-
-    async def _adopt(
-        self, claimed: list[tuple[EntryJob, int]], due: Mapping[str, int]
-    ) -> list[str]:
-        """Entries taken over from another consumer: find out what became of their jobs; those
-        waiting for a retry run at its time (``due``, by entry id)."""
-        timeout_s = self.settings.redis_timeout_s
-        candidates = [(e, n) for e, n in claimed if self.job_id(e) not in self._inflight]
-        found = await jobstore.records(
-            self.redis, [self.job_id(e) for e, _ in candidates], timeout_s=timeout_s
-        )
-        orphaned: list[EntryJob] = []
-        forgotten: list[EntryJob] = []
-        for (entry, count), record in zip(candidates, found, strict=True):
-            if record.exists:
-                orphaned.append(entry)  # queued or running in a consumer that died: run it here
-            elif record.result is not None:  # it ran to an end but was never acknowledged
-                success, error = jobstore.read_result(record.result)
-                if success:
-                    await self._handling.ack(entry.stream, [entry.entry_id])
+                entry = Entry(
+                    stream, entry_id, event_type, fields[EVENT_FIELD], deliveries=count, state=state
+                )
+                self._entries[entry.key] = entry
+                if state is not None and state.next_attempt_ms > now:
+                    self._schedule(entry, state.next_attempt_ms)
                 else:
-                    await self._handling.dead_letter(
-                        entry.stream, entry.entry_id, entry.fields, error, count
-                    )
-            else:
-                forgotten.append(entry)  # never enqueued, or arq forgot it: run it again
-        taken = [(self.job_id(e), e) for e in orphaned]
-        if taken:
-            await jobstore.take_over(
-                self.redis,
-                self.queue_name,
-                [j for j, _ in taken],
-                due_ms={j: due[e.entry_id] for j, e in taken if e.entry_id in due},
-                timeout_s=timeout_s,
+                    self._ready.append(entry.key)
+        self._fill()
+
+    # --- running --------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Start ready entries while slots are free."""
+        while self._ready and len(self._running) < self.settings.max_jobs:
+            if self._stopping.is_set():
+                return
+            key = self._ready.popleft()
+            entry = self._entries.get(key)
+            if entry is None or key in self._running:
+                continue  # forgotten meanwhile (no longer pending), or already running
+            task = asyncio.create_task(
+                self._handling.run(entry, self._ctx), name=f"stream-entry {entry.entry_id}"
             )
-            self._inflight.update(taken)
-        job_ids = [job_id for job_id, _ in taken]
-        if forgotten:
-            job_ids += await self._enqueue(forgotten, due)
-        return job_ids
+            self._running[key] = task
+            task.add_done_callback(lambda t, entry=entry: self._finished(entry, t))
+
+    def _finished(self, entry: Entry, task: asyncio.Task[Outcome]) -> None:
+        key = entry.key
+        self._running.pop(key, None)
+        held = self._entries.get(key) is entry
+        if task.cancelled():  # stopped after the grace period: pending, for others
+            self._entries.pop(key, None)
+        elif (exc := task.exception()) is not None:
+            # Redis failed while the outcome was being recorded (or a bug): let it go; it
+            # stays pending and is taken over once idle (a delivery more).
+            log_failure(
+                log,
+                "entry_released",
+                exc,
+                expected=TRANSIENT,
+                stream=entry.stream,
+                entry_id=entry.entry_id,
+            )
+            self._entries.pop(key, None)
+        elif not held:
+            pass  # no longer pending (acknowledged elsewhere, or Redis lost it)
+        elif (outcome := task.result()) is Outcome.DEAD_LETTERED:
+            self._entries.pop(key, None)
+        elif outcome is Outcome.RETRY and entry.state is not None:
+            self._schedule(entry, entry.state.next_attempt_ms)
+        # Outcome.DONE: held until acknowledged
+        self._fill()
+        self._slot_freed.set()
+
+    def _schedule(self, entry: Entry, due_ms: int) -> None:
+        entry.due_ms = due_ms
+        heapq.heappush(self._retries, (due_ms, next(self._seq), entry.key))
+
+    def _start_due(self) -> None:
+        """Move the entries whose retry time has come to the ready queue and fill the slots."""
+        now = now_ms()
+        while self._retries and self._retries[0][0] <= now:
+            due, _, key = heapq.heappop(self._retries)
+            entry = self._entries.get(key)
+            if entry is not None and entry.due_ms == due and key not in self._running:
+                entry.due_ms = None
+                self._ready.append(key)
+        self._fill()
 
     async def start_due_retries(self) -> None:
-        """Start jobs of this consumer's queue whose retry time has come."""
-        free = self.runner.free_slots
-        if free <= 0:
-            return
-        async with asyncio.timeout(self.settings.redis_timeout_s):
-            due: list[bytes] = await self.redis.zrangebyscore(
-                self.queue_name, "-inf", timestamp_ms(), start=0, num=free + len(self.runner.tasks)
-            )
-        waiting = [job_id for job_id in due if job_id.decode() not in self.runner.tasks]
-        if waiting:
-            await self.runner.start_jobs(waiting[:free])
+        """Start the retries whose time has come (when slots are free)."""
+        self._start_due()
+
+    # --- keeping entries --------------------------------------------------------------------
+
+    async def acknowledge(self) -> None:
+        """XACK what finished (batched); forget the entries acknowledged."""
+        for key in await self._handling.flush_acks():
+            if key not in self._running:
+                self._entries.pop(key, None)
 
     async def heartbeat(self) -> None:
-        """Reset the idle time of the entries this consumer still works on; forget the ones
-        that are no longer pending (acknowledged elsewhere, or lost with Redis' data)."""
+        """Reset the idle time of the entries this consumer holds; forget the ones that are no
+        longer pending (acknowledged elsewhere, or lost with Redis' data)."""
         s = self.settings
         by_stream: dict[str, list[str]] = {}
-        for entry in self._inflight.values():
-            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        for stream, entry_id in self._entries:
+            by_stream.setdefault(stream, []).append(entry_id)
         for stream, entry_ids in by_stream.items():
             async with asyncio.timeout(s.redis_timeout_s):
                 kept: list[bytes] = await self.redis.xclaim(
@@ -501,18 +480,9 @@ class StreamConsumer:
                 )
             still_pending = {k.decode() for k in kept}
             for entry_id in entry_ids:
-                job_id = f"{self.group}:{stream}:{entry_id}"
-                if entry_id not in still_pending and job_id not in self.runner.tasks:
-                    self._inflight.pop(job_id, None)
-        async with asyncio.timeout(s.redis_timeout_s):
-            await self.redis.pexpire(self.queue_name, max(3 * s.claim_idle_ms, 60_000))
-
-    def _job_done(self, job_id: str) -> None:
-        if job_id in self._handling.retrying:
-            self._handling.retrying.discard(job_id)  # stays queued (deferred) and in flight
-        else:
-            # finished, dead-lettered, or cancelled by shutdown (pending for others)
-            self._inflight.pop(job_id, None)
+                key = (stream, entry_id)
+                if entry_id not in still_pending and key not in self._running:
+                    self._entries.pop(key, None)
 
 
 async def _finish(tasks: list[asyncio.Task[None]], wait_s: float) -> None:

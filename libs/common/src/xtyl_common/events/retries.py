@@ -19,20 +19,20 @@ A handler's exception is read through the error tree (:func:`kind_of`):
 Where a waiting retry lives, so that it survives the worker:
 
 * the stream entry stays **pending** (not acknowledged) in its group until it is handled or
-  dead-lettered, so nothing is lost when a worker dies;
-* the arq job stays in the consumer's queue with the next attempt as its score (arq's
-  ``Retry(defer=...)``);
+  dead-lettered, so nothing is lost when a worker dies; the consumer holding it keeps it fresh
+  (its heartbeat) and schedules the next attempt in memory;
 * a :class:`RetryState` per entry (first failure, next attempt, failures, last error) in the
   hash ``<stream>:retries:<group>`` (field: the entry id), written on each failure and removed
   with the acknowledgement or the dead letter. A consumer that takes the entry over from a dead
-  one keeps its schedule and its horizon from there, and ``make streams`` counts the hash as
-  the group's *retrying* entries.
+  one reads it, keeps its schedule and its horizon from there, and ``make streams`` counts the
+  hash as the group's *retrying* entries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -47,10 +47,10 @@ from xtyl_common.errors import ClientError, DependencyError
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import retries_key
 
-#: Set in a stream job's ctx: True when a transient failure of this attempt is the last one
+#: Set in a handler's ctx: True when a transient failure of this attempt is the last one
 #: (the entry's retry horizon has passed); see :func:`is_final_attempt`.
 FINAL_ATTEMPT_KEY = "xtyl_final_attempt"
-#: How much longer than the horizon retry states (and arq jobs) are kept in Redis.
+#: How much longer than the horizon retry states are kept in Redis.
 STATE_MARGIN_S = 86_400.0
 
 
@@ -136,7 +136,7 @@ class RetryPolicy:
 
     @property
     def keep_ms(self) -> int:
-        """How long retry states and stream jobs are kept: past any horizon they can reach."""
+        """How long retry states are kept: past any horizon they can reach."""
         return int((self.horizon_s + self.max_delay_s + STATE_MARGIN_S) * 1000)
 
     def backoff_s(self, failures: int, jitter: Callable[[], float] = random.random) -> float:
@@ -204,6 +204,11 @@ class RetryPolicy:
 
 def ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: retry states are shared by every consumer of the group."""
+    return time.time_ns() // 1_000_000
 
 
 def _duration(seconds: float) -> str:

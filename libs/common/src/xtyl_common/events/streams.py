@@ -5,13 +5,15 @@ An entry carries two fields: ``type`` (the event type, readable without decoding
 (``<stream>:dead``) keeps both and adds ``stream``, ``entry_id``, ``group``, ``consumer``,
 ``deliveries`` and ``error``. An entry waiting for a retry has a state in the hash
 ``<stream>:retries:<group>`` (see :mod:`xtyl_common.events.retries`), removed with its
-acknowledgement or its dead letter.
+acknowledgement or its dead letter. An entry whose handler succeeded has a *done marker*
+``<stream>:done:<group>:<entry id>`` for a while (see :mod:`xtyl_common.events.handling`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -33,6 +35,12 @@ def retries_key(stream: str, group: str) -> str:
     return f"{stream}:retries:{group}"
 
 
+def done_key(stream: str, group: str, entry_id: str) -> str:
+    """Set (with an expiry) once ``group``'s handler of the entry has succeeded: whoever takes
+    the entry over before its acknowledgement acknowledges it instead of running it again."""
+    return f"{stream}:done:{group}:{entry_id}"
+
+
 def is_nogroup(exc: BaseException) -> bool:
     """True for the error XREADGROUP/XACK/XAUTOCLAIM give when the group (or stream) is gone."""
     return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
@@ -50,6 +58,20 @@ async def ensure_group(redis: Redis, stream: str, group: str, *, timeout_s: floa
         raise
     log.info("group_created", stream=stream, group=group)
     return True
+
+
+async def delivery_counts(
+    redis: Redis, stream: str, group: str, entry_ids: Sequence[str], *, timeout_s: float
+) -> dict[str, int]:
+    """How many times each pending entry was delivered (``XPENDING``; 1 when it is not pending)."""
+    async with asyncio.timeout(timeout_s), redis.pipeline(transaction=False) as pipe:
+        for entry_id in entry_ids:
+            pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
+        replies: list[list[dict[str, Any]]] = await pipe.execute()
+    return {
+        entry_id: int(reply[0]["times_delivered"]) if reply else 1
+        for entry_id, reply in zip(entry_ids, replies, strict=True)
+    }
 
 
 async def dead_letter(

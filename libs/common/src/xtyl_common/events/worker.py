@@ -1,4 +1,4 @@
-"""The arq ``WorkerSettings`` pieces of a worker that consumes streams.
+"""The arq worker that hosts a stream consumer, and the entry point of a worker service.
 
 A worker service declares its group and handlers once::
 
@@ -6,67 +6,77 @@ A worker service declares its group and handlers once::
     async def startup(ctx): ctx["db"] = await create_pool(...)       # the service's own wiring
     async def shutdown(ctx): await ctx["db"].close()
 
-    WorkerSettings = stream_worker_settings(
-        redis_url=settings.redis_url,
-        group="notify",
-        handlers={UserCreated: send_welcome_email, DocumentIndexed: notify_document_ready},
-        events=load_settings(EventSettings, prefix="EVENTS_"),
-        on_startup=startup,
-        on_shutdown=shutdown,
-        cron_jobs=[reconciler_cron(find_unsent_welcomes, schema="notify", pool_key="db")],
-    )
+    def settings_from_env() -> dict[str, Any]:
+        settings = load_settings_or_exit(NotifySettings, program=PROGRAM)
+        return stream_worker_settings(
+            redis_url=settings.redis_url,
+            group="notify",
+            handlers={UserCreated: send_welcome_email, DocumentIndexed: notify_document_ready},
+            events=load_settings_or_exit(EventSettings, program=PROGRAM, prefix="EVENTS_"),
+            on_startup=startup,
+            on_shutdown=shutdown,
+            cron_jobs=[reconciler_cron(find_unsent_welcomes, schema="notify", pool_key="db")],
+        )
 
-and runs it with ``run_stream_worker(WorkerSettings)``. The consumer starts after the service's
-``on_startup`` (handlers see its ctx) and stops, with the grace period, before its
-``on_shutdown``. Every arq payload is msgpack, never pickle.
+    __getattr__, main = worker_entry(settings_from_env)
 
-``run_stream_worker`` runs a :class:`StreamWorker`: arq's ``Worker`` that outlives Redis being
-down or restarted. Plain arq ends the process when one poll of its queue fails
-(``_poll_iteration`` raises ``ConnectionError``); this one logs ``worker_redis_failed``, waits
-(doubling from ``poll_delay`` up to ``redis_retry_max_s``) and polls again, waits for Redis at
-start instead of giving up after arq's five connection tries, gives every command of its pool a
-timeout (arq's own pool has none), and still runs the service's ``on_shutdown`` when Redis is
-down at exit. arq's CLI (``arq xtyl_notify.worker.WorkerSettings``) also takes the dict, but
-runs arq's own ``Worker``, without any of that.
+``main()`` runs it with :func:`run_stream_worker`; the module's ``WorkerSettings`` (built when
+first asked for) is what arq's CLI takes (``arq xtyl_notify.worker.WorkerSettings``). The
+consumer (:class:`~xtyl_common.events.consumer.StreamConsumer`, kept in ``ctx`` under
+:data:`CONSUMER_CTX_KEY`) starts after the service's ``on_startup`` (handlers see its ctx) and
+stops, with the grace period, before its ``on_shutdown``. arq itself only hosts the process:
+its startup and shutdown, the service's own jobs and cron jobs. Every arq payload is msgpack,
+never pickle.
+
+:func:`run_stream_worker` runs a :class:`StreamWorker`: arq's ``Worker``, through its public
+API only, made to outlive Redis being down, stalled or restarted empty. Plain arq ends the
+process when Redis fails under its poll loop; a ``StreamWorker`` logs ``worker_redis_failed``,
+waits (doubling from ``poll_delay`` up to ``redis_retry_max_s``) and runs arq's ``main()``
+again, with the service's ``on_startup`` run only once. Its Redis pool gives every command a
+timeout (arq's own has none), and the service's ``on_shutdown`` runs even when Redis is down
+at exit. arq's CLI runs arq's own ``Worker`` on the same settings, without any of that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, expires_extra_ms
 from arq.cron import CronJob
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Function, Worker
+from redis.asyncio import ConnectionPool
 
 from xtyl_common.events.consumer import StreamConsumer
 from xtyl_common.events.contracts import Event
-from xtyl_common.events.handling import TRANSIENT, Handler, describe
+from xtyl_common.events.handling import TRANSIENT, Handler
 from xtyl_common.events.serialization import deserialize_job, serialize_job
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.redis_client import create_redis
+from xtyl_common.supervise import describe
 
 log = structlog.stdlib.get_logger("xtyl.events.worker")
 
 #: Where the running consumer is kept in arq's ctx.
 CONSUMER_CTX_KEY = "stream_consumer"
-#: The longest wait between two polls (or connection attempts) while Redis fails.
+#: The longest wait between two runs of arq's ``main()`` while Redis fails.
 REDIS_RETRY_MAX_S = 5.0
 
 
 class StreamWorker(Worker):
     """arq's ``Worker``, made to survive Redis being down, stalled or restarted empty.
 
-    ``redis_url`` (with ``redis_timeout_s`` on every command) replaces ``redis_settings``
-    when given. Only the two places where arq lets a Redis error end the process are changed:
-    the connection at start and each poll of the queue (which also starts due jobs, prunes
-    finished ones and enqueues cron jobs). A failed poll is logged and tried again after a
-    pause; a cron run that could not be enqueued meanwhile is skipped (the next one runs).
+    ``redis_url`` (with ``redis_timeout_s`` on every command and connection) replaces
+    ``redis_settings`` when given. :meth:`main` runs arq's ``main()`` again after a Redis
+    error (arq's poll loop also starts due jobs, prunes finished ones and enqueues cron jobs;
+    a cron run that could not be enqueued meanwhile is skipped, the next one runs). The
+    service's ``on_startup`` runs once (arq's ``main()`` calls it on each run), and its
+    ``on_shutdown`` once, even when Redis is down at exit.
     """
 
     def __init__(
@@ -75,99 +85,109 @@ class StreamWorker(Worker):
         redis_url: str | None = None,
         redis_timeout_s: float = 5.0,
         redis_retry_max_s: float = REDIS_RETRY_MAX_S,
+        on_startup: StartupShutdown | None = None,
+        on_shutdown: StartupShutdown | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
         self.redis_url = redis_url
         self.redis_timeout_s = redis_timeout_s
         self.redis_retry_max_s = redis_retry_max_s
-        self._redis_failures = 0
+        self.service_startup = on_startup
+        self.service_shutdown = on_shutdown
+        self.service_started = False
+        self.service_startup_failed = False
+        self.service_shut_down = False
+        self.redis_failures = 0
+        if redis_url is not None and kwargs.get("redis_pool") is None:
+            kwargs["redis_pool"] = self.timed_pool(redis_url, kwargs)
+        super().__init__(
+            *args, on_startup=self.start_service, on_shutdown=self.stop_service, **kwargs
+        )
+
+    def timed_pool(self, redis_url: str, options: Mapping[str, Any]) -> ArqRedis:
+        """An arq pool for ``redis_url`` whose commands and connections time out (``options``:
+        the worker's, for the job serializers and the default queue)."""
+        connections = ConnectionPool.from_url(
+            redis_url,
+            socket_timeout=self.redis_timeout_s,
+            socket_connect_timeout=self.redis_timeout_s,
+            health_check_interval=30,
+        )
+        return ArqRedis(
+            connections,
+            job_serializer=options.get("job_serializer"),
+            job_deserializer=options.get("job_deserializer"),
+            default_queue_name=options.get("queue_name") or default_queue_name,
+            expires_extra_ms=options.get("expires_extra_ms", expires_extra_ms),
+        )
 
     async def main(self) -> None:
-        if self._pool is None:
-            self._pool = await self._connect()
-        await super().main()
-
-    async def _connect(self) -> ArqRedis:
-        """A pool whose commands time out; waits (logged, with backoff) until Redis answers."""
-        if self.redis_url is not None:
-            pool: ArqRedis = ArqRedis.from_url(
-                self.redis_url,
-                socket_timeout=self.redis_timeout_s,
-                socket_connect_timeout=self.redis_timeout_s,
-                health_check_interval=30,
-            )
-        else:
-            s = self.redis_settings or RedisSettings()
-            pool = ArqRedis(
-                host=s.host,
-                port=s.port,
-                db=s.database,
-                username=s.username,
-                password=s.password,
-                ssl=s.ssl,
-                socket_timeout=self.redis_timeout_s,
-                socket_connect_timeout=self.redis_timeout_s,
-            )
-        pool.job_serializer = self.job_serializer
-        pool.job_deserializer = self.job_deserializer
-        pool.default_queue_name = self.queue_name
-        pool.expires_extra_ms = self.expires_extra_ms
-        failures = 0
+        """arq's ``main()``, run again (after a pause) whenever Redis fails under it."""
         while True:
             try:
-                async with asyncio.timeout(self.redis_timeout_s):
-                    await pool.ping()  # pyright: ignore[reportUnknownMemberType]
+                await super().main()
             except TRANSIENT as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                log.warning("worker_redis_unavailable", error=describe(exc), retry_in_s=delay)
+                if self.service_startup_failed:
+                    raise  # the service could not start: not Redis' doing, not ours to retry
+                self.redis_failures += 1
+                delay = self.backoff_s(self.redis_failures)
+                log.warning(
+                    "worker_redis_failed",
+                    error=describe(exc),
+                    failures=self.redis_failures,
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
-                continue
-            if failures:
-                log.info("worker_redis_available", after_failures=failures)
-            return pool
+            else:
+                return  # burst mode: the queue is empty
 
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except TRANSIENT as exc:
-            self._redis_failures += 1
-            delay = self._backoff(self._redis_failures)
-            log.warning(
-                "worker_redis_failed",
-                error=describe(exc),
-                failures=self._redis_failures,
-                retry_in_s=delay,
-            )
-            await asyncio.sleep(delay)
-            return
-        if self._redis_failures:
-            log.info("worker_redis_recovered", after_failures=self._redis_failures)
-            self._redis_failures = 0
-
-    def _backoff(self, failures: int) -> float:
+    def backoff_s(self, failures: int) -> float:
         return round(
             min(max(self.poll_delay_s, 0.1) * 2 ** (failures - 1), self.redis_retry_max_s), 2
         )
 
-    async def close(self) -> None:
-        """arq's ``close``, except that a Redis that is down does not skip ``on_shutdown``."""
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)
-        if self._pool is None:
+    async def start_service(self, ctx: dict[Any, Any]) -> None:
+        """arq's ``on_startup``: the service's, the first time; later runs of ``main()`` reach
+        it once Redis answers again."""
+        if self.redis_failures:
+            log.info("worker_redis_recovered", after_failures=self.redis_failures)
+            self.redis_failures = 0
+        if self.service_started:
             return
+        if self.service_startup is not None:
+            try:
+                await self.service_startup(ctx)
+            except BaseException:
+                self.service_startup_failed = True
+                raise
+        self.service_started = True
+
+    async def stop_service(self, ctx: dict[Any, Any]) -> None:
+        """arq's ``on_shutdown``: the service's, once."""
+        if self.service_shut_down:
+            return
+        self.service_shut_down = True
+        if self.service_shutdown is not None:
+            await self.service_shutdown(ctx)
+
+    async def close(self) -> None:
+        """arq's ``close``; when Redis fails under it, the service's ``on_shutdown`` still
+        runs and the pool is closed."""
+        # arq gathers its job tasks without return_exceptions: a job cancelled by the signal
+        # would end close() there, before on_shutdown
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        pool = cast("ArqRedis | None", self.pool)  # None when main() never connected
         try:
-            async with asyncio.timeout(self.redis_timeout_s):
-                await self.pool.delete(self.health_check_key)
+            await super().close()
         except TRANSIENT as exc:
-            log.warning("worker_health_key_not_removed", error=describe(exc))
-        if self.on_shutdown is not None:
-            await self.on_shutdown(self.ctx)
-        with contextlib.suppress(*TRANSIENT):
-            await self.pool.close(close_connection_pool=True)
-        self._pool = None
+            if self.service_shut_down:
+                raise  # from the service's own on_shutdown
+            log.warning("worker_close_redis_failed", error=describe(exc))
+            await self.stop_service(self.ctx)
+            if pool is not None:
+                with contextlib.suppress(*TRANSIENT):
+                    await pool.aclose(close_connection_pool=True)
 
 
 def run_stream_worker(settings: Mapping[str, Any]) -> StreamWorker:
@@ -175,6 +195,34 @@ def run_stream_worker(settings: Mapping[str, Any]) -> StreamWorker:
     worker = StreamWorker(**settings)
     worker.run()
     return worker
+
+
+class WorkerEntry(NamedTuple):
+    """A worker module's ``__getattr__`` (``WorkerSettings`` for arq's CLI) and ``main``."""
+
+    module_getattr: Callable[[str], Any]
+    main: Callable[[], None]
+
+
+def worker_entry(build: Callable[[], Mapping[str, Any]]) -> WorkerEntry:
+    """The entry points of a worker module whose settings ``build()`` makes (from the
+    environment, when called)::
+
+        __getattr__, main = worker_entry(settings_from_env)
+
+    ``main()`` runs :func:`run_stream_worker` (the script, ``python -m``); the module's
+    ``WorkerSettings``, built when first asked for, is for ``arq <module>.WorkerSettings``.
+    """
+
+    def module_getattr(name: str) -> Any:
+        if name == "WorkerSettings":
+            return dict(build())
+        raise AttributeError(name)
+
+    def main() -> None:
+        run_stream_worker(build())
+
+    return WorkerEntry(module_getattr, main)
 
 
 async def xtyl_ping(ctx: dict[Any, Any]) -> str:
@@ -198,7 +246,7 @@ def stream_worker_settings(
     """arq ``WorkerSettings`` (a dict) whose process also consumes ``group``'s streams.
 
     ``worker_options`` go to arq's ``Worker`` as they are (``max_jobs`` there is for the
-    service's own arq jobs; stream jobs use ``events.max_jobs``).
+    service's own arq jobs; stream handlers use ``events.max_jobs``).
     """
     event_settings = events or EventSettings()
     block_s = event_settings.read_block_ms / 1000
