@@ -9,7 +9,8 @@ from litestar import Controller, Request, get
 from xtyl_common.auth import UserPrincipal
 from xtyl_common.errors import NotFound
 from xtyl_common.identity import USER
-from xtyl_gateway.adapters.users import User, UserRepository
+from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.routes.schemas import User
 
 
 class MeController(Controller):
@@ -32,4 +33,4 @@ class MeController(Controller):
                 "no profile for this user yet: public.users is filled by the auth.users trigger",
                 code="user_not_found",
             )
-        return found
+        return User.of(found)
