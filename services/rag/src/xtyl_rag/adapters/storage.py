@@ -4,9 +4,11 @@
 (bytes, read up to a cap so an oversized file never fills the worker's memory). Storage
 answers 404 for a file that does not exist or is not the named user's.
 
+Each call here makes one request: :data:`STORAGE_READS` says how often a caller retries it.
+
 :meth:`StorageClient.wait_ready` lets indexing wait for storage before it spends a try: until a
 call has gone through (and again after one could not reach storage or got a 502/503/504), it
-probes ``/readyz``, one prober at a time for the whole process.
+probes ``/readyz`` (:data:`READY_PROBES`), one prober at a time for the whole process.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import structlog
 
 from xtyl_common.auth import issue_service_token
 from xtyl_common.errors import NotFound, TimedOut, Unavailable
-from xtyl_common.http import HttpConfig, backoff_delay, request_headers
+from xtyl_common.http import request_headers
+from xtyl_common.retry import RetryPolicy
 from xtyl_rag.domain.documents import FileSource
 
 log = structlog.stdlib.get_logger("xtyl.rag.storage")
@@ -29,6 +32,14 @@ log = structlog.stdlib.get_logger("xtyl.rag.storage")
 SERVICE_NAME = "rag-worker"
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0, connect=2.0)
+#: A request to storage that failed in passing (unreachable, timed out, 502/503/504): 3 tries,
+#: 50 ms doubling to 1 s.
+STORAGE_READS = RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.05, wait_max_s=1.0)
+#: Probes of ``/readyz`` while storage is not ready: 100 ms doubling to 2 s; how long in all is
+#: the caller's (``STORAGE_READY_WAIT_S``).
+READY_PROBES = RetryPolicy(
+    attempts=1_000_000, timeout_s=None, wait_initial_s=0.1, wait_max_s=2.0, wait_jitter_s=0.1
+)
 
 
 class StoredFileInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +65,22 @@ class FileTooLarge(Exception):
         self.limit = limit
 
 
+class StorageDown(Unavailable):
+    """Storage could not be reached or answered 502/503/504: passing, worth another try."""
+
+    default_code = "storage_unavailable"
+
+
+class StorageNotReady(Unavailable):
+    """Storage's ``/readyz`` did not answer 200 (yet)."""
+
+    default_code = "storage_unavailable"
+
+
+#: What a retry of a storage request may cure (another status is an answer, not an outage).
+PASSING_FAILURES = (StorageDown, TimedOut)
+
+
 class StorageClient:
     def __init__(
         self,
@@ -62,13 +89,11 @@ class StorageClient:
         *,
         internal_secret: str,
         timeout_s: float = 60.0,
-        retries: int = 2,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._secret = internal_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5.0, sock_read=30.0)
-        self._retry = HttpConfig(retries=retries)
         #: The last call reached a working storage (so no probe is needed).
         self._reachable = False
         self._probing = asyncio.Lock()
@@ -95,32 +120,32 @@ class StorageClient:
             return True
         loop = asyncio.get_running_loop()
         started = loop.time()
+        logged_at: float | None = None
+
+        async def probe() -> None:
+            nonlocal logged_at
+            if self._reachable:  # another prober found it ready while this one queued
+                return
+            why = await self.ready()
+            if why is None:
+                self._reachable = True
+                return
+            now = loop.time()
+            if logged_at is None or now - logged_at >= log_every_s:
+                log.warning(
+                    "storage_not_ready", url=self._base, reason=why, waited_s=round(now - started)
+                )
+                logged_at = now
+            raise StorageNotReady(why)
+
         try:
             async with asyncio.timeout(within_s), self._probing:
-                pause = 0.1
-                logged_at: float | None = None
-                while not self._reachable:
-                    why = await self.ready()
-                    if why is None:
-                        self._reachable = True
-                        break
-                    now = loop.time()
-                    if logged_at is None or now - logged_at >= log_every_s:
-                        log.warning(
-                            "storage_not_ready",
-                            url=self._base,
-                            reason=why,
-                            waited_s=round(now - started),
-                        )
-                        logged_at = now
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 2.0)
-                if logged_at is not None:
-                    waited = round(loop.time() - started, 1)
-                    log.info("storage_ready", url=self._base, waited_s=waited)
+                await READY_PROBES.call(StorageNotReady, probe)
         except TimeoutError:
             log.warning("storage_still_not_ready", url=self._base, waited_s=within_s)
             return False
+        if logged_at is not None:
+            log.info("storage_ready", url=self._base, waited_s=round(loop.time() - started, 1))
         return True
 
     def _headers(self, owner_id: uuid.UUID) -> dict[str, str]:
@@ -129,7 +154,9 @@ class StorageClient:
 
     async def file_info(self, file_id: uuid.UUID, owner_id: uuid.UUID) -> FileSource:
         """The file's metadata, as indexing needs it; NotFound when it is not the owner's."""
-        body = await self._get(f"/internal/files/{file_id}", owner_id, limit=1024 * 1024)
+        body = await STORAGE_READS.call(
+            PASSING_FAILURES, self._get, f"/internal/files/{file_id}", owner_id, limit=1024 * 1024
+        )
         try:
             info = _info_decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -149,45 +176,41 @@ class StorageClient:
     async def content(self, file_id: uuid.UUID, owner_id: uuid.UUID, *, limit: int) -> bytes:
         """The file's bytes; FileTooLarge past ``limit``, NotFound if storage has no such file
         of this owner, Unavailable / TimedOut when storage fails (worth a retry)."""
-        return await self._get(f"/internal/files/{file_id}/content", owner_id, limit=limit)
+        return await STORAGE_READS.call(
+            PASSING_FAILURES,
+            self._get,
+            f"/internal/files/{file_id}/content",
+            owner_id,
+            limit=limit,
+        )
 
     async def _get(self, path: str, owner_id: uuid.UUID, *, limit: int) -> bytes:
-        url = self._base + path
-        attempts = 1 + self._retry.retries
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            try:
-                async with self._session.get(
-                    url, headers=self._headers(owner_id), timeout=self._timeout
-                ) as resp:
-                    self._reachable = resp.status not in _RETRY_STATUSES
-                    if resp.status == 200:
-                        declared = resp.content_length
-                        if declared is not None and declared > limit:
-                            raise FileTooLarge(declared, limit)
-                        return await _read_capped(resp, limit)
-                    if resp.status == 404:
-                        raise NotFound(
-                            "storage has no such file for this user", code="file_not_found"
-                        )
-                    if resp.status not in _RETRY_STATUSES or last:
-                        raise Unavailable(
-                            f"storage answered {resp.status} for {path}",
-                            code="storage_unavailable",
-                            extra={"upstream_status": resp.status},
-                        )
-            except TimeoutError as exc:
-                if last:
-                    raise TimedOut(f"storage timed out on {path}", code="storage_timeout") from exc
-            except aiohttp.ClientError as exc:
-                self._reachable = False
-                if last:
-                    raise Unavailable(
-                        f"storage unreachable: {type(exc).__name__}", code="storage_unavailable"
-                    ) from exc
-            log.info("storage_retry", path=path, attempt=attempt + 1)
-            await asyncio.sleep(backoff_delay(attempt, self._retry))
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One request: the body, or the error that says what went wrong."""
+        try:
+            async with self._session.get(
+                self._base + path, headers=self._headers(owner_id), timeout=self._timeout
+            ) as resp:
+                self._reachable = resp.status not in _RETRY_STATUSES
+                if resp.status == 200:
+                    declared = resp.content_length
+                    if declared is not None and declared > limit:
+                        raise FileTooLarge(declared, limit)
+                    return await _read_capped(resp, limit)
+                if resp.status == 404:
+                    raise NotFound("storage has no such file for this user", code="file_not_found")
+                failed = StorageDown if resp.status in _RETRY_STATUSES else Unavailable
+                raise failed(
+                    f"storage answered {resp.status} for {path}",
+                    code="storage_unavailable",
+                    extra={"upstream_status": resp.status},
+                )
+        except TimeoutError as exc:
+            raise TimedOut(f"storage timed out on {path}", code="storage_timeout") from exc
+        except aiohttp.ClientError as exc:
+            self._reachable = False
+            raise StorageDown(
+                f"storage unreachable: {type(exc).__name__}", code="storage_unavailable"
+            ) from exc
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
