@@ -19,7 +19,7 @@ from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_gateway.adapters.event_sources import EVENT_SOURCES, OUTBOX_SCHEMA
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
-from xtyl_gateway.adapters.upstream import Proxy, ProxyConfig
+from xtyl_gateway.adapters.upstream import ProxyConfig, UpstreamClient
 from xtyl_gateway.adapters.users import UserRepository
 from xtyl_gateway.domain.admission import InFlightLimit
 from xtyl_gateway.routes.docs import PublicApiDocs, docs_page, public_openapi
@@ -50,7 +50,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         edge = Edge(
             verifier,
             limiter,
-            Proxy(
+            UpstreamClient(
                 {
                     "storage": settings.storage_url,
                     "rag": settings.rag_url,
@@ -100,7 +100,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
             yield
         finally:
             await relay.stop()
-            await edge.proxy.close()
+            await edge.upstreams.close()
             await verifier.close()
             await limiter.close()
             await session.close()

@@ -1,12 +1,15 @@
-"""The streaming reverse proxy to the services behind the gateway, on aiohttp.
+"""The client of the services behind the gateway: one proxied exchange each, on aiohttp.
 
-HTTP/1.1 is aiohttp's; what stays ours is the routing, the header policy and the streaming
-glue. One session per process, no cookie jar, no decompression, no automatic headers, and
-bodies streamed both ways as they arrive (a 1 GB upload never sits in memory).
+HTTP/1.1 is aiohttp's; what stays ours is the streaming glue. One session per process, no
+cookie jar, no decompression, no automatic headers, and bodies streamed both ways as they
+arrive (a 1 GB upload never sits in memory). What goes is decided before (the route, the
+headers that cross: :mod:`xtyl_gateway.domain.routing`); the client's side of the exchange
+(its body, where the answer goes) is a :class:`~xtyl_gateway.domain.exchange.ClientConnection`
+that ``routes/`` made.
 
 The rules that keep one user's request from touching another's:
 
-* ``Expect`` never goes upstream (the header policy drops it). granian answers the client's
+* ``Expect`` never goes upstream (the header policy drops it). The server answers the client's
   ``100 Continue`` itself when the body is first read, and aiohttp skips any interim ``1xx`` a
   service sends, so a client gets exactly one final response.
 * A connection whose exchange did not finish cleanly (the request body not wholly sent, or the
@@ -25,25 +28,17 @@ The rules that keep one user's request from touching another's:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 import structlog
-from litestar.types import Receive, Scope, Send
 from yarl import URL
 
-from xtyl_common.errors import (
-    ClientDisconnected,
-    ClientError,
-    RequestTimeout,
-    TimedOut,
-    Unavailable,
-    XtylError,
-)
-from xtyl_gateway.domain.routing import downstream_response_headers, upstream_request_headers
+from xtyl_common.errors import TimedOut, Unavailable, XtylError
+from xtyl_gateway.domain.exchange import ClientConnection, IncomingRequest, RequestBody
+from xtyl_gateway.domain.routing import ForwardedRequest, downstream_response_headers
 
 log = structlog.stdlib.get_logger("xtyl.gateway.proxy")
 
@@ -67,89 +62,12 @@ class ProxyConfig(msgspec.Struct, frozen=True, kw_only=True):
     body_idle_timeout_s: float
 
 
-class RequestBody:
-    """The client's request body, read from ASGI ``receive`` as it arrives.
+class UpstreamClient:
+    """Exchanges with the services behind the gateway, each at most ``pool_size`` at once.
 
-    Any failure is kept in :attr:`error`: aiohttp reads the body in a task of its own and
-    wraps what that task raises, so the proxy asks the body what went wrong first.
+    Build one per process and :meth:`close` it on shutdown.
     """
 
-    def __init__(self, receive: Receive, *, idle_timeout_s: float, chunked: bool) -> None:
-        self._receive = receive
-        self._idle_timeout_s = idle_timeout_s
-        self._chunked = chunked
-        self.complete = False
-        self.error: XtylError | None = None
-        self._head = b""  # what read_small() took before finding the body too large
-        # aiohttp reads the body in its writer task; after an early answer that task is
-        # cancelled and drain() takes over: never two receive() calls at once
-        self._reading = asyncio.Lock()
-
-    async def _next(self) -> bytes:
-        try:
-            async with asyncio.timeout(self._idle_timeout_s), self._reading:
-                message = await self._receive()
-        except TimeoutError:
-            raise self._fail(
-                RequestTimeout(
-                    f"no request body bytes arrived for {self._idle_timeout_s:g} s",
-                    code="request_timeout",
-                )
-            ) from None
-        if message["type"] == "http.disconnect":
-            # granian reports a broken chunked framing and a closed connection alike; a
-            # client that is still there reads the 400, one that left never will.
-            if self._chunked:
-                raise self._fail(
-                    ClientError(
-                        "the chunked request body is malformed or ended early",
-                        code="malformed_body",
-                    )
-                )
-            raise self._fail(ClientDisconnected("the client closed the connection mid-body"))
-        if not message.get("more_body", False):
-            self.complete = True
-        chunk: bytes = message.get("body", b"")
-        return chunk
-
-    def _fail(self, error: XtylError) -> XtylError:
-        self.error = error
-        return error
-
-    async def read_small(self, limit: int) -> bytes | None:
-        """The whole body when it ends within ``limit`` bytes, else ``None`` (stream it)."""
-        chunks: list[bytes] = []
-        size = 0
-        while not self.complete:
-            chunk = await self._next()
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit and not self.complete:
-                self._head = b"".join(chunks)
-                return None
-        return b"".join(chunks)
-
-    async def drain(self, *, max_bytes: int, timeout_s: float) -> None:
-        """Read and drop what is left of the body, within bounds; never raises."""
-        dropped = 0
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not self.complete and dropped <= max_bytes:
-                    dropped += len(await self._next())
-        except (TimeoutError, XtylError):
-            pass
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        if self._head:
-            yield self._head
-            self._head = b""
-        while not self.complete:
-            chunk = await self._next()
-            if chunk:
-                yield chunk
-
-
-class Proxy:
     def __init__(self, upstreams: Mapping[str, str], config: ProxyConfig) -> None:
         self._config = config
         self._bases: dict[str, str] = {}
@@ -192,22 +110,22 @@ class Proxy:
 
     async def forward(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
         upstream: str,
-        extra: Iterable[tuple[bytes, bytes]],
+        request: IncomingRequest,
+        forwarded: ForwardedRequest,
+        client: ClientConnection,
     ) -> None:
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        query: bytes = scope.get("query_string", b"")
-        target = self._bases[upstream] + raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        method: str = scope.get("method", "GET")
-        forwarded = upstream_request_headers(scope["headers"], extra)
+        """``request`` to the service ``upstream`` with the ``forwarded`` headers; its answer,
+        streamed, to ``client``. A failure is raised as an
+        :class:`~xtyl_common.errors.XtylError`; once the answer has started, that can only cut
+        it short."""
+        target = self._bases[upstream] + request.path
+        if request.query:
+            target += "?" + request.query
+        method = request.method
         length = forwarded.length
-        body = RequestBody(
-            receive, idle_timeout_s=self._config.body_idle_timeout_s, chunked=forwarded.chunked
+        body = client.body(
+            chunked=forwarded.chunked, idle_timeout_s=self._config.body_idle_timeout_s
         )
         headers = forwarded.headers
         data: bytes | AsyncIterator[bytes] | None = None
@@ -223,7 +141,7 @@ class Proxy:
                     headers = [*headers, ("Content-Length", str(length))]
         elif length == 0:
             data = b""
-        await self._exchange(upstream, method, target, headers, data, body, send)
+        await self._exchange(upstream, method, target, headers, data, body, client)
 
     async def _exchange(  # noqa: PLR0917 - one private call site, every argument distinct
         self,
@@ -233,7 +151,7 @@ class Proxy:
         headers: list[tuple[str, str]],
         data: bytes | AsyncIterator[bytes] | None,
         body: RequestBody,
-        send: Send,
+        client: ClientConnection,
     ) -> None:
         slots = self._slots[upstream]
         try:
@@ -264,21 +182,17 @@ class Proxy:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._failure(upstream, method, exc, body) from exc
             answered = True
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": downstream_response_headers(response.raw_headers),
-                }
+            await client.start_response(
+                response.status, downstream_response_headers(response.raw_headers)
             )
             try:
                 async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await client.send_body(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The status is on the wire already: all we can do is cut the stream.
                 log.warning("upstream_stream_broken", upstream=upstream, error=repr(exc))
                 raise self._failure(upstream, method, exc, None) from exc
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await client.end_response()
             clean = data is None or isinstance(data, bytes) or body.complete
         finally:
             if response is not None:
@@ -312,15 +226,3 @@ class Proxy:
             )
         log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
         return Unavailable(f"the {upstream} service is unavailable", code="upstream_unavailable")
-
-
-def scope_header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-def client_host(scope: Scope) -> str | None:
-    client: Any = scope.get("client")
-    return None if not client else str(client[0])

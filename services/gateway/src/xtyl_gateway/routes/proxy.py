@@ -13,14 +13,17 @@ from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
 from xtyl_common.context import current_request_id
 from xtyl_common.errors import ClientError, NotFound, RateLimited, TimedOut, Unavailable
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
-from xtyl_gateway.adapters.upstream import Proxy, client_host, scope_header
+from xtyl_gateway.adapters.upstream import UpstreamClient
 from xtyl_gateway.domain.admission import InFlightLimit
+from xtyl_gateway.domain.exchange import ClientConnection, IncomingRequest
 from xtyl_gateway.domain.routing import (
     ROUTES,
     BadRequestFraming,
     is_suspect_path,
     match_route,
+    upstream_request_headers,
 )
+from xtyl_gateway.routes.asgi import AsgiConnection, incoming_request
 
 log = structlog.stdlib.get_logger("xtyl.gateway.edge")
 
@@ -32,7 +35,7 @@ class Edge:
         self,
         verifier: TokenVerifier,
         limiter: RateLimiter,
-        proxy: Proxy,
+        upstreams: UpstreamClient,
         *,
         default_limit: Limit,
         route_limits: dict[str, Limit],
@@ -40,15 +43,14 @@ class Edge:
     ) -> None:
         self.verifier = verifier
         self.limiter = limiter
-        self.proxy = proxy
+        self.upstreams = upstreams
         self.in_flight = in_flight
         self.default_limit = default_limit
         self.route_limits = route_limits
         self._limiter_down_logged = 0.0
 
-    async def authenticate(self, scope: Scope) -> UserPrincipal:
-        token = bearer_token(scope_header(scope, b"authorization"))
-        user = await self.verifier.verify_user_token(token)
+    async def authenticate(self, authorization: str | None) -> UserPrincipal:
+        user = await self.verifier.verify_user_token(bearer_token(authorization))
         structlog.contextvars.bind_contextvars(user_id=str(user.user_id))
         return user
 
@@ -77,49 +79,40 @@ class Edge:
             self._limiter_down_logged = now
             log.warning("rate_limit_skipped", reason=str(exc))
 
-    async def handle(
-        self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str
-    ) -> None:
+    async def handle(self, prefix: str, request: IncomingRequest, client: ClientConnection) -> None:
         # Litestar mounts match by string prefix: /v1/files also catches /v1/filesystem.
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1")
-        route = match_route(path)
-        if route is None or route.prefix != prefix or is_suspect_path(path):
+        route = match_route(request.path)
+        if route is None or route.prefix != prefix or is_suspect_path(request.path):
             raise NotFound()
-        host = client_host(scope)
         if route.anonymous:
-            subject = f"ip:{host}"
+            subject = f"ip:{request.client_host}"
             await self.limit_subject(subject, prefix)
         else:
-            user = await self.authenticate(scope)
+            user = await self.authenticate(request.authorization)
             subject = str(user.user_id)
             await self.limit(user, prefix)
         with self.in_flight.hold(subject):
-            await self._forward(scope, receive, send, upstream, host)
-
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, upstream: str, host: str | None
-    ) -> None:
-        extra = [
-            (b"x-request-id", (current_request_id() or "").encode()),
-            (b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()),
-        ]
-        if host is not None:
-            extra.append((b"x-forwarded-for", host.encode()))
-        try:
-            await self.proxy.forward(scope, receive, send, upstream, extra)
-        except BadRequestFraming as exc:
-            raise ClientError(str(exc), code=exc.code) from None
+            extra = [
+                (b"x-request-id", (current_request_id() or "").encode()),
+                (b"x-forwarded-proto", request.scheme.encode()),
+            ]
+            if request.client_host is not None:
+                extra.append((b"x-forwarded-for", request.client_host.encode()))
+            try:
+                forwarded = upstream_request_headers(request.headers, extra)
+            except BadRequestFraming as exc:
+                raise ClientError(str(exc), code=exc.code) from None
+            await self.upstreams.forward(route.upstream, request, forwarded, client)
 
 
 def proxy_handlers() -> list[ASGIRouteHandler]:
     """One mounted ASGI handler per public prefix (``/v1/files`` and everything below it)."""
-    return [_mounted(prefix, upstream) for prefix, upstream in ROUTES]
+    return [_mounted(prefix) for prefix, _ in ROUTES]
 
 
-def _mounted(prefix: str, upstream: str) -> ASGIRouteHandler:
+def _mounted(prefix: str) -> ASGIRouteHandler:
     async def forward(scope: Scope, receive: Receive, send: Send) -> None:
         edge: Edge = scope["app"].state.edge
-        await edge.handle(scope, receive, send, prefix, upstream)
+        await edge.handle(prefix, incoming_request(scope), AsgiConnection(receive, send))
 
     return asgi(prefix, is_mount=True, copy_scope=False, name=f"proxy:{prefix}")(forward)
