@@ -6,14 +6,15 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.openapi.spec import Components, SecurityScheme
 
 from xtyl_common.auth import TokenVerifier
 from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
 from xtyl_common.events import EventSettings, OutboxRelay
 from xtyl_common.health import readiness_of
 from xtyl_common.http import HttpConfig, create_session
-from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
+from xtyl_common.openapi import BEARER_SCHEME_NAME
 from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
@@ -28,6 +29,16 @@ from xtyl_gateway.routes.proxy import Edge, proxy_handlers
 from xtyl_gateway.settings import GatewaySettings
 
 VERSION = "0.1.0"
+
+#: The scheme ``GET /v1/me`` requires. xtyl_common names it in a document for the operations
+#: that take its ``user`` dependency; /v1/me checks its token through the edge instead, so
+#: the gateway names it here, as the services' documents do (the merged document is unchanged).
+BEARER_SCHEME = SecurityScheme(
+    type="http",
+    scheme="bearer",
+    bearer_format="JWT",
+    description="A Supabase access token (internal routes: a service token)",
+)
 
 
 def create_app(settings: GatewaySettings, events: EventSettings | None = None) -> Litestar:
@@ -85,7 +96,6 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
                 "notify": settings.notify_url,
             },
         )
-        app.state[VERIFIER_STATE_KEY] = verifier
         # user.created leaves auth.users through the gateway's outbox (written by the trigger)
         relay = OutboxRelay(
             pool,
@@ -107,7 +117,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
             await redis.aclose()
             await pool.close()
 
-    return build_service_app(
+    app = build_service_app(
         title="xtyl API",
         version=VERSION,
         description="The public API of xtyl (the whole of it, with the routes the services"
@@ -119,6 +129,20 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         lifespan=[lifespan],
         cors_origins=settings.cors_origin_list,
     )
+    _name_security_scheme(app)
+    return app
+
+
+def _name_security_scheme(app: Litestar) -> None:
+    """Add :data:`BEARER_SCHEME` to the document's components (built at start-up)."""
+    config = app.openapi_config
+    assert config is not None, "build_service_app configures OpenAPI"
+    components = config.components
+    assert isinstance(components, Components), "build_service_app gives one Components"
+    components.security_schemes = {
+        **(components.security_schemes or {}),
+        BEARER_SCHEME_NAME: BEARER_SCHEME,
+    }
 
 
 def app_from_env() -> Litestar:

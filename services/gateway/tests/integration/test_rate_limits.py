@@ -89,3 +89,17 @@ async def test_tighter_route_limit_and_problem_body(
     assert body["retry_after"] >= 1
     # the general limit still has room on another route
     assert (await status_of(http, limited_gateways[1].url + "/v1/search", token))[0] == 200
+
+
+async def test_me_shares_the_users_limit_with_the_proxied_routes(
+    limited_gateways: list[RunningService], issuer: LocalIssuer, http: aiohttp.ClientSession
+) -> None:
+    token = issuer.mint(user_id=uuid.uuid4())  # no public.users row: /v1/me answers 404
+    gateway = limited_gateways[2]
+    for _ in range(LIMIT - 1):
+        assert (await status_of(http, gateway.url + "/v1/search", token))[0] == 200
+    assert (await status_of(http, gateway.url + "/v1/me", token))[0] == 404
+    status, retry_after = await status_of(http, gateway.url + "/v1/me", token)
+    assert status == 429
+    assert retry_after is not None
+    assert (await status_of(http, gateway.url + "/v1/search", token))[0] == 429

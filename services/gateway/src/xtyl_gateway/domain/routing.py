@@ -18,6 +18,10 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/webhooks/auth", "notify"),
 )
 
+#: The caller's profile (``public.users``), served by the gateway itself; its rate-limit
+#: bucket has this name, as a proxied route's has its prefix.
+ME_PATH = "/v1/me"
+
 #: Routes with no user behind them: the service checks its own credential (Brevo's webhook
 #: carries a shared secret, Supabase Auth's Send Email Hook a Standard Webhooks signature);
 #: the gateway rate-limits them per client address instead.

@@ -50,14 +50,26 @@ class Edge:
         self._limiter_down_logged = 0.0
 
     async def authenticate(self, authorization: str | None) -> UserPrincipal:
+        """The user whose Supabase access token ``authorization`` (the header) carries; 401
+        problems with a stable code for anything else."""
         user = await self.verifier.verify_user_token(bearer_token(authorization))
         structlog.contextvars.bind_contextvars(user_id=str(user.user_id))
         return user
 
-    async def limit(self, user: UserPrincipal, route_prefix: str) -> None:
-        await self.limit_subject(str(user.user_id), route_prefix)
+    async def admit_user(self, authorization: str | None, route_prefix: str) -> UserPrincipal:
+        """The caller, authenticated and counted against their limits for ``route_prefix``:
+        every route with a user behind it, proxied or ``GET /v1/me``, comes through here."""
+        user = await self.authenticate(authorization)
+        await self._limit(str(user.user_id), route_prefix)
+        return user
 
-    async def limit_subject(self, subject: str, route_prefix: str) -> None:
+    async def admit_address(self, client_host: str | None, route_prefix: str) -> str:
+        """An anonymous caller, counted against the limits of its address; the subject."""
+        subject = f"ip:{client_host}"
+        await self._limit(subject, route_prefix)
+        return subject
+
+    async def _limit(self, subject: str, route_prefix: str) -> None:
         limits = [self.default_limit]
         tighter = self.route_limits.get(route_prefix)
         if tighter is not None:
@@ -85,12 +97,9 @@ class Edge:
         if route is None or route.prefix != prefix or is_suspect_path(request.path):
             raise NotFound()
         if route.anonymous:
-            subject = f"ip:{request.client_host}"
-            await self.limit_subject(subject, prefix)
+            subject = await self.admit_address(request.client_host, prefix)
         else:
-            user = await self.authenticate(request.authorization)
-            subject = str(user.user_id)
-            await self.limit(user, prefix)
+            subject = str((await self.admit_user(request.authorization, prefix)).user_id)
         with self.in_flight.hold(subject):
             extra = [
                 (b"x-request-id", (current_request_id() or "").encode()),
