@@ -1,4 +1,5 @@
-"""The notify service app: ``create_app(settings)`` wires every adapter once, in the lifespan."""
+"""The notify service app: ``create_app(settings)`` opens the service
+(:func:`~xtyl_notify.service.open_service`) in its lifespan and mounts the routes."""
 
 from __future__ import annotations
 
@@ -8,22 +9,17 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 
 from xtyl_common.auth import TokenVerifier
-from xtyl_common.db import check_postgres
 from xtyl_common.health import readiness_of
+from xtyl_common.http import create_session
 from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
-from xtyl_notify.bootstrap import open_core
-from xtyl_notify.routes.auth_hook import (
-    TEMPLATES_STATE_KEY,
-    WEBHOOKS_STATE_KEY,
-    hook_verifiers,
-    send_email_hook,
-)
-from xtyl_notify.routes.notifications import NotificationsController
+from xtyl_notify.routes.auth_hook import WEBHOOKS_STATE_KEY, hook_verifiers, send_email_hook
+from xtyl_notify.routes.notifications import SERVICE_STATE_KEY, NotificationsController
 from xtyl_notify.routes.webhooks import brevo_webhook
+from xtyl_notify.service import open_service
 from xtyl_notify.settings import NotifySettings
 
 VERSION = "0.1.0"
@@ -32,20 +28,22 @@ VERSION = "0.1.0"
 def create_app(settings: NotifySettings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None]:
-        async with open_core(settings) as core:
+        async with open_service(settings) as service:
             redis = create_redis(settings.redis_url)
-            verifier = TokenVerifier(settings.auth_config(), core.session)
+            session = create_session()
+            verifier = TokenVerifier(settings.auth_config(), session)
             try:
                 await verifier.warm_up()
                 readiness = readiness_of(app)
-                readiness.add("postgres", lambda: check_postgres(core.pool))
+                for name, check in service.readiness.items():
+                    readiness.add(name, check)
                 readiness.add("redis", lambda: check_redis(redis))
-                app.state.repository = core.repository
-                app.state.notifier = core.notifier()
+                app.state[SERVICE_STATE_KEY] = service
                 app.state[VERIFIER_STATE_KEY] = verifier
                 yield
             finally:
                 await verifier.close()
+                await session.close()
                 await redis.aclose()
 
     return build_service_app(
@@ -61,7 +59,6 @@ def create_app(settings: NotifySettings) -> Litestar:
         state={
             "webhook_secret": settings.brevo_webhook_secret,
             WEBHOOKS_STATE_KEY: hook_verifiers(settings.send_email_hook_secrets),
-            TEMPLATES_STATE_KEY: settings.auth_templates,
         },
     )
 

@@ -1,7 +1,8 @@
-"""What the notify service does with each event, whatever runs it: the use cases behind the
-worker's handlers.
+"""What the notify service does, whatever runs it: :class:`NotifyService`, the one class the
+worker's stream handlers and the routes call, and :func:`open_service`, which builds it and its
+adapters (the app's lifespan and the worker's start-up both open it).
 
-Sending one email (:meth:`Notifier.deliver`), safe under at-least-once delivery:
+Sending one email (:meth:`NotifyService.deliver`), safe under at-least-once delivery:
 
 1. log it under its dedupe key (``queued``), or find the row logged by an earlier copy of the
    event: a final row (sent, failed, suppressed) ends here;
@@ -11,25 +12,43 @@ Sending one email (:meth:`Notifier.deliver`), safe under at-least-once delivery:
 4. Brevo: sent -> ``sent``; refused (4xx) -> ``failed`` and :class:`BrevoRejected` raised (a
    ``ClientError``: the consumer dead-letters the event at once); unavailable (408, 429, 5xx,
    timeouts) -> the row is ``retrying`` and :class:`BrevoUnavailable` raised (an
-   ``Unavailable``: the consumer retries the event with backoff, after Brevo's rate-limit reset
-   when it gave one, up to its retry horizon). On the final attempt (``final_attempt``, past
-   the horizon) it is ``failed`` ("gave up after N attempts; ...") and still raised, so the
-   event is dead-lettered.
+   ``Unavailable``), or, on the final attempt (``final_attempt``), ``failed`` ("gave up after N
+   attempts; ...") and still raised.
 
-The database failing (``Unavailable``) raises from any step and is retried the same way.
+The database failing (``Unavailable``) raises from any step. Brevo's ``idempotencyKey`` (the
+row id) covers the one gap left: a worker that died after Brevo accepted the email and before
+the row said so.
 
-Brevo's ``idempotencyKey`` (the row id) covers the one gap left: a worker that died after
-Brevo accepted the email and before the row said so.
+Who retries a send, one layer per call path:
+
+* emails of stream events (``user.created``, ``document.*``): nothing in process. The stream
+  entry's deferred retry is the layer that waits: after Brevo's ``x-sib-ratelimit-reset`` (or
+  ``Retry-After``) when it gave one, however long (a reset past the retry horizon is still
+  waited for, for one last attempt), else with backoff, until ``EVENTS_RETRY_HORIZON_S``; the
+  attempt past the horizon is the final one.
+* Supabase Auth's emails (:meth:`NotifyService.send_auth_emails`): Supabase waits for the
+  hook's answer (:data:`AUTH_HOOK_DEADLINE_S`), so Brevo is retried here,
+  :data:`AUTH_EMAIL_SENDS`, each request bounded by the time left; when Brevo could not take
+  an email in that time it is ``failed``. The whole call, the database included, is cut at
+  :data:`AUTH_HOOK_ANSWER_S` (:class:`~xtyl_common.errors.TimedOut`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 
-from xtyl_common.errors import Unavailable
+from xtyl_common.db import DatabaseConfig, create_pool
+from xtyl_common.errors import TimedOut, Unavailable
 from xtyl_common.events import DocumentFailed, DocumentIndexed, UserCreated
+from xtyl_common.health import HealthCheck
+from xtyl_common.http import HttpConfig, create_session
+from xtyl_common.pagination import Page, keyset_page
+from xtyl_common.retry import RetryPolicy
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.addresses import (
@@ -38,8 +57,8 @@ from xtyl_notify.domain.addresses import (
     is_valid_email,
     suppression_key,
 )
+from xtyl_notify.domain.auth_emails import SendEmailHook, new_emails
 from xtyl_notify.domain.emails import (
-    BrevoTemplate,
     EmailKind,
     EmailRecord,
     EmailStatus,
@@ -53,8 +72,31 @@ from xtyl_notify.domain.templates import (
     document_ready_email,
     welcome_email,
 )
+from xtyl_notify.domain.webhooks import BrevoWebhookEvent, suppressions_from
+from xtyl_notify.settings import NotifySettings
 
 log = structlog.stdlib.get_logger("xtyl.notify")
+
+#: How long one send attempt holds its email beyond Brevo's timeout (the row updates).
+LEASE_MARGIN_S = 10.0
+#: Where Brevo's webhooks' suppressions come from (``xtyl_notify.suppressions.source``).
+SUPPRESSION_SOURCE = "brevo_webhook"
+
+#: Supabase Auth gives the Send Email Hook 5 s to answer, its own tries included.
+AUTH_HOOK_DEADLINE_S = 5.0
+#: The hook's emails: Brevo tried at most 3 times, 0.1 s doubling to 0.5 s between tries (or
+#: the rate-limit reset Brevo asks for, up to 1 s; a longer one fails at once), no try started
+#: after 3 s, and each request cut at that point. The slowest answer is so ~4 s.
+AUTH_EMAIL_SENDS = RetryPolicy(
+    attempts=3,
+    timeout_s=3.0,
+    wait_initial_s=0.1,
+    wait_max_s=0.5,
+    wait_jitter_s=0.1,
+    max_retry_after_s=1.0,
+)
+#: The whole hook call (the database included) is cut here, below Supabase's deadline.
+AUTH_HOOK_ANSWER_S = 4.5
 
 
 class EmailInFlight(Unavailable):
@@ -63,7 +105,7 @@ class EmailInFlight(Unavailable):
     default_code = "email_in_flight"
 
 
-class Notifier:
+class NotifyService:
     def __init__(
         self,
         repository: NotifyRepository,
@@ -71,11 +113,17 @@ class Notifier:
         *,
         app_url: str,
         lease_s: float,
+        auth_templates: Mapping[str, int] | None = None,
+        readiness: Mapping[str, HealthCheck] | None = None,
     ) -> None:
         self.repository = repository
         self.brevo = brevo
         self.app_url = app_url
         self.lease_s = lease_s
+        #: ``BREVO_AUTH_TEMPLATES``: Supabase Auth actions sent as Brevo templates.
+        self.auth_templates: dict[str, int] = dict(auth_templates or {})
+        #: What ``/readyz`` checks of the service's own dependencies.
+        self.readiness: dict[str, HealthCheck] = dict(readiness or {})
 
     # --- events ---------------------------------------------------------------------------
 
@@ -171,12 +219,91 @@ class Notifier:
             content=content,
         )
 
+    # --- Supabase Auth's emails (the Send Email Hook) -------------------------------------
+
+    async def send_auth_emails(self, webhook_id: str, hook: SendEmailHook) -> list[EmailStatus]:
+        """Send the emails of one hook call within :data:`AUTH_HOOK_ANSWER_S`; their statuses
+        (``failed`` when Brevo refused one). Raises :class:`BrevoUnavailable` when Brevo could
+        not take them in time (the rows are ``failed`` by then), :class:`TimedOut` when the
+        call ran out of time, :class:`EmailInFlight` (a copy of this call is sending them right
+        now) or the database's ``Unavailable``."""
+        emails = new_emails(webhook_id, hook, self.auth_templates)
+        if not emails:
+            log.info(
+                "email_skipped",
+                kind="auth",
+                action=hook.email_data.email_action_type,
+                reason="not an email notify sends",
+            )
+            return []
+        assert AUTH_EMAIL_SENDS.timeout_s is not None
+        loop = asyncio.get_running_loop()
+        sends_end = loop.time() + AUTH_EMAIL_SENDS.timeout_s
+        answer = asyncio.timeout(AUTH_HOOK_ANSWER_S)
+        try:
+            async with answer:
+                try:
+                    return await AUTH_EMAIL_SENDS.call(
+                        BrevoUnavailable, self._send_each, emails, sends_end
+                    )
+                except BrevoUnavailable as exc:
+                    await self.repository.give_up(
+                        [email.dedupe_key for email in emails], f"{exc.code}: {exc.message}"
+                    )
+                    log.warning("email_failed", kind="auth", code=exc.code, gave_up=True)
+                    raise
+        except TimeoutError:
+            if not answer.expired():
+                raise
+            raise TimedOut(
+                f"the emails were not sent within {AUTH_HOOK_ANSWER_S:g} s",
+                code="email_timeout",
+            ) from None
+
+    async def _send_each(self, emails: Sequence[NewEmail], sends_end: float) -> list[EmailStatus]:
+        """One try at every email of a hook call (those sent already are found ``sent``)."""
+        statuses: list[EmailStatus] = []
+        for email in emails:
+            try:
+                statuses.append(await self.deliver(email, send_by=sends_end))
+            except BrevoRejected:
+                statuses.append(EmailStatus.FAILED)
+        return statuses
+
+    # --- history and suppressions ---------------------------------------------------------
+
+    async def email_page(
+        self, user_id: uuid.UUID, *, limit: int, cursor: str | None
+    ) -> Page[EmailRecord]:
+        """The user's email log, newest first, one cursor page (``GET /v1/notifications``)."""
+        return await keyset_page(
+            lambda n, after: self.repository.list_for_user(user_id, limit=n, after=after),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def suppress(self, events: Sequence[BrevoWebhookEvent]) -> int:
+        """Brevo's webhook events: addresses that bounced, complained or unsubscribed are
+        never written to again; how many were new."""
+        suppressions = suppressions_from(list(events))
+        added = await self.repository.add_suppressions(suppressions, source=SUPPRESSION_SOURCE)
+        if suppressions:
+            log.info(
+                "suppressions_added",
+                added=added,
+                reasons=sorted({s.reason for s in suppressions}),
+            )
+        return added
+
     # --- sending --------------------------------------------------------------------------
 
-    async def deliver(self, email: NewEmail, *, final_attempt: bool = False) -> EmailStatus:
+    async def deliver(
+        self, email: NewEmail, *, final_attempt: bool = False, send_by: float | None = None
+    ) -> EmailStatus:
         """Send ``email`` at most once (see the module docstring); its final status, or raise:
         to be retried (:class:`BrevoUnavailable`, :class:`EmailInFlight`, the database
-        ``Unavailable``) or because Brevo refused it (:class:`BrevoRejected`)."""
+        ``Unavailable``) or because Brevo refused it (:class:`BrevoRejected`). ``send_by``
+        (the event loop's clock): Brevo must have answered by then."""
         repo = self.repository
         record = await repo.log_email(email)
         if record.is_final:
@@ -188,17 +315,15 @@ class Notifier:
             if current is not None and current.is_final:
                 return current.status
             raise EmailInFlight(f"email {record.id} is being sent by another worker")
-        return await self._send(
-            claimed, email.to_name, final_attempt=final_attempt, template=email.template
-        )
+        return await self._send(claimed, email, final_attempt=final_attempt, send_by=send_by)
 
     async def _send(
         self,
         claimed: EmailRecord,
-        to_name: str | None,
+        email: NewEmail,
         *,
         final_attempt: bool,
-        template: BrevoTemplate | None = None,
+        send_by: float | None,
     ) -> EmailStatus:
         """Steps 3 and 4 for a claimed row."""
         repo = self.repository
@@ -215,16 +340,7 @@ class Notifier:
             bound.warning("email_failed", code="invalid_address")
             return EmailStatus.FAILED
         try:
-            message_id = await self.brevo.send(
-                email_id=claimed.id,
-                to=Mailbox(email=claimed.to_address, name=to_name),
-                subject=claimed.subject,
-                html=claimed.html_body,
-                text=claimed.text_body,
-                tags=claimed.tags,
-                template_id=None if template is None else template.id,
-                params=None if template is None else template.params,
-            )
+            message_id = await self._call_brevo(claimed, email, send_by)
         except BrevoRejected as exc:
             await repo.mark_failed(claimed.id, f"{exc.code}: {exc.message}")
             bound.warning("email_failed", code=exc.code, status=exc.upstream_status)
@@ -232,9 +348,7 @@ class Notifier:
         except BrevoUnavailable as exc:
             error = f"{exc.code}: {exc.message}"
             if final_attempt:
-                await repo.mark_failed(
-                    claimed.id, f"gave up after {claimed.attempts} attempts; {error}"
-                )
+                await repo.give_up([claimed.dedupe_key], error)
                 bound.warning(
                     "email_failed", code=exc.code, status=exc.upstream_status, gave_up=True
                 )
@@ -250,3 +364,60 @@ class Notifier:
         await repo.mark_sent(claimed.id, message_id)
         bound.info("email_sent", brevo_message_id=message_id)
         return EmailStatus.SENT
+
+    async def _call_brevo(
+        self, claimed: EmailRecord, email: NewEmail, send_by: float | None
+    ) -> str:
+        timeout_s = None
+        if send_by is not None:
+            timeout_s = send_by - asyncio.get_running_loop().time()
+            if timeout_s <= 0:
+                raise BrevoUnavailable("timeout", "no time left to call Brevo")
+        template = email.template
+        return await self.brevo.send(
+            email_id=claimed.id,
+            to=Mailbox(email=claimed.to_address, name=email.to_name),
+            subject=claimed.subject,
+            html=claimed.html_body,
+            text=claimed.text_body,
+            tags=claimed.tags,
+            template_id=None if template is None else template.id,
+            params=None if template is None else template.params,
+            timeout_s=timeout_s,
+        )
+
+
+@asynccontextmanager
+async def open_service(settings: NotifySettings) -> AsyncGenerator[NotifyService]:
+    """The service and its adapters (a Postgres pool, Brevo's HTTP session), closed on exit:
+    the one place that wires notify, for the app's lifespan and the worker's start-up."""
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
+        )
+        stack.push_async_callback(pool.close)
+        session = create_session(
+            HttpConfig(
+                connect_timeout_s=settings.brevo_connect_timeout_s,
+                total_timeout_s=settings.brevo_timeout_s,
+                read_timeout_s=settings.brevo_timeout_s,
+            )
+        )
+        stack.push_async_callback(session.close)
+        brevo = BrevoClient(
+            session,
+            base_url=settings.brevo_api_url,
+            api_key=settings.api_key,
+            sender=settings.sender,
+            timeout_s=settings.brevo_timeout_s,
+            connect_timeout_s=settings.brevo_connect_timeout_s,
+        )
+        repository = NotifyRepository(pool)
+        yield NotifyService(
+            repository,
+            brevo,
+            app_url=settings.frontend_url,
+            lease_s=settings.brevo_timeout_s + LEASE_MARGIN_S,
+            auth_templates=settings.auth_templates,
+            readiness={"postgres": repository.check},
+        )

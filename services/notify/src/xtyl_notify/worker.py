@@ -10,13 +10,15 @@
 * ``document.indexed`` / ``document.failed``: "your document is ready" / "we could not
   process your document" to the owner; owners with no recipient row are skipped (logged).
 
-Every handler is idempotent (see :mod:`xtyl_notify.notifications`). Brevo down, slow or rate
+Each handler is one call into :class:`~xtyl_notify.service.NotifyService` (opened at start-up
+by :func:`~xtyl_notify.service.open_service`), and idempotent. Brevo down, slow or rate
 limiting (408/429/5xx, timeouts) and the database down are transient: the email is logged
-``retrying`` and the stream consumer tries the entry again with backoff
-(``EVENTS_RETRY_BACKOFF_S`` doubling up to ``EVENTS_RETRY_BACKOFF_MAX_S``, or Brevo's
-rate-limit reset) until ``EVENTS_RETRY_HORIZON_S`` (24 h by default) after its first failure;
-the attempt past the horizon is the last: the email is then ``failed`` and the entry
-dead-lettered. A 4xx from Brevo fails the email and dead-letters the entry at once.
+``retrying`` and the stream consumer, the one layer that retries these sends, tries the entry
+again after Brevo's rate-limit reset (``x-sib-ratelimit-reset``, or ``Retry-After``) when it
+gave one, else with backoff (``EVENTS_RETRY_BACKOFF_S`` doubling up to
+``EVENTS_RETRY_BACKOFF_MAX_S``), until ``EVENTS_RETRY_HORIZON_S`` (24 h by default) after its
+first failure; the attempt past the horizon is the last: the email is then ``failed`` and the
+entry dead-lettered. A 4xx from Brevo fails the email and dead-letters the entry at once.
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ from xtyl_common.events.retries import is_final_attempt
 from xtyl_common.events.settings import ENV_PREFIX
 from xtyl_common.logging import configure_logging
 from xtyl_common.settings import load_settings_or_exit
-from xtyl_notify.bootstrap import open_core
-from xtyl_notify.notifications import Notifier
+from xtyl_notify.service import NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
 log = structlog.stdlib.get_logger("xtyl.notify.worker")
@@ -48,21 +49,25 @@ GROUP = "notify"
 PROGRAM = "xtyl-notify-worker"
 
 
-def notifier_of(ctx: dict[Any, Any]) -> Notifier:
-    notifier: Notifier = ctx["notifier"]
-    return notifier
+#: Where the worker's start-up keeps the service in arq's ``ctx``.
+SERVICE_CTX_KEY = "notify"
+
+
+def service_of(ctx: dict[Any, Any]) -> NotifyService:
+    service: NotifyService = ctx[SERVICE_CTX_KEY]
+    return service
 
 
 async def on_user_created(event: UserCreated, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_user_created(event, final_attempt=is_final_attempt(ctx))
+    await service_of(ctx).on_user_created(event, final_attempt=is_final_attempt(ctx))
 
 
 async def on_document_indexed(event: DocumentIndexed, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_document_indexed(event, final_attempt=is_final_attempt(ctx))
+    await service_of(ctx).on_document_indexed(event, final_attempt=is_final_attempt(ctx))
 
 
 async def on_document_failed(event: DocumentFailed, ctx: dict[Any, Any]) -> None:
-    await notifier_of(ctx).on_document_failed(event, final_attempt=is_final_attempt(ctx))
+    await service_of(ctx).on_document_failed(event, final_attempt=is_final_attempt(ctx))
 
 
 def queue_name(stream_prefix: str) -> str:
@@ -83,11 +88,10 @@ def worker_settings(
         stack = AsyncExitStack()
         ctx["notify_stack"] = stack
         try:
-            core = await stack.enter_async_context(open_core(settings))
+            ctx[SERVICE_CTX_KEY] = await stack.enter_async_context(open_service(settings))
         except BaseException:
             await stack.aclose()
             raise
-        ctx["notifier"] = core.notifier()
         log.info(
             "notify_worker_started",
             brevo_api_url=settings.brevo_api_url,

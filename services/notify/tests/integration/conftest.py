@@ -39,6 +39,7 @@ from xtyl_devstack.service_process import (
     start_worker_process,
 )
 from xtyl_devstack.testing import eventually
+from xtyl_notify.service import NotifyService
 
 GROUP = "notify"
 BREVO_KEY = "test-brevo-api-key"
@@ -209,3 +210,10 @@ async def wait_for_status(
     await eventually(final, timeout_s)
     [row] = await email_rows(db, dedupe_key)
     return row
+
+
+async def warm_pool(service: NotifyService, connections: int = 6) -> None:
+    """Open the pool's connections now: asyncpg's connect stats ~/.pgpass, a blocking call the
+    blockbuster fixture would (rightly) flag inside a test."""
+    check = service.readiness["postgres"]
+    await asyncio.gather(*(check() for _ in range(connections)))

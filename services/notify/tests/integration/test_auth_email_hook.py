@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from standardwebhooks import Webhook
 
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.service_process import RunningService, running_service_async
+from xtyl_notify.service import AUTH_EMAIL_SENDS, AUTH_HOOK_DEADLINE_S
 
 pytestmark = pytest.mark.integration
 
@@ -229,7 +231,7 @@ async def test_a_replayed_webhook_id_is_sent_once(
     assert [(r["kind"], r["status"]) for r in rows] == [("auth_recovery", "sent")]
 
 
-async def test_brevo_down_asks_supabase_to_retry_and_a_refusal_is_an_error(
+async def test_brevo_failing_once_is_tried_again_within_the_call_and_a_refusal_is_an_error(
     hook_notify: RunningService,
     brevo: LocalBrevo,
     http: aiohttp.ClientSession,
@@ -238,18 +240,14 @@ async def test_brevo_down_asks_supabase_to_retry_and_a_refusal_is_an_error(
     to = address()
     brevo.fail_next(503, to=to)
     body = json.dumps(payload("recovery", to)).encode()
-    status, answer, headers = await call(http, hook_notify, body, signed(body))
-    assert status == 503
-    assert headers["Retry-After"] == "1"
-    assert answer["error"]["http_code"] == 503
-    # Supabase tries again at once, with a new webhook-id: sent
-    status, _, _ = await call(http, hook_notify, body, signed(body))
-    assert status == 200
+    status, answer, _ = await call(http, hook_notify, body, signed(body))
+    assert (status, answer) == (200, {})
+    assert brevo.requests_to(to) == [503, 201]
     assert len(brevo.emails_to(to)) == 1
-    statuses = await db.fetch(
-        "select status from xtyl_notify.emails where to_address = $1 order by created_at", to
+    rows = await db.fetch(
+        "select status, attempts from xtyl_notify.emails where to_address = $1", to
     )
-    assert [r["status"] for r in statuses] == ["failed", "sent"]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("sent", 2)]
 
     refused = address()
     brevo.fail_next(400, to=refused)
@@ -258,6 +256,32 @@ async def test_brevo_down_asks_supabase_to_retry_and_a_refusal_is_an_error(
     assert status == 500
     assert answer["code"] == "email_failed"
     assert brevo.emails_to(refused) == []
+
+
+async def test_brevo_down_through_every_try_is_503_before_supabase_s_deadline(
+    hook_notify: RunningService,
+    brevo: LocalBrevo,
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
+) -> None:
+    to = address()
+    brevo.fail_next(503, times=AUTH_EMAIL_SENDS.attempts, to=to)
+    body = json.dumps(payload("recovery", to)).encode()
+    started = time.monotonic()
+    status, answer, headers = await call(http, hook_notify, body, signed(body))
+    assert time.monotonic() - started < AUTH_HOOK_DEADLINE_S
+    assert status == 503
+    assert (answer["code"], answer["error"]["http_code"]) == ("email_unavailable", 503)
+    # notify was the layer that tried again: Supabase is not asked to (a new webhook-id would
+    # be a new email, sent twice if one of these tries reached Brevo after all)
+    assert "Retry-After" not in headers
+    assert brevo.requests_to(to) == [503] * AUTH_EMAIL_SENDS.attempts
+    assert brevo.emails_to(to) == []
+    [row] = await db.fetch(
+        "select status, last_error from xtyl_notify.emails where to_address = $1", to
+    )
+    assert row["status"] == "failed"
+    assert row["last_error"].startswith(f"gave up after {AUTH_EMAIL_SENDS.attempts} attempts")
 
 
 async def test_a_suppressed_address_is_answered_but_not_written_to(

@@ -4,7 +4,6 @@ an event, a worker that died holding an email, and the Brevo client's error mapp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,23 +15,20 @@ from xtyl_common.settings import load_settings
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.ports import free_port
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
-from xtyl_notify.bootstrap import NotifyCore, open_core
 from xtyl_notify.domain.addresses import Mailbox
 from xtyl_notify.domain.emails import EmailKind, EmailStatus, NewEmail, RenderedEmail
-from xtyl_notify.notifications import EmailInFlight, Notifier
+from xtyl_notify.service import EmailInFlight, NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
+
+from .conftest import warm_pool
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-async def core(notify_env: dict[str, str]) -> AsyncIterator[NotifyCore]:
-    async with open_core(load_settings(NotifySettings, environ=notify_env)) as opened:
-        # Open the pool's connections now: asyncpg's connect stats ~/.pgpass, a blocking call
-        # the blockbuster fixture would (rightly) flag inside a test.
-        async with contextlib.AsyncExitStack() as held:
-            for _ in range(6):
-                await held.enter_async_context(opened.pool.acquire())
+async def service(notify_env: dict[str, str]) -> AsyncIterator[NotifyService]:
+    async with open_service(load_settings(NotifySettings, environ=notify_env)) as opened:
+        await warm_pool(opened)
         yield opened
 
 
@@ -52,39 +48,39 @@ def unique_address() -> str:
 
 
 async def test_concurrent_copies_of_an_event_send_one_email(
-    core: NotifyCore, brevo: LocalBrevo
+    service: NotifyService, brevo: LocalBrevo
 ) -> None:
     address = unique_address()
     email = new_email(address)
-    notifier = core.notifier()
     outcomes = await asyncio.gather(
-        *(notifier.deliver(email) for _ in range(5)), return_exceptions=True
+        *(service.deliver(email) for _ in range(5)), return_exceptions=True
     )
     assert all(o is EmailStatus.SENT or isinstance(o, EmailInFlight) for o in outcomes), outcomes
     assert brevo.requests_to(address) == [201]
-    assert await notifier.deliver(email) is EmailStatus.SENT  # a later copy: nothing more
+    assert await service.deliver(email) is EmailStatus.SENT  # a later copy: nothing more
     assert len(brevo.emails_to(address)) == 1
 
 
 async def test_an_email_held_by_a_dead_worker_is_sent_once_its_lease_ends(
-    core: NotifyCore, brevo: LocalBrevo
+    service: NotifyService, brevo: LocalBrevo
 ) -> None:
     address = unique_address()
     email = new_email(address)
-    notifier = Notifier(core.repository, core.brevo, app_url="https://x.test", lease_s=0.3)
-    record = await core.repository.log_email(email)
+    repository = service.repository
+    short_lease = NotifyService(repository, service.brevo, app_url="https://x.test", lease_s=0.3)
+    record = await repository.log_email(email)
     # The dead worker claimed it and Brevo accepted its send; then it died before recording it.
-    assert await core.repository.claim(record.id, lease_s=0.3) is not None
-    first_id = await core.brevo.send(
+    assert await repository.claim(record.id, lease_s=0.3) is not None
+    first_id = await service.brevo.send(
         email_id=record.id, to=Mailbox(email=address), subject="Hi", html="<p>Hi</p>", text="Hi"
     )
     with pytest.raises(EmailInFlight):
-        await notifier.deliver(email)
+        await short_lease.deliver(email)
     await asyncio.sleep(0.4)
 
-    assert await notifier.deliver(email) is EmailStatus.SENT
+    assert await short_lease.deliver(email) is EmailStatus.SENT
     assert len(brevo.emails_to(address)) == 1  # Brevo's idempotency key: the same send
-    sent = await core.repository.get(record.id)
+    sent = await repository.get(record.id)
     assert sent is not None
     assert sent.brevo_message_id == first_id
     assert sent.attempts == 2

@@ -1,8 +1,9 @@
 """Brevo's transactional email API v3: ``POST {BREVO_API_URL}/v3/smtp/email``.
 
-One request per email over the process's shared aiohttp session, with its own timeouts and no
-retries here: the stream consumer retries the whole handler (one layer). Outcomes, as errors of
-``xtyl_common.errors`` (which tell the consumer what to do):
+One request per email over the process's shared aiohttp session, with its own timeouts (a caller
+with a deadline of its own passes a shorter ``timeout_s``) and no retries here: the service
+decides who retries a send (:mod:`xtyl_notify.service`). Outcomes, as errors of
+``xtyl_common.errors`` (which tell the retrying layer what to do):
 
 * 201 ``{"messageId": "<...>"}``: sent;
 * 408, 429 and 5xx, timeouts, refused connections: :class:`BrevoUnavailable`, an
@@ -152,6 +153,8 @@ class BrevoClient:
             "Accept": "application/json",
         }
         self._sender = _Address(email=sender.email, name=sender.name)
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
 
     async def send(
@@ -165,10 +168,12 @@ class BrevoClient:
         tags: Sequence[str] = (),
         template_id: int | None = None,
         params: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> str:
         """Send one email; Brevo's message id, or :class:`BrevoUnavailable` /
         :class:`BrevoRejected`. With ``template_id``, Brevo renders that template with
-        ``params`` (subject and bodies are then ignored)."""
+        ``params`` (subject and bodies are then ignored). ``timeout_s`` shortens the request's
+        timeout (never lengthens it)."""
         body = _encoder.encode(
             _SendRequest(
                 sender=self._sender,
@@ -182,9 +187,14 @@ class BrevoClient:
                 params=None if params is None else dict(params),
             )
         )
+        timeout = self._timeout
+        if timeout_s is not None and timeout_s < self._timeout_s:
+            timeout = aiohttp.ClientTimeout(
+                total=timeout_s, connect=min(timeout_s, self._connect_timeout_s)
+            )
         try:
             async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=self._timeout
+                self._url, data=body, headers=self._headers, timeout=timeout
             ) as resp:
                 payload = await resp.read()
                 status = resp.status

@@ -13,14 +13,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 
-from xtyl_common.db import connection
-from xtyl_common.pagination import Cursor
+from xtyl_common.db import check_postgres, connection
+from xtyl_common.pagination import Cursor, keyset_sql
 from xtyl_notify.domain.emails import EmailKind, EmailRecord, EmailStatus, NewEmail, Recipient
 from xtyl_notify.domain.webhooks import Suppression
 
@@ -54,6 +54,10 @@ class NotifyRepository:
             timeout_s=self._timeout,
             unavailable="the email log is unavailable, try again later",
         )
+
+    async def check(self) -> None:
+        """Readiness: the database answers."""
+        await check_postgres(self._pool)
 
     # --- recipients -----------------------------------------------------------------------
 
@@ -176,20 +180,31 @@ class NotifyRepository:
                 timeout=self._timeout,
             )
 
+    async def give_up(self, dedupe_keys: Sequence[str], error: str) -> None:
+        """The emails of ``dedupe_keys`` still open are ``failed`` for good: their last try
+        failed for a passing reason and none follows ("gave up after N attempts; why")."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "update xtyl_notify.emails set status = 'failed', locked_until = null,"  # noqa: S608 - constant statuses
+                " last_error = left(format('gave up after %s attempts; %s', attempts, $2::text),"
+                f" {_MAX_ERROR_CHARS}), updated_at = now()"
+                f" where dedupe_key = any($1::text[]) and status in {_OPEN}",
+                list(dedupe_keys),
+                error,
+                timeout=self._timeout,
+            )
+
     async def list_for_user(
         self, user_id: uuid.UUID, *, limit: int, after: Cursor | None
     ) -> list[EmailRecord]:
-        """Newest first, ``limit`` rows after ``after``."""
-        after_at: datetime | None = after.created_at if after else None
-        after_id: uuid.UUID | None = after.id if after else None
+        """Newest first, ``limit`` rows after ``after`` (:func:`keyset_sql`)."""
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"select {_COLUMNS} from xtyl_notify.emails where user_id = $1"  # noqa: S608 - constant columns
-                " and ($2::timestamptz is null or (created_at, id) < ($2, $3::uuid))"
-                " order by created_at desc, id desc limit $4",
+                f" and {keyset_sql(2)} limit $4",
                 user_id,
-                after_at,
-                after_id,
+                after.created_at if after else None,
+                after.id if after else None,
                 limit,
                 timeout=self._timeout,
             )

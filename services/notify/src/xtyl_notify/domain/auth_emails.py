@@ -18,6 +18,9 @@ An email change asks for two emails when Supabase's secure email change is on: t
 ``token_hash`` to the new one (that pairing is Supabase's, documented for this hook);
 otherwise one, ``token`` with ``token_hash``, to the new address.
 
+Each email is logged under the dedupe key ``auth_hook:<webhook-id>:<to|current|new>``
+(:func:`new_emails`): a call delivered twice sends once.
+
 An action with a Brevo template configured (``BREVO_AUTH_TEMPLATES``) is sent as that template,
 with the params ``token``, ``token_hash``, ``confirmation_url`` (empty for reauthentication),
 ``email_action_type``, ``email`` (the recipient), ``new_email``, ``full_name``, ``site_url`` and
@@ -35,8 +38,10 @@ from urllib.parse import urlencode
 import msgspec
 
 from xtyl_notify.domain.addresses import display_name
-from xtyl_notify.domain.emails import BrevoTemplate, EmailKind, RenderedEmail
+from xtyl_notify.domain.emails import BrevoTemplate, EmailKind, NewEmail, RenderedEmail
 from xtyl_notify.domain.templates import PRODUCT, _greeting, _html_page, _text_page
+
+DEDUPE_PREFIX = "auth_hook"
 
 ACTION_KINDS: dict[str, EmailKind] = {
     "signup": EmailKind.AUTH_SIGNUP,
@@ -207,3 +212,26 @@ def emails_for(hook: SendEmailHook, templates: Mapping[str, int] | None = None) 
             email("new", new_address, data.token_new, data.token_hash, None),
         ]
     return [email("new", new_address, data.token, data.token_hash, None)]
+
+
+def auth_dedupe_key(webhook_id: str, role: str) -> str:
+    """One email per hook call (its ``webhook-id``) and role: a replayed call sends nothing."""
+    return f"{DEDUPE_PREFIX}:{webhook_id}:{role}"
+
+
+def new_emails(
+    webhook_id: str, hook: SendEmailHook, templates: Mapping[str, int] | None = None
+) -> list[NewEmail]:
+    """The emails of one hook call (:func:`emails_for`), ready to log under their dedupe keys."""
+    return [
+        NewEmail(
+            kind=email.kind,
+            dedupe_key=auth_dedupe_key(webhook_id, email.role),
+            user_id=email.user_id,
+            to_address=email.to_address,
+            to_name=email.to_name,
+            content=email.content,
+            template=email.template,
+        )
+        for email in emails_for(hook, templates)
+    ]

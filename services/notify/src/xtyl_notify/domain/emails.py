@@ -26,7 +26,8 @@ class EmailKind(StrEnum):
 class EmailStatus(StrEnum):
     QUEUED = "queued"
     #: A send failed for a transient reason (Brevo or the database down, slow or rate
-    #: limiting); it is tried again with backoff until the retry horizon.
+    #: limiting); it is tried again (when Brevo's rate limit resets, else with backoff) until
+    #: the retry horizon.
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"

@@ -11,8 +11,12 @@ problem details that also carry the hook's ``error`` member):
   away from now;
 * 422 ``invalid_hook_payload``: not the hook's JSON;
 * 500 ``email_failed``: Brevo refused the email;
-* 503 with ``Retry-After`` (Supabase Auth then tries again at once): Brevo or the database
-  unavailable, or the same call being sent right now.
+* 503 ``email_unavailable``: Brevo could not take the email within the hook's deadline, though
+  tried again here (:data:`~xtyl_notify.service.AUTH_EMAIL_SENDS`), or the call ran out of
+  time. No ``Retry-After``: notify was the layer that retried, and Supabase's own new try
+  (a new ``webhook-id``, so a new email) could send an email twice whose answer was lost;
+* 503 ``email_unavailable`` with ``Retry-After`` (Supabase Auth then tries again at once): the
+  database unavailable, or the same call being sent right now; nothing was retried here.
 """
 
 from __future__ import annotations
@@ -24,19 +28,25 @@ import structlog
 from litestar import Request, post
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from xtyl_common.errors import InvalidInput, NotFound, Unauthorized, Unavailable, XtylError
+from xtyl_common.errors import (
+    DependencyError,
+    InvalidInput,
+    NotFound,
+    TimedOut,
+    Unauthorized,
+    Unavailable,
+    XtylError,
+)
 from xtyl_notify.adapters.brevo import BrevoUnavailable
-from xtyl_notify.auth_emails import send_auth_emails
 from xtyl_notify.domain.auth_emails import SendEmailHook
 from xtyl_notify.domain.emails import EmailStatus
-from xtyl_notify.notifications import EmailInFlight, Notifier
+from xtyl_notify.routes.notifications import service_of
 
 log = structlog.stdlib.get_logger("xtyl.notify.auth_hook")
 
 MAX_HOOK_BYTES = 256 * 1024
 HOOK_PATH = "/webhooks/auth/send-email"
 WEBHOOKS_STATE_KEY = "send_email_hook"
-TEMPLATES_STATE_KEY = "brevo_auth_templates"
 
 _hook_decoder = msgspec.json.Decoder(SendEmailHook)
 
@@ -96,17 +106,16 @@ async def send_email_hook(request: Request[Any, Any, Any]) -> dict[str, Any]:
         raise _hook_error(
             InvalidInput, 422, f"not a Send Email Hook payload: {exc}", "invalid_hook_payload"
         ) from None
-    notifier: Notifier = request.app.state.notifier
     try:
-        templates: dict[str, int] = request.app.state[TEMPLATES_STATE_KEY]
-        statuses = await send_auth_emails(notifier, webhook_id, hook, templates)
-    except (BrevoUnavailable, EmailInFlight, Unavailable) as exc:
+        statuses = await service_of(request).send_auth_emails(webhook_id, hook)
+    except DependencyError as exc:
+        retried_here = isinstance(exc, BrevoUnavailable | TimedOut)
         raise _hook_error(
             Unavailable,
             503,
             f"the email could not be sent now: {exc}",
             "email_unavailable",
-            headers={"Retry-After": "1"},
+            headers=None if retried_here else {"Retry-After": "1"},
         ) from None
     if EmailStatus.FAILED in statuses:
         raise _hook_error(XtylError, 500, "the email could not be sent", "email_failed")

@@ -11,14 +11,16 @@ from litestar.params import QueryParameter
 from xtyl_common.auth import UserPrincipal
 from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from xtyl_notify.adapters.postgres import NotifyRepository
-from xtyl_notify.history import email_page
 from xtyl_notify.routes.schemas import NotificationListOut, NotificationOut
+from xtyl_notify.service import NotifyService
+
+#: Where the app's lifespan keeps the service.
+SERVICE_STATE_KEY = "notify"
 
 
-def repository_of(request: Request[Any, Any, Any]) -> NotifyRepository:
-    repository: NotifyRepository = request.app.state.repository
-    return repository
+def service_of(request: Request[Any, Any, Any]) -> NotifyService:
+    service: NotifyService = request.app.state[SERVICE_STATE_KEY]
+    return service
 
 
 class NotificationsController(Controller):
@@ -39,7 +41,7 @@ class NotificationsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
     ) -> NotificationListOut:
-        page = await email_page(repository_of(request), user.user_id, limit=limit, cursor=cursor)
+        page = await service_of(request).email_page(user.user_id, limit=limit, cursor=cursor)
         return NotificationListOut(
             items=[NotificationOut.of(item) for item in page.items],
             next_cursor=page.next_cursor,

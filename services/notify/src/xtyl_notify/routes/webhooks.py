@@ -1,10 +1,10 @@
 """``POST /webhooks/brevo``: Brevo's transactional webhooks add suppressions.
 
-Not a user route and not behind the gateway (which proxies only ``/v1/notifications*``):
-operators point Brevo's webhook at the notify service directly or through the ingress, with the
-shared secret ``BREVO_WEBHOOK_SECRET`` as a bearer token (Brevo's webhook ``auth`` of type
+Not a user route: public through the gateway (no user token; limited per client address), with
+the shared secret ``BREVO_WEBHOOK_SECRET`` as a bearer token (Brevo's webhook ``auth`` of type
 ``bearer``), as the password of basic auth, or in the URL (``?token=<secret>``). Without the
-setting the route answers 404; a wrong or missing secret answers 401.
+setting the route answers 404; a wrong or missing secret answers 401. The events go to
+:meth:`~xtyl_notify.service.NotifyService.suppress`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import hmac
 from typing import Any
 
 import msgspec
-import structlog
 from litestar import Request, post
 
 from xtyl_common.errors import InvalidInput, NotFound, Unauthorized
 from xtyl_common.text import decode_storable_json
-from xtyl_notify.adapters.postgres import NotifyRepository
-from xtyl_notify.domain.webhooks import BrevoWebhookEvent, suppressions_from
+from xtyl_notify.domain.webhooks import BrevoWebhookEvent
+from xtyl_notify.routes.notifications import service_of
 from xtyl_notify.routes.schemas import WebhookReceipt
 
-log = structlog.stdlib.get_logger("xtyl.notify.webhooks")
-
 MAX_WEBHOOK_BYTES = 1024 * 1024
-SUPPRESSION_SOURCE = "brevo_webhook"
 
 _events_decoder = msgspec.json.Decoder(BrevoWebhookEvent | list[BrevoWebhookEvent])
 
@@ -72,13 +68,5 @@ async def brevo_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
     except msgspec.MsgspecError as exc:
         raise InvalidInput(f"not a Brevo webhook event: {exc}", code="invalid_webhook") from None
     events = decoded if isinstance(decoded, list) else [decoded]
-    suppressions = suppressions_from(events)
-    repository: NotifyRepository = request.app.state.repository
-    added = await repository.add_suppressions(suppressions, source=SUPPRESSION_SOURCE)
-    if suppressions:
-        log.info(
-            "suppressions_added",
-            added=added,
-            reasons=sorted({s.reason for s in suppressions}),
-        )
+    added = await service_of(request).suppress(events)
     return WebhookReceipt(received=len(events), suppressed=added)
