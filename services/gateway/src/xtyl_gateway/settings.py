@@ -62,6 +62,10 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
         except ValueError as exc:
             raise ValueError(f"{exc} (at `$.rate_limit_routes`)") from None
 
+    def upstream_urls(self) -> dict[str, str]:
+        """The base URL of each service behind the gateway, by the name routes use."""
+        return {"storage": self.storage_url, "rag": self.rag_url, "notify": self.notify_url}
+
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -20,7 +20,7 @@ The rules that keep one user's request from touching another's:
 * A service's early final answer (413 a few bytes into an oversized upload) reaches the client
   at once, even while the client is idle, and nothing more of the body is sent.
 * Each service gets at most ``pool_size`` exchanges at once; waiting longer than ``pool_wait_s``
-  for one is 503 ``upstream_busy``. (Each user's share is capped before this, by the edge.)
+  for one is 503 ``upstream_busy``. (Each user's share is capped before this, by the service.)
 * A refused or reset service is 503 ``upstream_unavailable``, a silent one 504
   ``upstream_timeout``; once the response has started, a failure can only cut the stream.
 """

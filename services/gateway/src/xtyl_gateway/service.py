@@ -1,0 +1,260 @@
+"""What the gateway does, whatever carries the request: the use cases behind ``routes/``, and
+:func:`open_service`, the one place that builds the gateway and its adapters.
+
+Every request with a user behind it goes through :meth:`GatewayService.admit_user` before
+anything else: the bearer token verified, then the user's rate limits (every route's, and the
+route's own tighter one). The proxied routes and ``GET /v1/me`` take that one path. Anonymous
+routes (the webhooks, whose services check their own credential) are limited per client
+address instead (:meth:`GatewayService.admit_address`).
+
+A proxied request then: the route picked from the allow-list of public prefixes and its path
+checked (:mod:`xtyl_gateway.domain.routing`), the caller's requests in flight capped
+(:mod:`xtyl_gateway.domain.admission`), the headers that cross chosen and the body's framing
+checked, and the exchange handed to the upstream client (:mod:`xtyl_gateway.adapters.upstream`).
+
+The rate limiter fails open: while Redis cannot answer, requests pass unlimited (logged at most
+once a second, ``/readyz`` says ``redis`` is degraded), so a Redis outage never takes the API
+down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import msgspec
+import structlog
+
+from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
+from xtyl_common.context import current_request_id
+from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
+from xtyl_common.errors import ClientError, NotFound, RateLimited, TimedOut, Unavailable
+from xtyl_common.events import EventSettings, OutboxRelay
+from xtyl_common.health import Readiness
+from xtyl_common.http import HttpConfig, create_session
+from xtyl_common.redis_client import create_redis
+from xtyl_gateway.adapters.event_sources import EVENT_SOURCES, OUTBOX_SCHEMA
+from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
+from xtyl_gateway.adapters.service_documents import ServiceDocuments
+from xtyl_gateway.adapters.upstream import ProxyConfig, UpstreamClient
+from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.domain.admission import InFlightLimit
+from xtyl_gateway.domain.exchange import ClientConnection, IncomingRequest
+from xtyl_gateway.domain.openapi import JsonObject, merge_public_api
+from xtyl_gateway.domain.routing import (
+    ME_PATH,
+    BadRequestFraming,
+    is_suspect_path,
+    match_route,
+    upstream_request_headers,
+)
+from xtyl_gateway.domain.users import UserProfile
+from xtyl_gateway.settings import GatewaySettings
+
+log = structlog.stdlib.get_logger("xtyl.gateway.edge")
+
+#: How long the merged public API document is served before it is fetched again.
+DOCUMENT_TTL_S = 60.0
+#: A document missing a service counts as this much younger than that: refetched within 5 s.
+PARTIAL_DOCUMENT_TTL_S = 5.0
+
+
+class GatewayService:
+    """What every public request goes through: the token, the caller's limits, the upstream."""
+
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
+        upstreams: UpstreamClient,
+        users: UserRepository,
+        documents: ServiceDocuments,
+        default_limit: Limit,
+        route_limits: dict[str, Limit],
+        in_flight: InFlightLimit,
+    ) -> None:
+        self._verifier = verifier
+        self._limiter = limiter
+        self._upstreams = upstreams
+        self._users = users
+        self._documents = documents
+        self._default_limit = default_limit
+        self._route_limits = route_limits
+        self._in_flight = in_flight
+        self._limiter_down_logged = 0.0
+        self._document: tuple[float, bytes] | None = None  # (fetched at, merged document)
+        self._document_lock = asyncio.Lock()
+
+    # -- who is calling, and may they -------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> UserPrincipal:
+        """The user whose Supabase access token ``authorization`` (the header) carries; 401
+        problems with a stable code for anything else."""
+        user = await self._verifier.verify_user_token(bearer_token(authorization))
+        structlog.contextvars.bind_contextvars(user_id=str(user.user_id))
+        return user
+
+    async def admit_user(self, authorization: str | None, route_prefix: str) -> UserPrincipal:
+        """The caller, authenticated and counted against their limits for ``route_prefix``:
+        every route with a user behind it, proxied or ``GET /v1/me``, comes through here."""
+        user = await self.authenticate(authorization)
+        await self._limit(str(user.user_id), route_prefix)
+        return user
+
+    async def admit_address(self, client_host: str | None, route_prefix: str) -> str:
+        """An anonymous caller, counted against the limits of its address; the subject."""
+        subject = f"ip:{client_host}"
+        await self._limit(subject, route_prefix)
+        return subject
+
+    async def _limit(self, subject: str, route_prefix: str) -> None:
+        limits = [self._default_limit]
+        tighter = self._route_limits.get(route_prefix)
+        if tighter is not None:
+            limits.append(tighter)
+        for limit in limits:
+            try:
+                decision = await self._limiter.hit(subject, limit)
+            except (Unavailable, TimedOut) as exc:
+                # Fail open: a Redis outage must not take the whole API down with it (readyz
+                # reports Redis degraded meanwhile; the outage is logged at most once a second).
+                self._log_limiter_down(exc)
+                return
+            if not decision.allowed:
+                raise RateLimited(decision.retry_after_s)
+
+    def _log_limiter_down(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._limiter_down_logged >= 1.0:
+            self._limiter_down_logged = now
+            log.warning("rate_limit_skipped", reason=str(exc))
+
+    # -- the use cases ----------------------------------------------------------------------
+
+    async def forward(
+        self, prefix: str, request: IncomingRequest, client: ClientConnection
+    ) -> None:
+        """``request``, which arrived under the public ``prefix``, to the service that owns
+        it; the service's answer streams to ``client``."""
+        # The server's mounts match by string prefix: /v1/files also catches /v1/filesystem.
+        route = match_route(request.path)
+        if route is None or route.prefix != prefix or is_suspect_path(request.path):
+            raise NotFound()
+        if route.anonymous:
+            subject = await self.admit_address(request.client_host, prefix)
+        else:
+            subject = str((await self.admit_user(request.authorization, prefix)).user_id)
+        with self._in_flight.hold(subject):
+            extra = [
+                (b"x-request-id", (current_request_id() or "").encode()),
+                (b"x-forwarded-proto", request.scheme.encode()),
+            ]
+            if request.client_host is not None:
+                extra.append((b"x-forwarded-for", request.client_host.encode()))
+            try:
+                forwarded = upstream_request_headers(request.headers, extra)
+            except BadRequestFraming as exc:
+                raise ClientError(str(exc), code=exc.code) from None
+            await self._upstreams.forward(route.upstream, request, forwarded, client)
+
+    async def me(self, authorization: str | None) -> UserProfile:
+        """``GET /v1/me``: the caller's own profile, admitted like every other request."""
+        user = await self.admit_user(authorization, ME_PATH)
+        found = await self._users.get(user.user_id)
+        if found is None:
+            raise NotFound(
+                "no profile for this user yet: public.users is filled by the auth.users trigger",
+                code="user_not_found",
+            )
+        return found
+
+    async def public_api_document(self, own: JsonObject) -> bytes:
+        """The whole public API as one OpenAPI document (JSON): ``own`` (the gateway's) with
+        the public routes of every service that answered, cached for a minute; services that
+        did not are named in ``x-xtyl-missing``."""
+        async with self._document_lock:
+            cached = self._document
+            if cached is not None and time.monotonic() - cached[0] < DOCUMENT_TTL_S:
+                return cached[1]
+            services = await self._documents.fetch_all()
+            merged = merge_public_api(own, services)
+            missing = sorted(set(self._documents.names) - set(services))
+            if missing:
+                merged["x-xtyl-missing"] = missing
+            body = msgspec.json.encode(merged)
+            age = DOCUMENT_TTL_S - PARTIAL_DOCUMENT_TTL_S if missing else 0.0
+            self._document = (time.monotonic() - age, body)
+            return body
+
+
+@asynccontextmanager
+async def open_service(
+    settings: GatewaySettings,
+    *,
+    events: EventSettings,
+    readiness: Readiness | None = None,
+) -> AsyncGenerator[GatewayService]:
+    """The gateway with every adapter it uses, closed again on exit; the outbox relay runs
+    meanwhile. Checks of its dependencies join ``readiness``, when given."""
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
+        )
+        stack.push_async_callback(pool.close)
+        redis = create_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        # JWKS fetches and the services' documents; the upstream client has a session of its own
+        session = create_session(HttpConfig())
+        stack.push_async_callback(session.close)
+        limiter = RateLimiter.from_url(
+            settings.redis_url, timeout_s=settings.rate_limit_redis_timeout_s
+        )
+        stack.push_async_callback(limiter.close)
+        verifier = TokenVerifier(settings.auth_config(), session)
+        stack.push_async_callback(verifier.close)
+        await verifier.warm_up()
+        upstreams = UpstreamClient(
+            settings.upstream_urls(),
+            ProxyConfig(
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+                pool_size=settings.upstream_pool_size,
+                pool_wait_s=settings.upstream_pool_wait_s,
+                body_idle_timeout_s=settings.request_body_idle_timeout_s,
+            ),
+        )
+        stack.push_async_callback(upstreams.close)
+        window = settings.rate_limit_window_s
+        service = GatewayService(
+            verifier=verifier,
+            limiter=limiter,
+            upstreams=upstreams,
+            users=UserRepository(pool),
+            documents=ServiceDocuments(session, settings.upstream_urls()),
+            default_limit=Limit("all", settings.rate_limit_requests, window),
+            route_limits={
+                prefix: Limit(prefix, count, window)
+                for prefix, count in settings.route_limits().items()
+            },
+            in_flight=InFlightLimit(settings.user_max_in_flight),
+        )
+        if readiness is not None:
+            readiness.add("postgres", lambda: check_postgres(pool))
+            # the limiter fails open: Redis down is "degraded", never a reason to leave the pool
+            readiness.add("redis", limiter.check_health, critical=False)
+        # user.created leaves auth.users through the gateway's outbox (written by the trigger)
+        relay = OutboxRelay(
+            pool,
+            redis,
+            schemas=[OUTBOX_SCHEMA],
+            settings=events,
+            sources=EVENT_SOURCES,  # user.created again after Redis lost what the outbox lacks
+        )
+        relay.start()
+        stack.push_async_callback(relay.stop)
+        if readiness is not None:
+            readiness.add("outbox_relay", relay.check_health)
+        yield service
