@@ -63,6 +63,7 @@ from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.migrate import migrate
 from xtyl_devstack.postgres import PostgresServer
 from xtyl_rag.adapters.embedders import EmbedderConfig, LocalEmbedder, MiniLMTokenCounter, Vectors
+from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.adapters.postgres import ChunkSearch, DocumentRepository, ModelRegistry
 from xtyl_rag.adapters.postgres.models import HNSW_BUILD, index_name
 from xtyl_rag.adapters.vector_spaces import Embedders
@@ -70,7 +71,6 @@ from xtyl_rag.domain.chunking import chunk_text
 from xtyl_rag.domain.documents import FileSource, sha256_text
 from xtyl_rag.domain.planning import SearchTuning, SemanticPlan, plan_semantic
 from xtyl_rag.domain.search import SearchFilters, SearchMode
-from xtyl_rag.extraction import ExtractorPool
 from xtyl_rag.indexing import Indexer
 from xtyl_rag.retrieval import Retriever
 

@@ -20,11 +20,11 @@ from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.events import EventSettings
 from xtyl_common.http import create_session
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
+from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.adapters.llm import ChatClient
 from xtyl_rag.adapters.postgres import ChunkSearch, DocumentRepository, ModelRegistry, ModelStatus
 from xtyl_rag.adapters.storage import StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
-from xtyl_rag.extraction import ExtractorPool
 from xtyl_rag.indexing import Indexer
 from xtyl_rag.retrieval import Retriever
 from xtyl_rag.settings import RagSettings

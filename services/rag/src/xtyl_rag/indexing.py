@@ -40,6 +40,8 @@ from structlog.stdlib import BoundLogger
 from xtyl_common.errors import NotFound, Unavailable
 from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
+from xtyl_rag.adapters.extraction import ExtractedText, ExtractionFailed, ExtractorPool
+from xtyl_rag.adapters.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
 from xtyl_rag.adapters.postgres import (
     Claim,
     DocumentRepository,
@@ -51,8 +53,6 @@ from xtyl_rag.adapters.storage import FileTooLarge, StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
 from xtyl_rag.domain.documents import Document, FileSource, should_index, title_from_filename
-from xtyl_rag.extraction import ExtractedText, ExtractionFailed, ExtractorPool
-from xtyl_rag.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
 
 log = structlog.stdlib.get_logger("xtyl.rag.indexing")
 

@@ -15,8 +15,8 @@ import msgspec
 
 from xtyl_common.identity import AuthSettings
 from xtyl_rag.adapters.embedders.config import DEFAULT_EMBEDDINGS_URL, EmbedderConfig
+from xtyl_rag.adapters.extraction.contracts import ExtractionLimits
 from xtyl_rag.domain.planning import SearchTuning
-from xtyl_rag.extraction.contracts import ExtractionLimits
 
 MiB = 1024 * 1024
 DEFAULT_LLM_URL = "https://openrouter.ai/api/v1"

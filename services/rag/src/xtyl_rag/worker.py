@@ -47,10 +47,10 @@ from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
+from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.adapters.jobs import INDEX_DOCUMENT, JobQueue, queue_name
 from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA, PRODUCER
 from xtyl_rag.bootstrap import open_core
-from xtyl_rag.extraction import ExtractorPool
 from xtyl_rag.indexing import Indexer
 from xtyl_rag.settings import RagSettings
 

@@ -28,9 +28,9 @@ from xtyl_devstack.service_process import (
 )
 from xtyl_devstack.stack import StackInfo
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
+from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import Document, FileSource
-from xtyl_rag.extraction import ExtractorPool
 from xtyl_rag.indexing import Indexer
 from xtyl_rag.settings import RagSettings
 

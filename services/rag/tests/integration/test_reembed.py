@@ -18,11 +18,11 @@ from xtyl_common.settings import load_settings
 from xtyl_devstack.postgres import create_database, drop_database
 from xtyl_devstack.stack import StackInfo
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
+from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.adapters.postgres.models import index_name
 from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import sha256_text
 from xtyl_rag.domain.search import SearchFilters
-from xtyl_rag.extraction import ExtractorPool
 from xtyl_rag.reembed import reembed
 from xtyl_rag.settings import RagSettings
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from xtyl_rag.extraction import (
+from xtyl_rag.adapters.extraction import (
     ExtractionFailed,
     ExtractionLimits,
     ExtractorPool,

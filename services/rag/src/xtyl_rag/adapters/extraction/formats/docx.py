@@ -17,9 +17,9 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from xtyl_rag.extraction.contracts import ExtractedText, ExtractionLimits, MiB
-from xtyl_rag.extraction.errors import ExtractionFailed
-from xtyl_rag.extraction.formats.output import TextBudget, finish
+from xtyl_rag.adapters.extraction.contracts import ExtractedText, ExtractionLimits, MiB
+from xtyl_rag.adapters.extraction.errors import ExtractionFailed
+from xtyl_rag.adapters.extraction.formats.output import TextBudget, finish
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 DC_TITLE = "{http://purl.org/dc/elements/1.1/}title"

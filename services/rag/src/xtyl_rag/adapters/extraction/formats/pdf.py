@@ -8,10 +8,10 @@ import logging
 from pypdf import PdfReader
 from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
 
+from xtyl_rag.adapters.extraction.contracts import ExtractedText, ExtractionLimits
+from xtyl_rag.adapters.extraction.errors import ExtractionFailed
+from xtyl_rag.adapters.extraction.formats.output import TextBudget, finish
 from xtyl_rag.domain.chunking import normalize_text
-from xtyl_rag.extraction.contracts import ExtractedText, ExtractionLimits
-from xtyl_rag.extraction.errors import ExtractionFailed
-from xtyl_rag.extraction.formats.output import TextBudget, finish
 
 PAGE_SEPARATOR = "\n\n"
 

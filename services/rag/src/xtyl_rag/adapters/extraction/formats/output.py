@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import codecs
 
+from xtyl_rag.adapters.extraction.contracts import ExtractedText, ExtractionLimits
+from xtyl_rag.adapters.extraction.errors import ExtractionFailed
 from xtyl_rag.domain.chunking import normalize_text
-from xtyl_rag.extraction.contracts import ExtractedText, ExtractionLimits
-from xtyl_rag.extraction.errors import ExtractionFailed
 
 
 def decode_text(data: bytes, charset: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The extraction child: ``python -m xtyl_rag.extraction.child``, one per pool slot.
+"""The extraction child: ``python -m xtyl_rag.adapters.extraction.child``, one per pool slot.
 
 Reads length-prefixed msgpack :class:`ChildRequest` frames on stdin, answers with
 :class:`ChildReply` frames on stdout, one document at a time, until stdin closes. Before each
@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from xtyl_rag.extraction.contracts import (
+from xtyl_rag.adapters.extraction.contracts import (
     EXIT_MEMORY,
     FRAME_HEADER,
     ChildReply,
@@ -32,11 +32,11 @@ from xtyl_rag.extraction.contracts import (
     ExtractedText,
     ExtractionLimits,
 )
-from xtyl_rag.extraction.errors import ExtractionFailed
-from xtyl_rag.extraction.formats.docx import extract_docx
-from xtyl_rag.extraction.formats.html import extract_html
-from xtyl_rag.extraction.formats.pdf import extract_pdf
-from xtyl_rag.extraction.formats.plain import extract_markdown, extract_plain
+from xtyl_rag.adapters.extraction.errors import ExtractionFailed
+from xtyl_rag.adapters.extraction.formats.docx import extract_docx
+from xtyl_rag.adapters.extraction.formats.html import extract_html
+from xtyl_rag.adapters.extraction.formats.pdf import extract_pdf
+from xtyl_rag.adapters.extraction.formats.plain import extract_markdown, extract_plain
 
 Parser = Callable[[bytes, str | None, ExtractionLimits], ExtractedText]
 PARSERS: dict[DocumentKind, Parser] = {

@@ -18,7 +18,7 @@ import msgspec
 import structlog
 
 from xtyl_common.errors import Unavailable
-from xtyl_rag.extraction.contracts import (
+from xtyl_rag.adapters.extraction.contracts import (
     EXIT_MEMORY,
     FRAME_HEADER,
     ChildReply,
@@ -26,12 +26,12 @@ from xtyl_rag.extraction.contracts import (
     ExtractedText,
     ExtractionLimits,
 )
-from xtyl_rag.extraction.detect import detect_kind
-from xtyl_rag.extraction.errors import REASONS, ExtractionFailed, ExtractionReason
+from xtyl_rag.adapters.extraction.detect import detect_kind
+from xtyl_rag.adapters.extraction.errors import REASONS, ExtractionFailed, ExtractionReason
 
 log = structlog.stdlib.get_logger("xtyl.rag.extraction")
 
-CHILD_MODULE = "xtyl_rag.extraction.child"
+CHILD_MODULE = "xtyl_rag.adapters.extraction.child"
 #: the only variables a child sees: it parses untrusted files and needs no secrets.
 CHILD_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
 START_TIMEOUT_S = 30.0

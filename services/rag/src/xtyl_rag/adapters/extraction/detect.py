@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from xtyl_rag.extraction.contracts import DocumentKind
-from xtyl_rag.extraction.errors import ExtractionFailed
+from xtyl_rag.adapters.extraction.contracts import DocumentKind
+from xtyl_rag.adapters.extraction.errors import ExtractionFailed
 
 CONTENT_TYPES: dict[str, DocumentKind] = {
     "text/plain": "txt",

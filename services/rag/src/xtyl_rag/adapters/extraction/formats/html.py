@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from xtyl_rag.extraction.contracts import ExtractedText, ExtractionLimits
-from xtyl_rag.extraction.formats.output import TextBudget, decode_text, finish
+from xtyl_rag.adapters.extraction.contracts import ExtractedText, ExtractionLimits
+from xtyl_rag.adapters.extraction.formats.output import TextBudget, decode_text, finish
 
 SKIPPED = frozenset({"script", "style", "noscript", "template", "svg", "math", "iframe", "object"})
 PARAGRAPHS = frozenset(

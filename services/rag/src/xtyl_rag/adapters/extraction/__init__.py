@@ -5,10 +5,10 @@ extracted = await pool.extract_text(data, content_type, filename)
 # ExtractedText(text, title, pages) or ExtractionFailed(reason)
 """
 
-from xtyl_rag.extraction.contracts import DocumentKind, ExtractedText, ExtractionLimits
-from xtyl_rag.extraction.detect import detect_kind
-from xtyl_rag.extraction.errors import REASONS, ExtractionFailed, ExtractionReason
-from xtyl_rag.extraction.pool import ExtractorPool, extract_text
+from xtyl_rag.adapters.extraction.contracts import DocumentKind, ExtractedText, ExtractionLimits
+from xtyl_rag.adapters.extraction.detect import detect_kind
+from xtyl_rag.adapters.extraction.errors import REASONS, ExtractionFailed, ExtractionReason
+from xtyl_rag.adapters.extraction.pool import ExtractorPool, extract_text
 
 __all__ = [
     "REASONS",

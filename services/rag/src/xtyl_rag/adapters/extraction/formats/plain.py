@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from xtyl_rag.extraction.contracts import ExtractedText, ExtractionLimits
-from xtyl_rag.extraction.formats.output import decode_text, finish
+from xtyl_rag.adapters.extraction.contracts import ExtractedText, ExtractionLimits
+from xtyl_rag.adapters.extraction.formats.output import decode_text, finish
 
 _ATX_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 _FRONT_MATTER_TITLE = re.compile(r"\A---\n(?:.*\n)*?title:[ \t]*(.+)\n(?:.*\n)*?---\n")
