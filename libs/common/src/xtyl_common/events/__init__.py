@@ -3,8 +3,11 @@
 * :mod:`.contracts`: the versioned event Structs and the one decoder;
 * :mod:`.outbox`: ``add_event(conn, event, schema=...)`` in the caller's transaction;
 * :mod:`.relay`: ``OutboxRelay`` publishes outbox rows to Redis Streams;
-* :mod:`.consumer` / :mod:`.worker`: ``StreamConsumer`` and ``stream_worker_settings`` for arq,
-  run by ``run_stream_worker`` (an arq worker that outlives Redis outages);
+* :mod:`.consumer` / :mod:`.handling`: ``StreamConsumer`` runs a consumer group's handlers
+  (bounded, retried, dead-lettered, acknowledged after a done marker);
+* :mod:`.worker`: ``stream_worker_settings`` for an arq worker hosting the consumer, run by
+  ``run_stream_worker`` (an arq worker that outlives Redis outages); ``worker_entry`` gives a
+  worker module its ``main`` and arq CLI's ``WorkerSettings``;
 * :mod:`.retries`: what a failed handler's entry becomes (retried up to a horizon, or
   dead-lettered) and ``is_final_attempt(ctx)`` for handlers;
 * :mod:`.reconciler`: ``reconciler_cron`` re-emits events for stuck work;
@@ -36,7 +39,12 @@ from xtyl_common.events.outbox import add_event, install_outbox
 from xtyl_common.events.reconciler import reconciler_cron, reemit_stuck
 from xtyl_common.events.relay import OutboxRelay
 from xtyl_common.events.settings import EventSettings
-from xtyl_common.events.worker import StreamWorker, run_stream_worker, stream_worker_settings
+from xtyl_common.events.worker import (
+    StreamWorker,
+    run_stream_worker,
+    stream_worker_settings,
+    worker_entry,
+)
 
 __all__ = [
     "AnyEvent",
@@ -67,4 +75,5 @@ __all__ = [
     "run_stream_worker",
     "stream_key",
     "stream_worker_settings",
+    "worker_entry",
 ]

@@ -38,7 +38,7 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: the consumer groups got; after a loss it publishes again what was lost. See .recovery.
     recovery_check_interval_s: float = 5.0
 
-    # --- consumer (stream -> arq job) ---
+    # --- consumer (stream entry -> handler, see .consumer) ---
     #: ``XREADGROUP BLOCK``: how long one read waits for new entries.
     read_block_ms: int = 1_000
     #: Entries pending (not acked, not heartbeated) this long are taken over with XAUTOCLAIM.
@@ -46,8 +46,9 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: An entry delivered more often than this (workers died on it) is dead-lettered; takeovers
     #: of an entry that was waiting for a retry do not count (see :mod:`.retries`).
     max_deliveries: int = 5
-    #: Tries of an entry whose handler fails with an unexpected error (a bug), and runs that
-    #: may end without an outcome (the worker stopped during each), before it is dead-lettered.
+    #: Tries of an entry whose handler fails with an unexpected error (a bug) before it is
+    #: dead-lettered. (Runs that end without an outcome, a worker dying or stopping during
+    #: each, count as deliveries: ``max_deliveries``.)
     max_tries: int = 5
     #: Transient failures (a dependency down, slow or rate limiting: see :mod:`.retries`) are
     #: retried after ``retry_backoff_s`` doubling up to ``retry_backoff_max_s`` (with jitter),
@@ -58,13 +59,15 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry_horizon_s: float = 24 * 3600.0
     #: One handler call may take this long; then it counts as a failed try.
     handler_timeout_s: float = 300.0
-    #: Concurrent jobs per worker process; the consumer reads no more than the free slots.
+    #: Handlers running at once per worker process; the consumer reads no more entries than
+    #: it has free slots.
     max_jobs: int = 10
     #: How long a stopping worker lets running jobs finish (keep below the pod's grace).
     grace_period_s: float = 25.0
-    #: arq keeps a finished job's result (and so refuses a duplicate job id) this long.
+    #: How long a handled entry's done marker is kept (at least 3 x ``claim_idle_ms``): a
+    #: consumer taking the entry over meanwhile acknowledges it instead of running it again.
     keep_result_s: float = 60.0
-    #: How often a consumer looks for deferred retries in its job queue.
+    #: How often a consumer starts the retries whose time has come.
     retry_poll_s: float = 0.25
 
     #: Timeout of one Redis command (blocking reads add ``read_block_ms``).
