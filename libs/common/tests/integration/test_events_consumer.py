@@ -1,6 +1,7 @@
 """Stream consumers against the real Redis (and Postgres for the end-to-end path): every entry
-handled, poison and unknown entries dead-lettered, lag left in the stream, groups recreated
-after Redis comes back empty, stuck work re-emitted by the reconciler."""
+handled, poison and unknown entries dead-lettered, lag left in the stream (reads take only the
+free slots), an entry handled before its worker died not run again, groups recreated after
+Redis comes back empty, stuck work re-emitted by the reconciler."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from xtyl_common.events import (
 )
 from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.events.ops import render, streams_report
+from xtyl_common.events.streams import done_key
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.testing import eventually
@@ -367,6 +369,52 @@ async def test_a_saturated_worker_leaves_the_backlog_as_group_lag(
     await recorder.until(lambda: sum(recorder.calls.values()) == 12)
     await eventually(lambda: nothing_pending(redis, settings))
     assert (await group_info(redis, settings))["lag"] == 0
+
+
+async def test_a_read_takes_only_the_free_slots_the_rest_stays_lag(
+    redis: Redis, settings: EventSettings, consumers: list[StreamConsumer]
+) -> None:
+    gate = asyncio.Event()
+    recorder = Recorder(gate=gate)
+    settings = msgspec.structs.replace(settings, max_jobs=5)
+    consumer = await start_consumer(consumers, redis, settings, recorder)
+    await xadd(redis, settings, [uploaded(f"busy{i}.txt") for i in range(3)])
+    await recorder.until(lambda: recorder.running == 3)
+
+    await xadd(redis, settings, [uploaded(f"more{i}.txt") for i in range(10)])
+    await recorder.until(lambda: recorder.running == 5)
+    await asyncio.sleep(3 * settings.read_block_ms / 1000)  # reads go on: none takes more
+
+    group = await group_info(redis, settings)
+    assert (group["pending"], group["lag"]) == (5, 8)  # 2 free slots: 2 read, not max_jobs
+    assert (recorder.running, consumer.running, consumer.free_slots) == (5, 5, 0)
+    gate.set()
+    await recorder.until(lambda: sum(recorder.calls.values()) == 13)
+    await eventually(lambda: nothing_pending(redis, settings))
+    assert (await group_info(redis, settings))["lag"] == 0
+
+
+async def test_an_entry_handled_before_its_worker_died_is_acknowledged_not_run_again(
+    redis: Redis, settings: EventSettings, consumers: list[StreamConsumer]
+) -> None:
+    stream = stream_key("files", settings.stream_prefix)
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    handled, unhandled = uploaded("handled.txt"), uploaded("unhandled.txt")
+    await xadd(redis, settings, [handled, unhandled])
+    # A worker read both, handled the first (its done marker, written right after the
+    # handler returned) and died before the batched XACK.
+    [[_, read]] = await redis.xreadgroup(GROUP, "ghost", {stream: ">"})
+    handled_id = read[0][0].decode()
+    await redis.set(done_key(stream, GROUP, handled_id), b"1", px=60_000)
+    recorder = Recorder()
+
+    await start_consumer(consumers, redis, settings, recorder)
+
+    await recorder.until(lambda: recorder.calls[unhandled.id] == 1)
+    await eventually(lambda: nothing_pending(redis, settings))
+    assert recorder.calls[handled.id] == 0
+    assert recorder.tries[unhandled.id] == [2]  # its second delivery
+    assert await redis.xlen(dead_letter_key(stream)) == 0
 
 
 async def test_a_stopping_consumer_finishes_running_jobs_and_leaves_the_rest_to_others(

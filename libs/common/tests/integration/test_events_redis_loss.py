@@ -1,6 +1,7 @@
 """Redis lost its data (restarted empty on the same port, as a failover without persistence
-does): workers live on, and what the lost stream entries carried is published again from the
-outbox, or re-created from the producer's tables where the outbox no longer has it."""
+does): workers live on (their service started once), shut down cleanly even with Redis down,
+and what the lost stream entries carried is published again from the outbox, or re-created
+from the producer's tables where the outbox no longer has it."""
 
 from __future__ import annotations
 
@@ -40,19 +41,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GROUP = "embedder"
 
-#: A worker process as the services run theirs (run_stream_worker); each handled event is
-#: marked in a set on the session's Redis, which this test does not restart.
+#: A worker process as the services run theirs (worker_entry's main: run_stream_worker); each
+#: handled event is marked in a set on the session's Redis, which these tests do not restart,
+#: and so are its startups and its shutdown.
 WORKER = """
 import os
 import msgspec
-from xtyl_common.events import EventSettings, FileUploaded, run_stream_worker
-from xtyl_common.events import stream_worker_settings
+from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
 from xtyl_common.redis_client import create_redis
-
-settings = msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings)
 
 async def startup(ctx):
     ctx["marks"] = create_redis(os.environ["MARKS_URL"])
+    await ctx["marks"].incr(os.environ["MARKS_KEY"] + ":startups")
 
 async def shutdown(ctx):
     await ctx["marks"].set(os.environ["MARKS_KEY"] + ":shutdown", "1")
@@ -61,10 +61,15 @@ async def shutdown(ctx):
 async def embed(event, ctx):
     await ctx["marks"].sadd(os.environ["MARKS_KEY"], str(event.id))
 
-run_stream_worker(stream_worker_settings(
-    redis_url=os.environ["REDIS_URL"], group="embedder", handlers={FileUploaded: embed},
-    events=settings, on_startup=startup, on_shutdown=shutdown, poll_delay=0.1,
-))
+def settings_from_env():
+    return stream_worker_settings(
+        redis_url=os.environ["REDIS_URL"], group="embedder", handlers={FileUploaded: embed},
+        events=msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings),
+        on_startup=startup, on_shutdown=shutdown, poll_delay=0.1,
+    )
+
+__getattr__, main = worker_entry(settings_from_env)
+main()
 """
 
 
@@ -139,6 +144,27 @@ async def all_published(pool: asyncpg.Pool, schema: str) -> bool:
     return left == 0
 
 
+async def start_worker(
+    redis_control: RedisServer, redis_url: str, key: str, settings: EventSettings
+) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "EVENTS_JSON": msgspec.json.encode(settings).decode(),
+        "REDIS_URL": redis_control.url,
+        "MARKS_URL": redis_url,
+        "MARKS_KEY": key,
+        "LOG_LEVEL": "warning",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WORKER,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def test_a_stream_worker_outlives_redis_down_then_restarted_empty(
     redis_control: RedisServer,
     bus: Redis,
@@ -148,22 +174,7 @@ async def test_a_stream_worker_outlives_redis_down_then_restarted_empty(
     settings: EventSettings,
 ) -> None:
     key = redis_prefix + "handled"
-    env = {
-        **os.environ,
-        "EVENTS_JSON": msgspec.json.encode(settings).decode(),
-        "REDIS_URL": redis_control.url,
-        "MARKS_URL": redis_url,
-        "MARKS_KEY": key,
-        "LOG_LEVEL": "warning",
-    }
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        WORKER,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await start_worker(redis_control, redis_url, key, settings)
     stream = stream_key("files", settings.stream_prefix)
 
     async def handled(event: Event) -> bool:
@@ -188,6 +199,38 @@ async def test_a_stream_worker_outlives_redis_down_then_restarted_empty(
         async with asyncio.timeout(30):
             assert await worker.wait() == 0
         assert await marks.get(key + ":shutdown") == b"1"  # on_shutdown ran
+        assert await marks.get(key + ":startups") == b"1"  # on_startup ran once
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+
+
+async def test_a_stream_worker_stopped_while_redis_is_down_still_shuts_its_service_down(
+    redis_control: RedisServer,
+    bus: Redis,
+    marks: Redis,
+    redis_url: str,
+    redis_prefix: str,
+    settings: EventSettings,
+) -> None:
+    key = redis_prefix + "handled"
+    worker = await start_worker(redis_control, redis_url, key, settings)
+    stream = stream_key("files", settings.stream_prefix)
+    try:
+        first = uploaded()
+        await bus.xadd(stream, {b"type": b"file.uploaded", b"event": encode_event(first)})
+
+        async def handled() -> bool:
+            return bool(await cast("Awaitable[int]", marks.sismember(key, str(first.id))))
+
+        await eventually(handled, timeout_s=30)
+        await asyncio.to_thread(redis_control.stop)
+
+        worker.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await worker.wait() == 0
+        assert await marks.get(key + ":shutdown") == b"1"  # the service's on_shutdown ran
     finally:
         if worker.returncode is None:
             worker.kill()

@@ -1,14 +1,20 @@
-"""Real arq worker processes built with ``stream_worker_settings``: one SIGKILLed mid-job loses
-nothing (another worker takes its entries over), one SIGTERMed finishes what it runs."""
+"""Real worker processes run by arq's CLI (``arq <module>.WorkerSettings``, the module made with
+``worker_entry``): one SIGKILLed mid-handler loses nothing (another worker takes its entries
+over), one SIGKILLed after its handlers succeeded but before their XACK does not get them run
+again, one SIGKILLed while an entry waits for a retry leaves the retry's time to the next, one
+SIGTERMed finishes what it runs."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -23,6 +29,8 @@ from xtyl_common.events import (
     encode_event,
     stream_key,
 )
+from xtyl_common.events.contracts import dead_letter_key
+from xtyl_common.events.streams import retries_key
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.testing import eventually
 
@@ -30,16 +38,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GROUP = "embedder"
 
-#: A worker process: each job records that it started (a Redis set), then works for WORK_S.
-WORKER = """
-import asyncio, os, sys
+#: A worker module as the services write theirs. Each handler call records that it started
+#: (a Redis set), then works for WORK_S, or fails with a dependency's Retry-After when
+#: RETRY_AFTER_S is set (each failure's time in a list), then records that it is done.
+WORKER_MODULE = """
+import asyncio, os, time
 import msgspec
-from arq.worker import run_worker
-from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings
+from xtyl_common.errors import Unavailable
+from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
 from xtyl_common.redis_client import create_redis
-
-settings = msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings)
-work_s = float(os.environ["WORK_S"])
 
 async def startup(ctx):
     ctx["marks"] = create_redis(os.environ["REDIS_URL"])
@@ -49,13 +56,24 @@ async def shutdown(ctx):
 
 async def embed(event, ctx):
     await ctx["marks"].sadd(os.environ["STARTED_KEY"], str(event.id))
-    await asyncio.sleep(work_s)
+    if os.environ.get("RETRY_AFTER_S"):
+        await ctx["marks"].rpush(os.environ["FAILED_KEY"], str(time.time()))
+        raise Unavailable("embeddings down", retry_after_s=float(os.environ["RETRY_AFTER_S"]))
+    await asyncio.sleep(float(os.environ["WORK_S"]))
     await ctx["marks"].sadd(os.environ["DONE_KEY"], str(event.id))
 
-run_worker(stream_worker_settings(
-    redis_url=os.environ["REDIS_URL"], group="embedder", handlers={FileUploaded: embed},
-    events=settings, on_startup=startup, on_shutdown=shutdown, consumer_name="doomed",
-))
+def settings_from_env():
+    return stream_worker_settings(
+        redis_url=os.environ["REDIS_URL"],
+        group="embedder",
+        handlers={FileUploaded: embed},
+        events=msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        consumer_name="doomed",
+    )
+
+__getattr__, main = worker_entry(settings_from_env)
 """
 
 
@@ -77,6 +95,13 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = create_redis(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def worker_module(tmp_path: Path) -> Path:
+    module = tmp_path / "embed_worker.py"
+    module.write_text(WORKER_MODULE)
+    return module
 
 
 def uploaded() -> FileUploaded:
@@ -101,29 +126,46 @@ async def publish(redis: Redis, settings: EventSettings, events: list[FileUpload
 
 
 async def start_worker(
-    redis_url: str, redis_prefix: str, settings: EventSettings, work_s: float
+    module: Path,
+    redis_url: str,
+    redis_prefix: str,
+    settings: EventSettings,
+    *,
+    work_s: float = 0.0,
+    retry_after_s: float | None = None,
 ) -> asyncio.subprocess.Process:
+    """``arq <module>.WorkerSettings``, as arq's CLI runs a service's worker."""
     env = {
         **os.environ,
         "EVENTS_JSON": msgspec.json.encode(settings).decode(),
         "REDIS_URL": redis_url,
         "WORK_S": str(work_s),
+        "RETRY_AFTER_S": "" if retry_after_s is None else str(retry_after_s),
         "STARTED_KEY": redis_prefix + "started",
         "DONE_KEY": redis_prefix + "done",
+        "FAILED_KEY": redis_prefix + "failed",
         "LOG_LEVEL": "warning",
     }
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        "-c",
-        WORKER,
+        "-m",
+        "arq",
+        f"{module.stem}.WorkerSettings",
+        cwd=module.parent,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
 
 
+async def kill(worker: asyncio.subprocess.Process) -> None:
+    if worker.returncode is None:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+
+
 async def count_marks(redis: Redis, key: str) -> int:
-    """How many jobs the worker marked in the set ``key``."""
+    """How many entries the worker marked in the set ``key``."""
     return await cast("Awaitable[int]", redis.scard(key))
 
 
@@ -134,12 +176,36 @@ async def group_state(redis: Redis, settings: EventSettings) -> dict[str, Any]:
     return next((g for g in groups if g["name"] == GROUP.encode()), {"pending": 0, "lag": None})
 
 
+class Survivor:
+    """An in-process consumer of the same group that records every handler call."""
+
+    def __init__(self, redis: Redis, settings: EventSettings) -> None:
+        self.calls: dict[uuid.UUID, list[tuple[float, int]]] = {}  # (time, job_try)
+        self.consumer = StreamConsumer(
+            redis, group=GROUP, handlers={FileUploaded: self.handle}, settings=settings
+        )
+
+    async def handle(self, event: FileUploaded, ctx: dict[str, Any]) -> None:
+        self.calls.setdefault(event.id, []).append((time.time(), ctx["job_try"]))
+
+    async def __aenter__(self) -> Survivor:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop(grace_period_s=1.0)
+
+
 async def test_a_sigkilled_worker_loses_nothing_another_worker_completes_its_entries(
-    redis: Redis, redis_url: str, redis_prefix: str, settings: EventSettings
+    redis: Redis,
+    redis_url: str,
+    redis_prefix: str,
+    settings: EventSettings,
+    worker_module: Path,
 ) -> None:
     events = [uploaded() for _ in range(10)]
     await publish(redis, settings, events)
-    worker = await start_worker(redis_url, redis_prefix, settings, work_s=3600)
+    worker = await start_worker(worker_module, redis_url, redis_prefix, settings, work_s=3600)
 
     async def took_all_ten() -> bool:
         return await count_marks(redis, redis_prefix + "started") == 10
@@ -148,43 +214,123 @@ async def test_a_sigkilled_worker_loses_nothing_another_worker_completes_its_ent
         await eventually(took_all_ten)
         assert (await group_state(redis, settings))["pending"] == 10
     finally:
-        worker.send_signal(signal.SIGKILL)
-        await worker.wait()
+        await kill(worker)
 
-    handled: dict[uuid.UUID, list[int]] = {}
-    all_done = asyncio.Event()
+    async def nothing_pending() -> bool:
+        return (await group_state(redis, settings))["pending"] == 0
 
-    async def embed_idempotently(event: FileUploaded, ctx: dict[str, Any]) -> None:
-        handled.setdefault(event.id, []).append(ctx["job_try"])
-        if len(handled) == 10:
-            all_done.set()
-
-    survivor = StreamConsumer(
-        redis, group=GROUP, handlers={FileUploaded: embed_idempotently}, settings=settings
-    )
-    await survivor.start()
-    try:
-        async with asyncio.timeout(15):
-            await all_done.wait()
-
-        async def nothing_pending() -> bool:
-            return (await group_state(redis, settings))["pending"] == 0
-
+    async with Survivor(redis, settings) as survivor:
+        await eventually(lambda: _all_called(survivor, 10))
         await eventually(nothing_pending)
+    assert set(survivor.calls) == {e.id for e in events}
+    # the dead worker's run was the first try of each entry; the survivor ran the second
+    assert all([job_try for _, job_try in calls] == [2] for calls in survivor.calls.values())
+
+
+async def _all_called(survivor: Survivor, count: int) -> bool:
+    return len(survivor.calls) == count
+
+
+@pytest.fixture
+async def redis_without_xack(redis: Redis, redis_url: str) -> AsyncIterator[str]:
+    """The session Redis' URL for a user who may do anything but XACK: its worker's handlers
+    succeed and their done markers are written, but no entry is ever acknowledged."""
+    user, password = f"noack-{secrets.token_hex(4)}", secrets.token_hex(16)
+    await redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all"],
+        commands=["-xack"],
+    )
+    try:
+        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
     finally:
-        await survivor.stop(grace_period_s=1.0)
-    assert set(handled) == {e.id for e in events}
-    # the dead worker's run was the first try of each job; the survivor ran the second
-    assert all(tries == [2] for tries in handled.values())
+        await redis.acl_deluser(user)
+
+
+async def test_a_worker_killed_after_its_handlers_but_before_xack_does_not_get_them_run_again(
+    redis: Redis,
+    redis_without_xack: str,
+    redis_prefix: str,
+    settings: EventSettings,
+    worker_module: Path,
+) -> None:
+    events = [uploaded() for _ in range(5)]
+    await publish(redis, settings, events)
+    stream = stream_key("files", settings.stream_prefix)
+    worker = await start_worker(worker_module, redis_without_xack, redis_prefix, settings)
+
+    async def all_handled_and_marked_done() -> bool:
+        markers = [k async for k in redis.scan_iter(match=f"{stream}:done:{GROUP}:*")]
+        return await count_marks(redis, redis_prefix + "done") == 5 and len(markers) == 5
+
+    try:
+        await eventually(all_handled_and_marked_done)
+        assert (await group_state(redis, settings))["pending"] == 5  # no XACK went through
+    finally:
+        await kill(worker)
+
+    async def nothing_pending() -> bool:
+        return (await group_state(redis, settings))["pending"] == 0
+
+    async with Survivor(redis, settings) as survivor:
+        await eventually(nothing_pending)  # taken over (claim_idle_ms) and acknowledged
+    assert survivor.calls == {}  # not one handler ran again
+    assert await redis.xlen(dead_letter_key(stream)) == 0
+
+
+async def test_a_retry_waiting_in_a_killed_worker_keeps_its_time_in_the_next_one(
+    redis: Redis,
+    redis_url: str,
+    redis_prefix: str,
+    settings: EventSettings,
+    worker_module: Path,
+) -> None:
+    # one delivery allowed: a takeover of a waiting entry must not count as a crash on it
+    settings = msgspec.structs.replace(settings, max_deliveries=1)
+    event = uploaded()
+    await publish(redis, settings, [event])
+    stream = stream_key("files", settings.stream_prefix)
+    worker = await start_worker(worker_module, redis_url, redis_prefix, settings, retry_after_s=3.0)
+
+    async def waiting_for_its_retry() -> bool:
+        return await cast("Awaitable[int]", redis.hlen(retries_key(stream, GROUP))) == 1
+
+    try:
+        await eventually(waiting_for_its_retry)
+    finally:
+        await kill(worker)
+    failures = await cast("Awaitable[list[bytes]]", redis.lrange(redis_prefix + "failed", 0, -1))
+    [failed_at] = [float(t) for t in failures]
+
+    async def settled() -> bool:
+        pending = (await group_state(redis, settings))["pending"]
+        states = await cast("Awaitable[int]", redis.hlen(retries_key(stream, GROUP)))
+        return pending == 0 and states == 0
+
+    async with Survivor(redis, settings) as survivor:
+        await eventually(lambda: _all_called(survivor, 1))
+        await eventually(settled)
+    [(retried_at, job_try)] = survivor.calls[event.id]
+    assert retried_at - failed_at >= 3.0  # the wait the dependency asked for, kept
+    assert job_try == 2
+    assert await redis.xlen(dead_letter_key(stream)) == 0
 
 
 async def test_a_sigtermed_worker_finishes_running_jobs_and_leaves_the_backlog(
-    redis: Redis, redis_url: str, redis_prefix: str, settings: EventSettings
+    redis: Redis,
+    redis_url: str,
+    redis_prefix: str,
+    settings: EventSettings,
+    worker_module: Path,
 ) -> None:
     settings = msgspec.structs.replace(settings, max_jobs=3)
     events = [uploaded() for _ in range(8)]
     await publish(redis, settings, events)
-    worker = await start_worker(redis_url, redis_prefix, settings, work_s=1.0)
+    worker = await start_worker(worker_module, redis_url, redis_prefix, settings, work_s=1.0)
 
     async def three_running() -> bool:
         return await count_marks(redis, redis_prefix + "started") == 3
@@ -195,9 +341,7 @@ async def test_a_sigtermed_worker_finishes_running_jobs_and_leaves_the_backlog(
         async with asyncio.timeout(10):
             assert await worker.wait() == 0
     finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
+        await kill(worker)
 
     assert await count_marks(redis, redis_prefix + "done") == 3
     state = await group_state(redis, settings)

@@ -1,5 +1,5 @@
-"""The retry policy of stream jobs: what kind a failure is, when the next attempt is, when the
-entry is given up (dead-lettered)."""
+"""The retry policy of stream entries: what kind a failure is, when the next attempt is, when
+the entry is given up (dead-lettered), which attempt a handler is told it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from xtyl_common.errors import Conflict, InvalidInput, TimedOut, Unavailable
+from xtyl_common.events.handling import Entry
 from xtyl_common.events.retries import (
     FailureKind,
     GiveUp,
@@ -114,3 +115,26 @@ def test_transient_failures_do_not_use_up_the_tries_of_unexpected_ones() -> None
     decision = POLICY.decide(state, KeyError("bug"), "KeyError", now_ms=HOUR_MS, final=False)
     assert isinstance(decision, RetryAt)
     assert (decision.state.failures, decision.state.unexpected) == (101, 4)
+
+
+def _state(failures: int) -> RetryState:
+    return RetryState(first_failure_ms=0, next_attempt_ms=0, failures=failures)
+
+
+@pytest.mark.parametrize(
+    ("deliveries", "failures", "job_try"),
+    [
+        (1, 0, 1),  # first run
+        (1, 2, 3),  # third run in the same consumer after two failures
+        (2, 0, 2),  # taken over from a worker that died while running it
+        (2, 1, 2),  # failed, waited, taken over from a worker that died meanwhile
+        (4, 1, 4),  # failed once, three workers died on it
+    ],
+)
+def test_a_handler_is_told_which_attempt_it_runs(
+    deliveries: int, failures: int, job_try: int
+) -> None:
+    state = _state(failures) if failures else None
+    entry = Entry("s", "1-0", "file.uploaded", b"{}", deliveries=deliveries, state=state)
+
+    assert entry.job_try == job_try
