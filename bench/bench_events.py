@@ -1,17 +1,22 @@
-"""Event backbone: publish -> job start latency and no-op jobs/s of one worker process, beside
-plain arq (``enqueue_job`` -> job start) on the same machine, in the same run.
+"""Event backbone: publish -> handler start latency and no-op handlers/s of one worker process,
+beside plain arq (``enqueue_job`` -> job start) on the same machine, in the same run.
 
     uv run python bench/bench_events.py [--samples 300] [--jobs 4000]
 
 Uses ``REDIS_URL`` when set, else starts an embedded Valkey (xtyl_devstack). Measured:
 
 * events: ``XADD`` of one event (what the relay does) -> the handler starts, through
-  ``StreamConsumer`` (XREADGROUP BLOCK, one arq job per entry, arq's start/run machinery);
-  jobs/s: a backlog of no-op events drained by one consumer (one process, one event loop);
+  ``StreamConsumer`` (XREADGROUP BLOCK, the handler run as a task of the consumer);
+  handlers/s: a backlog of no-op events drained by one consumer (one process, one event loop),
+  each entry's done marker written and its XACK batched;
 * plain arq: ``enqueue_job`` -> the job starts, with the default ``poll_delay`` (0.5 s) and with
   0.01 s; jobs/s: a backlog of no-op jobs drained by one ``Worker``.
 
-Aim: events p50 under 20 ms and at least 800 no-op jobs/s.
+Each events line also shows the figure of the design before (one arq job per entry, started
+through arq's ``start_jobs``/``run_job``), measured by this script on the same 2-core machine
+just before that design was replaced (:data:`PREVIOUS`).
+
+Aim: events p50 under 20 ms and at least 800 no-op handlers/s.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from xtyl_common.events import (
 from xtyl_common.events.serialization import deserialize_job, serialize_job
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import create_redis
+
+#: The figures of the previous design (an arq job per entry), same machine, same defaults.
+PREVIOUS = {"latency_p50_ms": 1.32, "max_jobs=10": 927.0, "max_jobs=50": 1334.0}
 
 
 @contextlib.contextmanager
@@ -251,25 +259,33 @@ async def main(samples: int, jobs: int) -> None:
     with redis_server() as url:
         print(f"redis: {url}   cpus: {os.cpu_count()}   load: {os.getloadavg()[0]:.2f}")
         lat = await events_latency(url, samples)
-        print(line("events  XADD -> handler start", lat))
+        was = f"   (an arq job per entry: p50 {PREVIOUS['latency_p50_ms']:.2f} ms)"
+        print(line("events  XADD -> handler start", lat) + was)
         arq_slow = await arq_latency(url, max(10, samples // 15), poll_delay=0.5)
         print(line("arq     enqueue_job -> start (poll 0.5 s)", arq_slow))
         arq_fast = await arq_latency(url, samples, poll_delay=0.01)
         print(line("arq     enqueue_job -> start (poll 0.01 s)", arq_fast))
+        rates: list[float] = []
         for max_jobs in (10, 50):
             rate = await events_throughput(url, jobs, max_jobs)
-            print(f"{'events  no-op jobs/s (max_jobs=' + str(max_jobs) + ')':<44} {rate:7.0f} /s")
+            rates.append(rate)
+            label = f"events  no-op handlers/s (max_jobs={max_jobs})"
+            was = PREVIOUS[f"max_jobs={max_jobs}"]
+            print(f"{label:<44} {rate:7.0f} /s   (an arq job per entry: {was:.0f} /s)")
         for poll in (0.5, 0.01):
             rate = await arq_throughput(url, min(jobs, 2000) if poll > 0.1 else jobs, poll)
             label = f"arq     no-op jobs/s (max_jobs=10, poll {poll} s)"
             print(f"{label:<44} {rate:7.0f} /s")
         p50 = percentile(lat, 0.5) * 1000
-        verdict = "meets" if p50 < 20 else "MISSES"
-        print(f"target: events p50 < 20 ms and >= 800 jobs/s on one process: p50 {verdict} it")
+        verdict = "meets" if p50 < 20 and min(rates) >= 800 else "MISSES"
+        print(
+            f"target: events p50 < 20 ms and >= 800 handlers/s on one process:"
+            f" p50 {p50:.2f} ms, {min(rates):.0f} /s {verdict} it"
+        )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="publish -> job start latency and jobs/s")
+    parser = argparse.ArgumentParser(description="publish -> handler start latency, handlers/s")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=4000)
     args = parser.parse_args()
