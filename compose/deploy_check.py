@@ -343,6 +343,8 @@ def environment(servers: HostServers, ports: Mapping[str, int], redis: str) -> d
         "REDIS_IMAGE": redis,
         "REDIS_PORT": str(ports["redis"]),
         **{f"{name.upper()}_PORT": str(ports[name]) for name in HTTP_SERVICES},
+        # the workers' health listeners (HEALTH_PORT): both on the host network, so one each
+        **{health_port_variable(name): str(ports[name]) for name in WORKERS},
         "DATABASE_URL": database_url,
         "MIGRATIONS_DATABASE_URL": database_url,
         "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
@@ -365,6 +367,11 @@ def environment(servers: HostServers, ports: Mapping[str, int], redis: str) -> d
         "APP_URL": "https://app.example.com",
         "LOG_JSON": "true",
     }
+
+
+def health_port_variable(worker: str) -> str:
+    """``rag-worker`` -> ``RAG_WORKER_HEALTH_PORT`` (docker-compose.deploy-check.yml)."""
+    return worker.upper().replace("-", "_") + "_HEALTH_PORT"
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -637,7 +644,7 @@ def run(keep: bool, logs_to: Path | None) -> None:
     redis = redis_image(docker)
     with work_dir() as work:
         servers = HostServers.create(work)
-        ports = {name: free_port() for name in ("redis", *HTTP_SERVICES)}
+        ports = {name: free_port() for name in ("redis", *HTTP_SERVICES, *WORKERS)}
         env = environment(servers, ports, redis)
         env_file = work / "env.production"
         engine = Engine(docker, compose, env_file)
