@@ -8,23 +8,27 @@ cluster and no Docker engine.
 2. schemas: every rendered object against the OpenAPI schemas of Kubernetes
    ``KUBERNETES_VERSION`` (kubernetes-validate, strict: unknown fields fail); KEDA's
    ScaledObjects against the models generated from KEDA's CRDs (cloudcoil-models-keda
-   2.16.1.0 = KEDA 2.16.1), also refusing fields those CRDs do not have;
+   2.16.1.0 = KEDA 2.16.1), also refusing fields those CRDs do not have; the Prometheus
+   Operator's ServiceMonitor, PodMonitor and PrometheusRule against the schemas of its CRDs,
+   vendored unmodified under k8s/schemas/ (CRD_SCHEMAS), strict the same way;
 3. policy: checkov's Kubernetes checks that matter here (non-root, high UID, read-only root,
    no privilege escalation, dropped capabilities, seccomp, no service-account token, requests
    and limits, liveness and readiness probes; see POLICY_CHECKS) must all pass; and our own:
-   every HTTP probe asks a path the services serve (the routes of xtyl_common.health), and
-   every namespace has a default-deny ingress NetworkPolicy;
+   every HTTP probe asks a path the services serve (the routes of xtyl_common.health), every
+   namespace has a default-deny ingress NetworkPolicy, and every ServiceMonitor/PodMonitor
+   scrapes a path the services serve on a port its Services/pods declare;
 4. hadolint on docker/Dockerfile.
 
 ``--self-test`` then breaks rendered copies (a probe path that does not exist, a missing
-runAsNonRoot, no default-deny policy, an unknown field, a Dockerfile on ``:latest``) and fails
-unless each of them is caught.
+runAsNonRoot, no default-deny policy, an unknown field, a monitor on an undeclared port, a
+Dockerfile on ``:latest``) and fails unless each of them is caught.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import re
@@ -44,6 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 HEALTH_ROUTES = ROOT / "libs" / "common" / "src" / "xtyl_common" / "health.py"
+#: CustomResourceDefinitions whose objects are validated against their own schema: upstream's
+#: files, unmodified (prometheus-operator-v0.93.0/: example/prometheus-operator-crd/ of
+#: prometheus-operator v0.93.0, commit f8fafd475f3d132e239432ae6172de60a6cb6516). Not applied
+#: by any overlay: the operator's install brings them to a cluster.
+CRD_SCHEMAS = K8S / "schemas"
 TOOLS = Path(sys.executable).parent
 KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "1.37.0")
 
@@ -165,6 +174,54 @@ def validate_keda(obj: dict[str, Any]) -> list[str]:
     return [f"{name_of(obj)}: unknown field {p}" for p in unknown_fields(obj, dumped)]
 
 
+def closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's structural schema in which every object refuses fields it does not list, as the
+    API server's strict field validation (kubectl's default) does; an object marked
+    ``x-kubernetes-preserve-unknown-fields`` or with ``additionalProperties`` stays open."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {k: closed(v) for k, v in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = closed(out["additionalProperties"])
+    if isinstance(out.get("items"), dict):
+        out["items"] = closed(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [closed(s) for s in out[key]]
+    return out
+
+
+@functools.cache
+def custom_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the closed openAPIV3Schema of every CRD under CRD_SCHEMAS."""
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(CRD_SCHEMAS.rglob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = version["schema"]["openAPIV3Schema"]
+                schemas[(f"{group}/{version['name']}", kind)] = closed(schema)
+    return schemas
+
+
+def validate_custom(obj: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    from jsonschema import Draft7Validator  # noqa: PLC0415 - kubernetes-validate's dependency
+
+    found = sorted(
+        Draft7Validator(schema).iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]
+    )
+    return [
+        f"{name_of(obj)}: {'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in found
+    ]
+
+
 def validate_schemas(objects: list[dict[str, Any]]) -> list[str]:
     import kubernetes_validate  # noqa: PLC0415 - a tool of .tools/deploy
     from kubernetes_validate.utils import (  # noqa: PLC0415
@@ -177,6 +234,10 @@ def validate_schemas(objects: list[dict[str, Any]]) -> list[str]:
     for obj in objects:
         if str(obj.get("apiVersion", "")).startswith("keda.sh/"):
             errors += validate_keda(obj)
+            continue
+        custom = custom_schemas().get((str(obj.get("apiVersion")), str(obj.get("kind"))))
+        if custom is not None:
+            errors += validate_custom(obj, custom)
             continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -288,6 +349,72 @@ def own_policies(objects: list[dict[str, Any]]) -> list[str]:
     return errors
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector selects ``labels``."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and labels.get(key) in values)
+            or (operator == "Exists" and key not in labels)
+            or (operator == "DoesNotExist" and key in labels)
+        ):
+            return False
+    return True
+
+
+def monitored_ports(monitor: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """What a ServiceMonitor (Services) or PodMonitor (pod templates) selects in its namespace:
+    each target's name and the names of the ports it declares."""
+    namespace = monitor["metadata"].get("namespace")
+    selector = monitor["spec"].get("selector", {})
+    ports: dict[str, set[str]] = {}
+    for obj in objects:
+        if obj.get("metadata", {}).get("namespace") != namespace:
+            continue
+        spec = pod_spec(obj)
+        if monitor["kind"] == "ServiceMonitor" and obj.get("kind") == "Service":
+            labels, declared = obj["metadata"].get("labels", {}), obj["spec"].get("ports", [])
+        elif monitor["kind"] == "PodMonitor" and spec is not None:
+            labels = obj["spec"]["template"]["metadata"].get("labels", {})
+            declared = [p for c in spec["containers"] for p in c.get("ports", [])]
+        else:
+            continue
+        if selects(selector, labels):
+            ports[obj["metadata"]["name"]] = {p.get("name", "") for p in declared}
+    return ports
+
+
+def monitor_targets(objects: list[dict[str, Any]]) -> list[str]:
+    """Every ServiceMonitor/PodMonitor selects something in its namespace and scrapes, on
+    each of them, a port it declares (by name) and a path the services serve."""
+    errors: list[str] = []
+    paths = served_paths()
+    for monitor in objects:
+        if monitor.get("kind") not in {"ServiceMonitor", "PodMonitor"}:
+            continue
+        ports = monitored_ports(monitor, objects)
+        if not ports:
+            errors.append(f"{name_of(monitor)}: selects nothing in its namespace")
+        spec = monitor["spec"]
+        for endpoint in spec.get("endpoints") or spec.get("podMetricsEndpoints", []):
+            port = endpoint.get("port")
+            errors += [
+                f"{name_of(monitor)}: {target} has no port {port!r}"
+                for target, declared in sorted(ports.items())
+                if port not in declared
+            ]
+            if endpoint.get("path", "/metrics") not in paths:
+                errors.append(
+                    f"{name_of(monitor)}: scrapes {endpoint.get('path')}, which no service"
+                    f" serves ({sorted(paths)})"
+                )
+    return errors
+
+
 def checkov(files: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Run checkov once over every rendered overlay; the POLICY_CHECKS that failed."""
     with tempfile.TemporaryDirectory(prefix="xtyl-checkov-") as tmp:
@@ -337,6 +464,7 @@ def check_all(rendered: dict[str, list[dict[str, Any]]], dockerfile: Path) -> li
     for name, objects in rendered.items():
         errors += [f"{name}: {e}" for e in validate_schemas(objects)]
         errors += [f"{name}: {e}" for e in own_policies(objects)]
+        errors += [f"{name}: {e}" for e in monitor_targets(objects)]
     errors += checkov(rendered)
     errors += [f"hadolint: {e}" for e in hadolint(dockerfile)]
     return errors
@@ -379,6 +507,20 @@ def break_keda(objects: list[dict[str, Any]]) -> None:
     scaled["spec"]["minReplicas"] = 1  # HPA's name, not KEDA's minReplicaCount
 
 
+def break_service_monitor(objects: list[dict[str, Any]]) -> None:
+    monitor = find(objects, "ServiceMonitor", "xtyl-services")
+    monitor["spec"]["endpoints"][0]["scrapeInterval"] = "30s"  # `interval` is the field
+
+
+def break_pod_monitor_port(objects: list[dict[str, Any]]) -> None:
+    find(objects, "PodMonitor", "xtyl-workers")["spec"]["podMetricsEndpoints"][0]["port"] = "scrape"
+
+
+def break_prometheus_rule(objects: list[dict[str, Any]]) -> None:
+    rule = find(objects, "PrometheusRule", "xtyl")["spec"]["groups"][0]["rules"][0]
+    rule["expression"] = rule.pop("expr")
+
+
 SELF_TESTS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = {
     # name: (overlay, how to break it, what the error must mention)
     "probe path that does not exist": ("production", break_probe_path, "/healthz"),
@@ -387,6 +529,17 @@ SELF_TESTS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] =
     "no default-deny NetworkPolicy": ("staging", break_default_deny, "default-deny"),
     "unknown field in a Deployment": ("production", break_schema, "port"),
     "unknown field in a ScaledObject": ("production-keda", break_keda, "minReplicas"),
+    "unknown field in a ServiceMonitor": (
+        "production-monitoring",
+        break_service_monitor,
+        "scrapeInterval",
+    ),
+    "PodMonitor on a port no worker declares": (
+        "production-monitoring",
+        break_pod_monitor_port,
+        "has no port 'scrape'",
+    ),
+    "PrometheusRule rule without expr": ("production-monitoring", break_prometheus_rule, "expr"),
 }
 
 
@@ -395,7 +548,11 @@ def self_test(rendered: dict[str, list[dict[str, Any]]]) -> list[str]:
     for label, (overlay, breaker, expected) in SELF_TESTS.items():
         broken = {overlay: copy.deepcopy(rendered[overlay])}
         breaker(broken[overlay])
-        errors = validate_schemas(broken[overlay]) + own_policies(broken[overlay])
+        errors = (
+            validate_schemas(broken[overlay])
+            + own_policies(broken[overlay])
+            + monitor_targets(broken[overlay])
+        )
         if expected.startswith("CKV_"):
             errors += checkov(broken)
         caught = [e for e in errors if expected in e]
@@ -439,9 +596,11 @@ def main(argv: list[str] | None = None) -> int:
             for error in errors:
                 print(f"deploy-lint: {error}", file=sys.stderr)
             return 1
+        crds = ", ".join(sorted(p.name for p in CRD_SCHEMAS.iterdir() if p.is_dir()))
         say(
-            f"schemas (Kubernetes {KUBERNETES_VERSION}, KEDA 2.16.1), checkov"
-            f" ({len(POLICY_CHECKS)} checks), probe paths, default-deny, hadolint: all pass"
+            f"schemas (Kubernetes {KUBERNETES_VERSION}, KEDA 2.16.1, {crds} CRDs), checkov"
+            f" ({len(POLICY_CHECKS)} checks), probe paths, default-deny, monitor ports, hadolint:"
+            " all pass"
         )
         if args.self_test:
             problems = self_test(rendered)
