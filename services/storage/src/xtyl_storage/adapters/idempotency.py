@@ -17,6 +17,7 @@ import structlog
 
 from xtyl_common.db import connection
 from xtyl_common.errors import Conflict
+from xtyl_common.retry import RetryPolicy
 from xtyl_storage.domain.files import StoredFile
 from xtyl_storage.domain.idempotency import KeyClaim, KeyRecord
 
@@ -24,7 +25,11 @@ log = structlog.stdlib.get_logger("xtyl.storage.idempotency")
 
 #: Expired keys deleted by each claim (the table stays as large as one TTL's keyed uploads).
 PURGE_BATCH = 100
-_CLAIM_ATTEMPTS = 3
+#: A claim that lost its race to a request giving the key back (between the claim and the read
+#: of its holder) claims again at once, 3 tries in all.
+CLAIM_RACES = RetryPolicy(
+    attempts=3, timeout_s=None, wait_initial_s=0.0, wait_max_s=0.0, wait_jitter_s=0.0
+)
 
 _CLAIM = """
 insert into xtyl_storage.idempotency_keys as k
@@ -48,6 +53,10 @@ delete from xtyl_storage.idempotency_keys where ctid = any(array(
     select ctid from xtyl_storage.idempotency_keys where expires_at <= now() limit $1
 ))
 """
+
+
+class _GivenBack(Exception):
+    """The key was given back between the claim and the read of its holder."""
 
 
 class ClaimLost(Conflict):
@@ -79,31 +88,54 @@ class IdempotencyKeyRepository:
     ) -> KeyClaim | KeyRecord:
         """Hold ``key`` for a new upload (a :class:`KeyClaim`), or the :class:`KeyRecord` of
         the request that holds it (completed, or in progress and renewed)."""
-        token = uuid.uuid4()
         async with self._connection() as conn:
             await conn.execute(_PURGE, PURGE_BATCH, timeout=self._timeout)
-            for _ in range(_CLAIM_ATTEMPTS):
-                won = await conn.fetchval(
-                    _CLAIM, owner_id, key, fingerprint, token, lease_s, ttl_s, timeout=self._timeout
+            wanted = KeyClaim(owner_id=owner_id, key=key, token=uuid.uuid4())
+            try:
+                return await CLAIM_RACES.call(
+                    _GivenBack,
+                    self._claim_once,
+                    conn,
+                    wanted,
+                    fingerprint,
+                    ttl_s=ttl_s,
+                    lease_s=lease_s,
                 )
-                if won == token:
-                    return KeyClaim(owner_id=owner_id, key=key, token=token)
-                row = await conn.fetchrow(
-                    "select fingerprint, file_id, size, sha256"
-                    " from xtyl_storage.idempotency_keys where owner_id = $1 and key = $2",
-                    owner_id,
-                    key,
-                    timeout=self._timeout,
-                )
-                if row is not None:
-                    return KeyRecord(
-                        fingerprint=row["fingerprint"],
-                        file_id=row["file_id"],
-                        size=row["size"],
-                        sha256=row["sha256"],
-                    )
-                # given back between the two statements: claim again
-        raise Conflict("this Idempotency-Key is busy, retry", code="idempotency_in_progress")
+            except _GivenBack:
+                raise Conflict(
+                    "this Idempotency-Key is busy, retry", code="idempotency_in_progress"
+                ) from None
+
+    async def _claim_once(
+        self,
+        conn: asyncpg.Connection,
+        wanted: KeyClaim,
+        fingerprint: str,
+        *,
+        ttl_s: float,
+        lease_s: float,
+    ) -> KeyClaim | KeyRecord:
+        owner_id, key, token = wanted.owner_id, wanted.key, wanted.token
+        won = await conn.fetchval(
+            _CLAIM, owner_id, key, fingerprint, token, lease_s, ttl_s, timeout=self._timeout
+        )
+        if won == token:
+            return wanted
+        row = await conn.fetchrow(
+            "select fingerprint, file_id, size, sha256"
+            " from xtyl_storage.idempotency_keys where owner_id = $1 and key = $2",
+            owner_id,
+            key,
+            timeout=self._timeout,
+        )
+        if row is None:
+            raise _GivenBack
+        return KeyRecord(
+            fingerprint=row["fingerprint"],
+            file_id=row["file_id"],
+            size=row["size"],
+            sha256=row["sha256"],
+        )
 
     async def renew(self, claim: KeyClaim, *, lease_s: float) -> bool:
         """Extend a running upload's hold on its key; False when it is no longer held."""

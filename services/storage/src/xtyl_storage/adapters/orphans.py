@@ -7,7 +7,8 @@ told "failed" (seen with SeaweedFS under SIGSTOP: every PUT we had cancelled lan
 So each such key is swept in the background, never on the answer's path:
 
 * until S3 answers: abort every multipart upload of the key (also one whose id we never got)
-  and delete the object, with backoff between attempts;
+  and delete the object, tried again under :data:`SWEEP_RETRIES` (backoff, for up to 15
+  minutes);
 * then look again ``RECHECK_AFTER_S`` later, so a write S3 applied just after our delete is
   removed too;
 * never while a row points at the key (the row is the truth: an upload whose commit went
@@ -25,16 +26,24 @@ from typing import Protocol
 import structlog
 
 from xtyl_common.errors import XtylError
+from xtyl_common.retry import RetryPolicy
 
 log = structlog.stdlib.get_logger("xtyl.storage.orphans")
 
 #: After a successful sweep, look again this many seconds later (one after the other).
 RECHECK_AFTER_S = (1.0, 5.0, 30.0, 120.0)
-RETRY_INITIAL_S = 0.5
-RETRY_MAX_S = 5.0
 #: A sweep that found S3 down for this long gives up (S3 refuses requests signed over 15
 #: minutes earlier, so a write we gave up on cannot land after that).
 GIVE_UP_AFTER_S = 15 * 60.0
+#: One sweep while S3 or Postgres fails (or answers what we did not expect): tried again 0.5 s
+#: doubling to 5 s later, until GIVE_UP_AFTER_S; the time bounds it, not the count of tries.
+SWEEP_RETRIES = RetryPolicy(
+    attempts=1_000,
+    timeout_s=GIVE_UP_AFTER_S,
+    wait_initial_s=0.5,
+    wait_max_s=5.0,
+    wait_jitter_s=0.25,
+)
 #: Most sweeps at once; more are dropped (logged) rather than held in memory.
 MAX_SWEEPS = 10_000
 
@@ -97,31 +106,30 @@ class OrphanSweeper:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, key: str) -> None:
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + GIVE_UP_AFTER_S
         rechecks = iter(self._recheck_after_s)
-        delay = RETRY_INITIAL_S
         while True:
             try:
-                async with asyncio.timeout(self._attempt_timeout_s):
-                    outcome = await self._sweep_once(key)
-            except Exception as exc:  # S3 or Postgres down, or a bug: never end the sweep early
-                if not isinstance(exc, XtylError | TimeoutError):
-                    log.exception("orphan_sweep_failed", key=key)
-                if loop.time() >= give_up_at:
-                    log.error("orphan_sweep_gave_up", key=key, error=type(exc).__name__)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
+                # S3 or Postgres down, or a bug: never end the sweep early
+                outcome = await SWEEP_RETRIES.call(Exception, self._attempt, key)
+            except Exception as exc:
+                log.error("orphan_sweep_gave_up", key=key, error=type(exc).__name__)
+                return
             if outcome == "recorded":
                 return
             self._swept_once.add(key)
-            delay = RETRY_INITIAL_S
             wait = next(rechecks, None)
             if wait is None:
                 return
-            await asyncio.sleep(wait)
+            await asyncio.sleep(wait)  # not a retry: the next look, after a sweep that worked
+
+    async def _attempt(self, key: str) -> str:
+        try:
+            async with asyncio.timeout(self._attempt_timeout_s):
+                return await self._sweep_once(key)
+        except Exception as exc:
+            if not isinstance(exc, XtylError | TimeoutError):
+                log.exception("orphan_sweep_failed", key=key)
+            raise
 
     async def _sweep_once(self, key: str) -> str:
         if await self._rows.key_is_recorded(key):
