@@ -1,12 +1,14 @@
-"""What the storage service does, whatever the transport: the use cases behind the routes.
+"""What the storage service does, whatever the transport: :class:`StorageService`, the use
+cases behind the routes, and :func:`open_service`, which builds it and its adapters (the one
+place that wires storage, opened by the app's lifespan).
 
 Ownership is enforced here: every lookup is by ``(owner_id, file_id)`` and anything that is
 not the caller's answers exactly like a file that does not exist (404 ``file_not_found``), so
 ids of other users' files reveal nothing and change nothing.
 
 Upload order: the object first (streamed, hashed, size-limited), then the row and its
-``file.uploaded`` event in one transaction. A crash between the two leaves only an object
-without a row, never a row without an object.
+``file.uploaded`` event (:mod:`xtyl_storage.domain.events`) in one transaction. A crash between
+the two leaves only an object without a row, never a row without an object.
 
 Deadlines nest: the gateway gives a service ``UPSTREAM_READ_TIMEOUT_S`` from the end of the
 request body to the answer, so an upload's own work (S3 with its retries, Postgres) is bounded
@@ -26,30 +28,43 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
 
+from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.errors import (
     ClientError,
     Conflict,
     InvalidInput,
     NotFound,
-    PayloadTooLarge,
     TimedOut,
     UnsupportedMediaType,
     XtylError,
 )
-from xtyl_common.pagination import Cursor, check_limit, decode_cursor, encode_cursor
+from xtyl_common.events.relay import OutboxRelay
+from xtyl_common.events.settings import EventSettings
+from xtyl_common.health import HealthCheck
+from xtyl_common.pagination import Page, keyset_page
+from xtyl_common.redis_client import check_redis, create_redis
+from xtyl_storage.adapters.event_sources import EVENT_SOURCES
 from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
 from xtyl_storage.adapters.orphans import OrphanSweeper
+from xtyl_storage.adapters.outbox import OUTBOX_SCHEMA
 from xtyl_storage.adapters.postgres import FileRepository
-from xtyl_storage.adapters.s3 import ObjectBody, ObjectMissing, ObjectStore
-from xtyl_storage.adapters.uploads import stream_to_s3, too_large
-from xtyl_storage.domain.files import FileStatus, StoredFile
+from xtyl_storage.adapters.s3 import (
+    ObjectBody,
+    ObjectMissing,
+    ObjectStore,
+    check_bucket,
+    open_s3_client,
+)
+from xtyl_storage.adapters.uploads import stream_to_s3
+from xtyl_storage.domain.events import file_deleted, file_uploaded
+from xtyl_storage.domain.files import FileStatus, StoredFile, too_large
 from xtyl_storage.domain.idempotency import (
     LEASE_S,
     RENEW_EVERY_S,
@@ -89,11 +104,6 @@ class Upload(msgspec.Struct, frozen=True, kw_only=True):
     replayed: bool = False
 
 
-class FilePage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[StoredFile]
-    next_cursor: str | None
-
-
 class PresignedUpload(msgspec.Struct, frozen=True, kw_only=True):
     file: StoredFile
     url: str
@@ -110,12 +120,15 @@ class StorageService:
         *,
         keys: IdempotencyKeyRepository,
         orphans: OrphanSweeper,
+        readiness: Mapping[str, HealthCheck] | None = None,
     ) -> None:
         self.store = store
         self.files = files
         self.settings = settings
         self.keys = keys
         self.orphans = orphans
+        #: What ``/readyz`` checks of the service's own dependencies.
+        self.readiness: dict[str, HealthCheck] = dict(readiness or {})
         self._patterns = settings.content_type_patterns()
         self._part_bytes = settings.part_bytes()
 
@@ -199,7 +212,9 @@ class StorageService:
                         created_at=now,
                         updated_at=now,
                     )
-                    saved = await self.files.add_ready(record, claim=claim)
+                    saved = await self.files.add_ready(
+                        record, event=file_uploaded(record), claim=claim
+                    )
         except BaseException as exc:
             if claim is not None:
                 await self._give_back(claim)
@@ -304,18 +319,15 @@ class StorageService:
             raise not_found()
         return found
 
-    async def page(self, owner_id: uuid.UUID, *, limit: int, cursor: str | None) -> FilePage:
-        check_limit(limit)
-        after = decode_cursor(cursor) if cursor else None
-        items = await self.files.list_ready(owner_id, limit=limit + 1, after=after)
-        more = len(items) > limit
-        items = items[:limit]
-        next_cursor = (
-            encode_cursor(Cursor(created_at=items[-1].created_at, id=items[-1].id))
-            if more
-            else None
+    async def page(
+        self, owner_id: uuid.UUID, *, limit: int, cursor: str | None
+    ) -> Page[StoredFile]:
+        """The owner's ready files, newest first, one cursor page."""
+        return await keyset_page(
+            lambda n, after: self.files.list_ready(owner_id, limit=n, after=after),
+            limit=limit,
+            cursor=cursor,
         )
-        return FilePage(items=items, next_cursor=next_cursor)
 
     async def url_for(self, file: StoredFile) -> str:
         """Public URL of a public bucket, else a presigned GET (at most 15 minutes)."""
@@ -343,7 +355,7 @@ class StorageService:
         if found.status is FileStatus.DELETED:
             return
         await self.store.delete(found.key)
-        if await self.files.mark_deleted(owner_id, file_id):
+        if await self.files.mark_deleted(owner_id, file_id, event=file_deleted(found)):
             log.info("file_deleted", file_id=str(file_id))
 
     # -- presigned uploads -----------------------------------------------------------------
@@ -353,13 +365,8 @@ class StorageService:
     ) -> PresignedUpload:
         if size < 1:
             raise InvalidInput("size must be at least 1 byte", code="empty_file")
-        limit = self.settings.max_presigned_upload_bytes
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the file is larger than the {limit} bytes allowed",
-                code="file_too_large",
-                extra={"max_bytes": limit},
-            )
+        if size > self.settings.max_presigned_upload_bytes:
+            raise too_large(self.settings.max_presigned_upload_bytes)
         media_type = self.accepted_content_type(content_type)
         file_id = uuid.uuid4()
         name = clean_display_name(raw_name)
@@ -409,7 +416,10 @@ class StorageService:
                 extra={"size": head.size, "content_type": head.content_type},
             )
         sha256 = await self._hash_object(found)
-        ready = await self.files.mark_ready(owner_id, file_id, sha256)
+        uploaded = msgspec.structs.replace(found, sha256=sha256, status=FileStatus.READY)
+        ready = await self.files.mark_ready(
+            owner_id, file_id, sha256, event=file_uploaded(uploaded)
+        )
         log.info("file_uploaded", file_id=str(file_id), size=ready.size, presigned=True)
         return ready
 
@@ -453,3 +463,61 @@ async def _non_empty(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             yield chunk
     if not seen:
         raise InvalidInput("the file is empty", code="empty_file")
+
+
+@asynccontextmanager
+async def open_service(
+    settings: StorageSettings,
+    *,
+    events: EventSettings | None = None,
+    run_relay: bool = True,
+) -> AsyncGenerator[StorageService]:
+    """The service and its adapters, closed on exit: the Postgres pool, the S3 client, the
+    orphan sweeper and the outbox relay (publishing to Redis with ``events``; it also announces
+    files again after Redis lost what the outbox no longer holds). ``run_relay=False`` leaves
+    outbox rows unpublished (tests that read the outbox)."""
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
+        )
+        stack.push_async_callback(pool.close)
+        redis = create_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        s3 = await stack.enter_async_context(open_s3_client(settings))
+        store = ObjectStore(
+            s3,
+            settings.r2_bucket,
+            public_url=settings.r2_public_url,
+            presign_ttl_s=settings.presign_ttl_s,
+        )
+        files = FileRepository(pool)
+        orphans = OrphanSweeper(
+            store,
+            files,
+            attempt_timeout_s=settings.s3_connect_timeout_s + settings.s3_read_timeout_s,
+        )
+        stack.push_async_callback(orphans.close)
+        readiness: dict[str, HealthCheck] = {
+            "postgres": files.check,
+            "redis": lambda: check_redis(redis),
+            "s3": lambda: check_bucket(s3, settings.r2_bucket),
+        }
+        if run_relay:
+            relay = OutboxRelay(
+                pool,
+                redis,
+                schemas=[OUTBOX_SCHEMA],
+                settings=events or EventSettings(),
+                sources=EVENT_SOURCES,
+            )
+            relay.start()
+            stack.push_async_callback(relay.stop)
+            readiness["outbox_relay"] = relay.check_health
+        yield StorageService(
+            store,
+            files,
+            settings,
+            keys=IdempotencyKeyRepository(pool),
+            orphans=orphans,
+            readiness=readiness,
+        )

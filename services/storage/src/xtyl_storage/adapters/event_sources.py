@@ -14,7 +14,8 @@ import asyncpg
 
 from xtyl_common.events.contracts import FILES, Event
 from xtyl_common.events.recovery import EventSource
-from xtyl_storage.adapters.events import OUTBOX_SCHEMA, file_deleted, file_uploaded
+from xtyl_storage.adapters.outbox import OUTBOX_SCHEMA
+from xtyl_storage.domain.events import file_deleted, file_uploaded
 from xtyl_storage.domain.files import FileStatus, StoredFile
 
 _CHANGED_SINCE = (

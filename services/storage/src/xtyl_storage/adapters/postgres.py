@@ -1,23 +1,24 @@
 """``xtyl_storage.files``: who owns which object. Every query is scoped by owner.
 
-A state change and its event (``file.uploaded``, ``file.deleted``) commit in one transaction.
-Postgres failures become :class:`~xtyl_common.errors.Unavailable` (``database_unavailable``).
+A state change and its event (``file.uploaded``, ``file.deleted``, made by the caller: see
+:mod:`xtyl_storage.domain.events`) commit in one transaction. Postgres failures become
+:class:`~xtyl_common.errors.Unavailable` (``database_unavailable``).
 """
 
 from __future__ import annotations
 
 import uuid
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
-from xtyl_common.db import connection
-from xtyl_common.pagination import Cursor
-from xtyl_storage.adapters.events import file_deleted, file_uploaded, record_event
+from xtyl_common.db import check_postgres, connection
+from xtyl_common.events.contracts import FileDeleted, FileUploaded
+from xtyl_common.pagination import Cursor, keyset_sql
 from xtyl_storage.adapters.idempotency import complete_claim
+from xtyl_storage.adapters.outbox import record_event
 from xtyl_storage.domain.files import FileStatus, StoredFile
 from xtyl_storage.domain.idempotency import KeyClaim
 
@@ -44,9 +45,15 @@ class FileRepository:
             unavailable="the file catalogue is unavailable, try again later",
         )
 
-    async def add_ready(self, file: StoredFile, *, claim: KeyClaim | None = None) -> StoredFile:
-        """Insert a file whose object is in the bucket, and its ``file.uploaded`` event; with
-        a ``claim``, its Idempotency-Key is completed with this file in the same transaction."""
+    async def check(self) -> None:
+        """Readiness: the database answers."""
+        await check_postgres(self._pool)
+
+    async def add_ready(
+        self, file: StoredFile, *, event: FileUploaded, claim: KeyClaim | None = None
+    ) -> StoredFile:
+        """Insert a file whose object is in the bucket, and its ``event``; with a ``claim``,
+        its Idempotency-Key is completed with this file in the same transaction."""
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"insert into xtyl_storage.files ({_COLUMNS})"  # noqa: S608 - constant columns
@@ -65,7 +72,7 @@ class FileRepository:
             stored = _to_file(row)
             if claim is not None:
                 await complete_claim(conn, claim, stored, timeout_s=self._timeout)
-            await record_event(conn, file_uploaded(stored))
+            await record_event(conn, event)
         return stored
 
     async def add_pending(self, file: StoredFile) -> StoredFile:
@@ -86,9 +93,11 @@ class FileRepository:
         assert row is not None
         return _to_file(row)
 
-    async def mark_ready(self, owner_id: uuid.UUID, file_id: uuid.UUID, sha256: str) -> StoredFile:
-        """Pending → ready with its ``file.uploaded`` event; None-safe against a race: a file
-        already ready is returned as it is, without a second event."""
+    async def mark_ready(
+        self, owner_id: uuid.UUID, file_id: uuid.UUID, sha256: str, *, event: FileUploaded
+    ) -> StoredFile:
+        """Pending → ready, with ``event``; safe against a race: a file already ready is
+        returned as it is, without a second event."""
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "update xtyl_storage.files set status = 'ready', sha256 = $3, updated_at = now()"  # noqa: S608 - constant columns
@@ -104,7 +113,7 @@ class FileRepository:
                 assert current is not None
                 return current
             stored = _to_file(row)
-            await record_event(conn, file_uploaded(stored))
+            await record_event(conn, event)
         return stored
 
     async def _get(
@@ -140,26 +149,24 @@ class FileRepository:
     async def list_ready(
         self, owner_id: uuid.UUID, *, limit: int, after: Cursor | None
     ) -> list[StoredFile]:
-        """Newest first, ``limit`` rows after ``after``."""
-        after_at: datetime | None = after.created_at if after else None
-        after_id: uuid.UUID | None = after.id if after else None
+        """Newest first, ``limit`` rows after ``after`` (:func:`keyset_sql`)."""
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"select {_COLUMNS} from xtyl_storage.files"  # noqa: S608 - constant columns
-                " where owner_id = $1 and status = 'ready'"
-                " and ($2::timestamptz is null or (created_at, id) < ($2, $3::uuid))"
-                " order by created_at desc, id desc limit $4",
+                f" where owner_id = $1 and status = 'ready' and {keyset_sql(2)} limit $4",
                 owner_id,
-                after_at,
-                after_id,
+                after.created_at if after else None,
+                after.id if after else None,
                 limit,
                 timeout=self._timeout,
             )
         return [_to_file(row) for row in rows]
 
-    async def mark_deleted(self, owner_id: uuid.UUID, file_id: uuid.UUID) -> bool:
-        """Ready/pending → deleted, with a ``file.deleted`` event when it was ready. False when
-        it was deleted already (a repeated or concurrent DELETE)."""
+    async def mark_deleted(
+        self, owner_id: uuid.UUID, file_id: uuid.UUID, *, event: FileDeleted
+    ) -> bool:
+        """Ready/pending → deleted, with ``event`` when it was ready (a pending upload was never
+        announced). False when it was deleted already (a repeated or concurrent DELETE)."""
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"select {_COLUMNS} from xtyl_storage.files"  # noqa: S608 - constant columns
@@ -176,9 +183,8 @@ class FileRepository:
                 file_id,
                 timeout=self._timeout,
             )
-            old = _to_file(row)
-            if old.status is FileStatus.READY:
-                await record_event(conn, file_deleted(old))
+            if FileStatus(row["status"]) is FileStatus.READY:
+                await record_event(conn, event)
         return True
 
     async def remove_pending(self, owner_id: uuid.UUID, file_id: uuid.UUID) -> None:

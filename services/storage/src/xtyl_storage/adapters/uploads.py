@@ -20,18 +20,9 @@ from typing import Protocol
 
 import structlog
 
-from xtyl_common.errors import PayloadTooLarge
-from xtyl_storage.domain.files import StoredObject
+from xtyl_storage.domain.files import StoredObject, too_large
 
 log = structlog.stdlib.get_logger("xtyl.storage.uploads")
-
-
-def too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the file is larger than the {max_bytes} bytes allowed",
-        code="file_too_large",
-        extra={"max_bytes": max_bytes},
-    )
 
 
 class UploadTarget(Protocol):

@@ -8,6 +8,8 @@ from datetime import datetime
 
 import msgspec
 
+from xtyl_common.errors import PayloadTooLarge
+
 
 class FileStatus(enum.StrEnum):
     #: A presigned upload was handed out; the object may not exist yet.
@@ -35,3 +37,12 @@ class StoredObject(msgspec.Struct, frozen=True, kw_only=True):
 
     size: int
     sha256: str
+
+
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    """413 ``file_too_large``: more than ``max_bytes`` (counted as the bytes arrive)."""
+    return PayloadTooLarge(
+        f"the file is larger than the {max_bytes} bytes allowed",
+        code="file_too_large",
+        extra={"max_bytes": max_bytes},
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import multipart
 
 from xtyl_common.errors import ClientDisconnected, ClientError, InvalidInput
-from xtyl_storage.adapters.uploads import too_large
+from xtyl_storage.domain.files import too_large
 
 #: The form field that carries the file.
 FILE_FIELD = "file"

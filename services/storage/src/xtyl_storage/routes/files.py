@@ -44,8 +44,12 @@ _UPLOAD_QUERY = frozenset({"filename"})
 DRAIN_TIMEOUT_S = 10.0
 
 
+#: Where the app's lifespan keeps the service.
+SERVICE_STATE_KEY = "storage"
+
+
 def service_of(request: Request[Any, Any, Any]) -> StorageService:
-    service: StorageService = request.app.state.storage
+    service: StorageService = request.app.state[SERVICE_STATE_KEY]
     return service
 
 

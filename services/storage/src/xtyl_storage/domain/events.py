@@ -1,11 +1,9 @@
-"""The storage service's events, written to its outbox in the caller's transaction.
-
-The relay in the app's lifespan publishes them to the ``files`` stream.
-"""
+"""What storage announces about a file (``xtyl_common.events`` contracts), made from the file
+as it is: ``file.uploaded`` when it becomes ready, ``file.deleted`` when a ready file is
+deleted. The use cases hand them to the repository, which writes them to the outbox in the
+transaction of the row change; a replay (``adapters/event_sources.py``) makes them again."""
 
 from __future__ import annotations
-
-import asyncpg
 
 from xtyl_common.events.contracts import (
     FileDeleted,
@@ -13,11 +11,8 @@ from xtyl_common.events.contracts import (
     FileUploaded,
     FileUploadedPayload,
 )
-from xtyl_common.events.outbox import add_event
 from xtyl_storage.domain.files import StoredFile
 
-#: The schema whose outbox holds our events (migration 0003).
-OUTBOX_SCHEMA = "xtyl_storage"
 PRODUCER = "storage"
 
 
@@ -42,8 +37,3 @@ def file_deleted(file: StoredFile) -> FileDeleted:
     return FileDeleted(
         producer=PRODUCER, payload=FileDeletedPayload(file_id=file.id, owner_id=file.owner_id)
     )
-
-
-async def record_event(conn: asyncpg.Connection, event: FileUploaded | FileDeleted) -> None:
-    """Append ``event`` to our outbox on ``conn`` (inside the transaction of the change)."""
-    await add_event(conn, event, schema=OUTBOX_SCHEMA)
