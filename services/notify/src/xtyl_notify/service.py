@@ -30,7 +30,7 @@ Who retries a send, one layer per call path:
   hook's answer (:data:`AUTH_HOOK_DEADLINE_S`), so Brevo is retried here,
   :data:`AUTH_EMAIL_SENDS`, each request bounded by the time left; when Brevo could not take
   an email in that time it is ``failed``. The whole call, the database included, is cut at
-  :data:`AUTH_HOOK_ANSWER_S` (:class:`~xtyl_common.errors.TimedOut`).
+  :data:`AUTH_HOOK_ANSWER_S`; both raise :class:`EmailNotSentInTime`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import structlog
 
 from xtyl_common.db import DatabaseConfig, create_pool
-from xtyl_common.errors import TimedOut, Unavailable
+from xtyl_common.errors import Unavailable
 from xtyl_common.events import DocumentFailed, DocumentIndexed, UserCreated
 from xtyl_common.health import HealthCheck
 from xtyl_common.http import HttpConfig, create_session
@@ -103,6 +103,13 @@ class EmailInFlight(Unavailable):
     """Another copy of the event is sending this email right now; retry to see the outcome."""
 
     default_code = "email_in_flight"
+
+
+class EmailNotSentInTime(Unavailable):
+    """The hook's emails could not be sent within its time, though Brevo was tried again here:
+    the emails still open are ``failed``. (A new call of the hook would be new emails.)"""
+
+    default_code = "email_unavailable"
 
 
 class NotifyService:
@@ -223,10 +230,10 @@ class NotifyService:
 
     async def send_auth_emails(self, webhook_id: str, hook: SendEmailHook) -> list[EmailStatus]:
         """Send the emails of one hook call within :data:`AUTH_HOOK_ANSWER_S`; their statuses
-        (``failed`` when Brevo refused one). Raises :class:`BrevoUnavailable` when Brevo could
-        not take them in time (the rows are ``failed`` by then), :class:`TimedOut` when the
-        call ran out of time, :class:`EmailInFlight` (a copy of this call is sending them right
-        now) or the database's ``Unavailable``."""
+        (``failed`` when Brevo refused one). Raises :class:`EmailNotSentInTime` when Brevo could
+        not take them in time (its rows are ``failed`` by then, the cause is Brevo's error) or
+        the call ran out of time, :class:`EmailInFlight` (a copy of this call is sending them
+        right now) or the database's ``Unavailable``."""
         emails = new_emails(webhook_id, hook, self.auth_templates)
         if not emails:
             log.info(
@@ -251,13 +258,14 @@ class NotifyService:
                         [email.dedupe_key for email in emails], f"{exc.code}: {exc.message}"
                     )
                     log.warning("email_failed", kind="auth", code=exc.code, gave_up=True)
-                    raise
+                    raise EmailNotSentInTime(
+                        f"Brevo: {exc.code}: {exc.message}", retry_after_s=exc.retry_after_s
+                    ) from exc
         except TimeoutError:
             if not answer.expired():
                 raise
-            raise TimedOut(
-                f"the emails were not sent within {AUTH_HOOK_ANSWER_S:g} s",
-                code="email_timeout",
+            raise EmailNotSentInTime(
+                f"the emails were not sent within {AUTH_HOOK_ANSWER_S:g} s"
             ) from None
 
     async def _send_each(self, emails: Sequence[NewEmail], sends_end: float) -> list[EmailStatus]:

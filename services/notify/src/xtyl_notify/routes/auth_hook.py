@@ -32,15 +32,14 @@ from xtyl_common.errors import (
     DependencyError,
     InvalidInput,
     NotFound,
-    TimedOut,
     Unauthorized,
     Unavailable,
     XtylError,
 )
-from xtyl_notify.adapters.brevo import BrevoUnavailable
 from xtyl_notify.domain.auth_emails import SendEmailHook
 from xtyl_notify.domain.emails import EmailStatus
 from xtyl_notify.routes.notifications import service_of
+from xtyl_notify.service import EmailNotSentInTime
 
 log = structlog.stdlib.get_logger("xtyl.notify.auth_hook")
 
@@ -109,7 +108,7 @@ async def send_email_hook(request: Request[Any, Any, Any]) -> dict[str, Any]:
     try:
         statuses = await service_of(request).send_auth_emails(webhook_id, hook)
     except DependencyError as exc:
-        retried_here = isinstance(exc, BrevoUnavailable | TimedOut)
+        retried_here = isinstance(exc, EmailNotSentInTime)
         raise _hook_error(
             Unavailable,
             503,
