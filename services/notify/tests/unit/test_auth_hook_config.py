@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from xtyl_common.settings import SettingsError, load_settings
-from xtyl_notify.domain.auth_emails import SendEmailHook, emails_for
+from xtyl_notify.domain.auth_emails import SendEmailHook, emails_for, new_emails
 from xtyl_notify.settings import NotifySettings
 
 BASE = {
@@ -69,3 +69,16 @@ def test_an_email_change_without_secure_change_writes_to_the_new_address_only() 
 
 def test_actions_notify_does_not_send_ask_for_nothing() -> None:
     assert emails_for(hook("password_changed_notification")) == []
+
+
+def test_each_email_of_a_call_is_logged_under_the_webhook_id_and_its_role() -> None:
+    secure_change = hook(
+        "email_change", token_hash="cc" * 28, token_new="222222", token_hash_new="dd" * 28
+    )
+    emails = new_emails("msg_1", secure_change, {"email_change": 9})
+    assert [(e.dedupe_key, e.to_address) for e in emails] == [
+        ("auth_hook:msg_1:current", "old@example.com"),
+        ("auth_hook:msg_1:new", "new@x.io"),
+    ]
+    assert all(e.template is not None and e.template.id == 9 for e in emails)
+    assert new_emails("msg_2", hook("password_changed_notification")) == []
