@@ -3,8 +3,8 @@
 * :mod:`.contracts`: the versioned event Structs and the one decoder;
 * :mod:`.outbox`: ``add_event(conn, event, schema=...)`` in the caller's transaction;
 * :mod:`.relay`: ``OutboxRelay`` publishes outbox rows to Redis Streams;
-* :mod:`.consumer` / :mod:`.handling`: ``StreamConsumer`` runs a consumer group's handlers
-  (bounded, retried, dead-lettered, acknowledged after a done marker);
+* :mod:`.consumer` / :mod:`.scheduling` / :mod:`.handling`: ``StreamConsumer`` runs a consumer
+  group's handlers (bounded, retried, dead-lettered, acknowledged after a done marker);
 * :mod:`.worker`: ``stream_worker_settings`` for an arq worker hosting the consumer, run by
   ``run_stream_worker`` (an arq worker that outlives Redis outages); ``worker_entry`` gives a
   worker module its ``main`` and arq CLI's ``WorkerSettings``;

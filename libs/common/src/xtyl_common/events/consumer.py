@@ -17,7 +17,8 @@ What it does, per worker process (``StreamConsumer``, started from the arq worke
   deliveries (see :mod:`.retries`). Entries of known types this group has no handler for are
   acknowledged without running anything;
 * keeps an entry that waits for a retry **pending** and schedules its next attempt in memory
-  (a heap of due times, checked every ``retry_poll_s``); its retry state is in Redis;
+  (a heap of due times, :mod:`.scheduling`, checked every ``retry_poll_s``); its retry state
+  is in Redis;
 * keeps the entries it holds fresh (``XCLAIM ... JUSTID`` heartbeat, every third of
   ``claim_idle_ms``), and takes over entries idle longer than ``claim_idle_ms`` (their consumer
   died) with ``XAUTOCLAIM``: one with a done marker is acknowledged without running again, one
@@ -45,12 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import os
 import secrets
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -58,8 +56,9 @@ import structlog
 from redis.asyncio import Redis
 
 from xtyl_common.events.contracts import EVENT_TYPES, Event, stream_key, type_of
-from xtyl_common.events.handling import TRANSIENT, Entry, EntryHandling, Handler, Outcome
+from xtyl_common.events.handling import TRANSIENT, Entry, EntryHandling, Handler
 from xtyl_common.events.retries import now_ms
+from xtyl_common.events.scheduling import EntryScheduler
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import (
     EVENT_FIELD,
@@ -72,8 +71,6 @@ from xtyl_common.events.streams import (
 from xtyl_common.supervise import Backoff, LoopHealth, LoopState, describe, log_failure
 
 log = structlog.stdlib.get_logger("xtyl.events.consumer")
-
-EntryKey = tuple[str, str]  # (stream, entry id)
 
 
 def default_consumer_name() -> str:
@@ -112,13 +109,6 @@ class StreamConsumer:
         self.streams: list[str] = sorted(stream_key(d, s.stream_prefix) for d in domains)
         self.name = name or default_consumer_name()
         self._ctx: dict[Any, Any] = {}
-        #: Every entry this consumer holds (pending in the group under its name).
-        self._entries: dict[EntryKey, Entry] = {}
-        self._running: dict[EntryKey, asyncio.Task[Outcome]] = {}
-        self._ready: deque[EntryKey] = deque()
-        self._retries: list[tuple[int, int, EntryKey]] = []  # heap of (due ms, seq, key)
-        self._seq = itertools.count()
-        self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
@@ -128,23 +118,26 @@ class StreamConsumer:
         self._handling = EntryHandling(
             redis, group=group, consumer=self.name, handlers=self.handlers, settings=s
         )
+        self._scheduler = EntryScheduler(
+            lambda entry: self._handling.run(entry, self._ctx), max_jobs=s.max_jobs
+        )
 
     # --- life cycle -----------------------------------------------------------------------
 
     @property
     def inflight(self) -> int:
         """Entries this consumer holds (running, ready, waiting to retry or to be acked)."""
-        return len(self._entries)
+        return len(self._scheduler.entries)
 
     @property
     def running(self) -> int:
         """Handlers running now (at most ``max_jobs``)."""
-        return len(self._running)
+        return len(self._scheduler.running)
 
     @property
     def free_slots(self) -> int:
         """How many more entries it takes now: ``max_jobs`` minus running and ready ones."""
-        return max(0, self.settings.max_jobs - len(self._running) - len(self._ready))
+        return self._scheduler.free_slots
 
     async def start(self, ctx: dict[Any, Any] | None = None) -> None:
         """Create the groups and start reading; ``ctx`` is the arq worker's ctx (shared live
@@ -170,17 +163,10 @@ class StreamConsumer:
         (their entries stay pending and are taken over by other consumers)."""
         grace = self.settings.grace_period_s if grace_period_s is None else grace_period_s
         self._stopping.set()
-        self._slot_freed.set()
+        self._scheduler.close()
         await _finish(self._readers, self.settings.read_block_ms / 1000 + 1.0)
         self._readers = []
-        finished = left = 0
-        running = list(self._running.values())
-        if running:
-            done, pending = await asyncio.wait(running, timeout=grace)
-            finished, left = len(done), len(pending)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        finished, left = await self._scheduler.drain(grace)
         if self._acker is not None:
             self._handling.wake()
             await _finish([self._acker], 0.0)
@@ -196,11 +182,9 @@ class StreamConsumer:
             consumer=self.name,
             finished_in_grace=finished,
             cancelled=left,
-            left_pending=len(self._entries),
+            left_pending=len(self._scheduler.entries),
         )
-        self._entries.clear()
-        self._ready.clear()
-        self._retries.clear()
+        self._scheduler.clear()
 
     # --- supervision ----------------------------------------------------------------------
 
@@ -289,14 +273,14 @@ class StreamConsumer:
     async def read_once(self) -> None:
         """One ``XREADGROUP`` of at most the free slots (waits for a slot when none is free)."""
         s = self.settings
-        self._start_due()  # retries whose time has come take their slots first
+        self._scheduler.start_due(now_ms())  # retries whose time has come take slots first
         free = self.free_slots
         if free <= 0:
-            self._slot_freed.clear()
+            self._scheduler.slot_freed.clear()
             if self.free_slots <= 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(s.read_block_ms / 1000):
-                        await self._slot_freed.wait()
+                        await self._scheduler.slot_freed.wait()
             return
         # COUNT applies per stream: split the free slots (at most one extra per stream).
         count = max(1, free // len(self.streams))
@@ -344,7 +328,7 @@ class StreamConsumer:
             entries = [
                 (stream, eid.decode(), fields) for eid, fields in claimed if fields is not None
             ]
-            entries = [e for e in entries if (stream, e[1]) not in self._entries]
+            entries = [e for e in entries if (stream, e[1]) not in self._scheduler.entries]
             if not entries:
                 continue
             deliveries = await delivery_counts(
@@ -358,7 +342,7 @@ class StreamConsumer:
     ) -> None:
         """Take entries read (``deliveries`` empty) or taken over (their delivery counts)."""
         s = self.settings
-        entries = [e for e in entries if (e[0], e[1]) not in self._entries]
+        entries = [e for e in entries if (e[0], e[1]) not in self._scheduler.entries]
         taken_over = [(stream, eid) for stream, eid, _ in entries if eid in deliveries]
         # Taken over: one that was handled is only acknowledged; one that waits for a retry
         # keeps its schedule, and its takeovers while it waited (one per failure at most) are
@@ -387,91 +371,27 @@ class StreamConsumer:
                 entry = Entry(
                     stream, entry_id, event_type, fields[EVENT_FIELD], deliveries=count, state=state
                 )
-                self._entries[entry.key] = entry
-                if state is not None and state.next_attempt_ms > now:
-                    self._schedule(entry, state.next_attempt_ms)
-                else:
-                    self._ready.append(entry.key)
-        self._fill()
-
-    # --- running --------------------------------------------------------------------------
-
-    def _fill(self) -> None:
-        """Start ready entries while slots are free."""
-        while self._ready and len(self._running) < self.settings.max_jobs:
-            if self._stopping.is_set():
-                return
-            key = self._ready.popleft()
-            entry = self._entries.get(key)
-            if entry is None or key in self._running:
-                continue  # forgotten meanwhile (no longer pending), or already running
-            task = asyncio.create_task(
-                self._handling.run(entry, self._ctx), name=f"stream-entry {entry.entry_id}"
-            )
-            self._running[key] = task
-            task.add_done_callback(lambda t, entry=entry: self._finished(entry, t))
-
-    def _finished(self, entry: Entry, task: asyncio.Task[Outcome]) -> None:
-        key = entry.key
-        self._running.pop(key, None)
-        held = self._entries.get(key) is entry
-        if task.cancelled():  # stopped after the grace period: pending, for others
-            self._entries.pop(key, None)
-        elif (exc := task.exception()) is not None:
-            # Redis failed while the outcome was being recorded (or a bug): let it go; it
-            # stays pending and is taken over once idle (a delivery more).
-            log_failure(
-                log,
-                "entry_released",
-                exc,
-                expected=TRANSIENT,
-                stream=entry.stream,
-                entry_id=entry.entry_id,
-            )
-            self._entries.pop(key, None)
-        elif not held:
-            pass  # no longer pending (acknowledged elsewhere, or Redis lost it)
-        elif (outcome := task.result()) is Outcome.DEAD_LETTERED:
-            self._entries.pop(key, None)
-        elif outcome is Outcome.RETRY and entry.state is not None:
-            self._schedule(entry, entry.state.next_attempt_ms)
-        # Outcome.DONE: held until acknowledged
-        self._fill()
-        self._slot_freed.set()
-
-    def _schedule(self, entry: Entry, due_ms: int) -> None:
-        entry.due_ms = due_ms
-        heapq.heappush(self._retries, (due_ms, next(self._seq), entry.key))
-
-    def _start_due(self) -> None:
-        """Move the entries whose retry time has come to the ready queue and fill the slots."""
-        now = now_ms()
-        while self._retries and self._retries[0][0] <= now:
-            due, _, key = heapq.heappop(self._retries)
-            entry = self._entries.get(key)
-            if entry is not None and entry.due_ms == due and key not in self._running:
-                entry.due_ms = None
-                self._ready.append(key)
-        self._fill()
+                due = state.next_attempt_ms if state is not None else None
+                self._scheduler.hold(entry, due_ms=due, now_ms=now)
+        self._scheduler.fill()
 
     async def start_due_retries(self) -> None:
         """Start the retries whose time has come (when slots are free)."""
-        self._start_due()
+        self._scheduler.start_due(now_ms())
 
     # --- keeping entries --------------------------------------------------------------------
 
     async def acknowledge(self) -> None:
         """XACK what finished (batched); forget the entries acknowledged."""
         for key in await self._handling.flush_acks():
-            if key not in self._running:
-                self._entries.pop(key, None)
+            self._scheduler.forget(key)
 
     async def heartbeat(self) -> None:
         """Reset the idle time of the entries this consumer holds; forget the ones that are no
         longer pending (acknowledged elsewhere, or lost with Redis' data)."""
         s = self.settings
         by_stream: dict[str, list[str]] = {}
-        for stream, entry_id in self._entries:
+        for stream, entry_id in self._scheduler.entries:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, entry_ids in by_stream.items():
             async with asyncio.timeout(s.redis_timeout_s):
@@ -480,9 +400,8 @@ class StreamConsumer:
                 )
             still_pending = {k.decode() for k in kept}
             for entry_id in entry_ids:
-                key = (stream, entry_id)
-                if entry_id not in still_pending and key not in self._running:
-                    self._entries.pop(key, None)
+                if entry_id not in still_pending:
+                    self._scheduler.forget((stream, entry_id))
 
 
 async def _finish(tasks: list[asyncio.Task[None]], wait_s: float) -> None:
