@@ -60,7 +60,7 @@ from xtyl_rag.adapters.postgres import ChunkSearch, ModelRegistry
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.planning import SearchTuning, candidate_depth
 from xtyl_rag.domain.search import SearchFilters
-from xtyl_rag.retrieval import Retriever
+from xtyl_rag.service.retrieval import Retriever
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
 #: headings that name a kind of section, not a subject: many pages have them

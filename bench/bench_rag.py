@@ -71,8 +71,8 @@ from xtyl_rag.domain.chunking import chunk_text
 from xtyl_rag.domain.documents import FileSource, sha256_text
 from xtyl_rag.domain.planning import SearchTuning, SemanticPlan, plan_semantic
 from xtyl_rag.domain.search import SearchFilters, SearchMode
-from xtyl_rag.indexing import Indexer
-from xtyl_rag.retrieval import Retriever
+from xtyl_rag.service.indexing import Indexer
+from xtyl_rag.service.retrieval import Retriever
 
 MODEL = "local:all-MiniLM-L6-v2"
 DIM = 384

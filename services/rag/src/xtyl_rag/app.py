@@ -1,4 +1,5 @@
-"""The rag service app: ``create_app(settings)`` wires every adapter once, in the lifespan."""
+"""The rag service app: ``create_app(settings)``; its lifespan opens the service
+(:func:`~xtyl_rag.service.open_service`) and the token verifier, the routes call the service."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 
 from xtyl_common.auth import TokenVerifier
-from xtyl_common.db import check_postgres
 from xtyl_common.events import EventSettings
 from xtyl_common.events.settings import ENV_PREFIX
 from xtyl_common.health import readiness_of
+from xtyl_common.http import create_session
 from xtyl_common.identity import VERIFIER_STATE_KEY
 from xtyl_common.logging import configure_logging
-from xtyl_common.redis_client import check_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
-from xtyl_rag.adapters.jobs import JobQueue, open_job_queue, queue_name
-from xtyl_rag.bootstrap import open_core
+from xtyl_rag.routes import STATE_KEY
 from xtyl_rag.routes.documents import DocumentsController
 from xtyl_rag.routes.search import SearchController
-from xtyl_rag.routes.services import STATE_KEY, ApiServices
 from xtyl_rag.routes.status import StatusController
+from xtyl_rag.service import open_service
 from xtyl_rag.settings import MiB, RagSettings
 
 VERSION = "0.1.0"
@@ -34,29 +33,25 @@ def create_app(settings: RagSettings, *, event_settings: EventSettings | None = 
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None]:
-        async with open_core(settings, events) as core:
-            verifier = TokenVerifier(settings.auth_config(), core.session)
-            arq = await open_job_queue(settings.redis_url)
-            prewarm: asyncio.Task[None] | None = None
-            try:
+        session = create_session()  # the process's one: the service's clients and the verifier
+        verifier = TokenVerifier(settings.auth_config(), session)
+        try:
+            async with open_service(settings, events, session=session) as service:
                 await verifier.warm_up()
                 readiness = readiness_of(app)
-                readiness.add("postgres", lambda: check_postgres(core.pool))
-                readiness.add("redis", lambda: check_redis(arq))
-                app.state[STATE_KEY] = ApiServices(
-                    core=core,
-                    retriever=core.retriever(),
-                    jobs=JobQueue(arq, queue=queue_name(events.stream_prefix)),
-                )
+                readiness.add("postgres", service.check_postgres)
+                readiness.add("redis", service.check_redis)
+                app.state[STATE_KEY] = service
                 app.state[VERIFIER_STATE_KEY] = verifier
                 # the HNSW index read ahead of the first searches, in the background
-                prewarm = asyncio.create_task(app.state[STATE_KEY].retriever.prewarm())
-                yield
-            finally:
-                if prewarm is not None:
+                prewarm = asyncio.create_task(service.prewarm())
+                try:
+                    yield
+                finally:
                     prewarm.cancel()
-                await verifier.close()
-                await arq.aclose()
+        finally:
+            await verifier.close()
+            await session.close()
 
     return build_service_app(
         title="xtyl RAG service",

@@ -4,9 +4,12 @@
     arq xtyl_rag.worker.WorkerSettings # arq's CLI: the same, but arq's own Worker, which
                                        # exits when Redis is down (see run_stream_worker)
 
+Each handler and job is one call into :class:`~xtyl_rag.service.RagService`, which the start-up
+opens (:func:`~xtyl_rag.service.open_service`, with the outbox relay):
+
 * ``file.uploaded`` of a type extraction reads: fetch from storage, extract, chunk, embed,
-  write (see ``indexing.py``); ``file.deleted``: drop the file's document. While storage is
-  not ready (a worker started ahead of it, a storage restart) a file job waits for it before
+  write (``service/indexing.py``); ``file.deleted``: drop the file's document. While storage
+  is not ready (a worker started ahead of it, a storage restart) a file job waits for it before
   it claims the document, for up to ``STORAGE_READY_WAIT_S``, spending no try. A document held
   by a dead run is taken over once its lease runs out; one held by a live run is retried later;
 * ``index_document`` jobs (the API enqueues inline texts) on the queue
@@ -18,10 +21,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from contextlib import AsyncExitStack
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -32,26 +33,19 @@ from arq.worker import Retry, func
 
 from xtyl_common.errors import DependencyError
 from xtyl_common.events import (
-    Event,
     EventSettings,
     FileDeleted,
     FileUploaded,
-    FileUploadedPayload,
     reconciler_cron,
     run_stream_worker,
     stream_worker_settings,
 )
-from xtyl_common.events.relay import OutboxRelay
 from xtyl_common.events.settings import ENV_PREFIX
 from xtyl_common.logging import configure_logging
-from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import load_settings, load_settings_or_exit
-from xtyl_rag.adapters.embedders import MiniLMTokenCounter
-from xtyl_rag.adapters.extraction import ExtractorPool
-from xtyl_rag.adapters.jobs import INDEX_DOCUMENT, JobQueue, queue_name
-from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA, PRODUCER
-from xtyl_rag.bootstrap import open_core
-from xtyl_rag.indexing import Indexer
+from xtyl_rag.adapters.jobs import INDEX_DOCUMENT, queue_name
+from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA
+from xtyl_rag.service import RagService, open_service, stuck_file_finder
 from xtyl_rag.settings import RagSettings
 
 log = structlog.stdlib.get_logger("xtyl.rag.worker")
@@ -59,26 +53,28 @@ log = structlog.stdlib.get_logger("xtyl.rag.worker")
 GROUP = "rag"
 INLINE_JOB_TRIES = 5
 RECONCILE_MINUTES = set(range(0, 60, 5))
+#: Where the start-up keeps the service in arq's ctx.
+SERVICE_KEY = "rag"
 _TRANSIENT = (DependencyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
-def indexer_of(ctx: dict[Any, Any]) -> Indexer:
-    indexer: Indexer = ctx["indexer"]
-    return indexer
+def service_of(ctx: dict[Any, Any]) -> RagService:
+    service: RagService = ctx[SERVICE_KEY]
+    return service
 
 
 async def on_file_uploaded(event: FileUploaded, ctx: dict[Any, Any]) -> None:
-    await indexer_of(ctx).on_file_uploaded(event.payload)
+    await service_of(ctx).on_file_uploaded(event.payload)
 
 
 async def on_file_deleted(event: FileDeleted, ctx: dict[Any, Any]) -> None:
-    await indexer_of(ctx).on_file_deleted(event.payload)
+    await service_of(ctx).on_file_deleted(event.payload)
 
 
 async def index_document(ctx: dict[Any, Any], document_id: str) -> str:
     """arq job: index one (inline) document; passing failures are retried with backoff."""
     try:
-        report = await indexer_of(ctx).index(uuid.UUID(document_id))
+        report = await service_of(ctx).index_document(uuid.UUID(document_id))
     except _TRANSIENT as exc:
         tries: int = ctx.get("job_try", 1)
         if tries >= INLINE_JOB_TRIES:
@@ -88,49 +84,9 @@ async def index_document(ctx: dict[Any, Any], document_id: str) -> str:
     return report.outcome
 
 
-def stuck_file_finder(stuck_after_s: float) -> Any:
-    """The reconciler's query: ``file.uploaded`` again for file documents stuck in a working
-    state (the key is ``""`` for documents added through the API, which storage does not say)."""
-
-    async def find_stuck(conn: asyncpg.Connection) -> list[Event]:
-        rows = await conn.fetch(
-            "select owner_id, file_id, file_key, file_name, content_type, size_bytes,"
-            " content_sha256 from xtyl_rag.documents where source = 'file'"
-            " and status not in ('ready', 'failed') and updated_at < now() - $1::interval"
-            " and (lease_until is null or lease_until < now()) order by updated_at limit 500",
-            timedelta(seconds=stuck_after_s),
-        )
-        return [
-            FileUploaded(
-                producer=PRODUCER,
-                payload=FileUploadedPayload(
-                    file_id=row["file_id"],
-                    owner_id=row["owner_id"],
-                    key=row["file_key"] or "",
-                    name=row["file_name"] or "",
-                    content_type=row["content_type"] or "",
-                    size=row["size_bytes"] or 0,
-                    sha256=row["content_sha256"],
-                ),
-            )
-            for row in rows
-        ]
-
-    return find_stuck
-
-
 async def requeue_stuck_inline(ctx: dict[Any, Any]) -> int:
     """Cron: inline documents stuck in a working state get a new job (one per attempt)."""
-    indexer = indexer_of(ctx)
-    jobs: JobQueue = ctx["jobs"]
-    settings: RagSettings = ctx["settings"]
-    stuck = await indexer.documents.stuck(older_than_s=settings.stuck_after_s)
-    inline = [d for d in stuck if d.source == "inline"]
-    for document in inline:
-        await jobs.index_document(document.id, key=f"attempt-{document.attempts}")
-    if inline:
-        log.info("inline_documents_requeued", count=len(inline))
-    return len(inline)
+    return await service_of(ctx).requeue_stuck_inline()
 
 
 def worker_settings(
@@ -147,32 +103,19 @@ def worker_settings(
         stack = AsyncExitStack()
         ctx["rag_stack"] = stack
         try:
-            core = await stack.enter_async_context(open_core(settings, events))
-            extractor = ExtractorPool(
-                settings.extraction_limits(), size=settings.extraction_workers
+            service = await stack.enter_async_context(
+                open_service(settings, events, relay=run_relay)
             )
-            stack.push_async_callback(extractor.aclose)
-            counter = await asyncio.to_thread(MiniLMTokenCounter.load)
-            active = core.model_status.active
-            await core.models.ensure_index(active.model, active.dimension)
-            redis = create_redis(settings.redis_url)
-            stack.push_async_callback(redis.aclose)
-            if run_relay:
-                relay = OutboxRelay(core.pool, redis, schemas=[OUTBOX_SCHEMA], settings=events)
-                relay.start()
-                stack.push_async_callback(relay.stop)
-                ctx["outbox_relay"] = relay  # relay.state()/healthy() for a health listener
-            ctx.update(
-                db=core.pool,
-                core=core,
-                settings=settings,
-                indexer=core.indexer(extractor, counter),
-                jobs=JobQueue(ctx["redis"], queue=queue_name(events.stream_prefix)),
-            )
+            await service.prepare_indexing()
         except BaseException:
             await stack.aclose()
             raise
-        log.info("rag_worker_started", model=active.model, concurrency=settings.index_concurrency)
+        ctx.update({"db": service.pool, SERVICE_KEY: service})  # "db": the reconciler's pool
+        log.info(
+            "rag_worker_started",
+            model=service.model_status.active.model,
+            concurrency=settings.index_concurrency,
+        )
 
     async def shutdown(ctx: dict[Any, Any]) -> None:
         stack: AsyncExitStack | None = ctx.pop("rag_stack", None)

@@ -6,17 +6,17 @@ import uuid
 
 import numpy as np
 
-from xtyl_rag.bootstrap import RagCore
 from xtyl_rag.domain.planning import SearchTuning
-from xtyl_rag.retrieval import Retriever
+from xtyl_rag.service import RagService
+from xtyl_rag.service.retrieval import Retriever
 
 
 async def insert_chunks(
-    core: RagCore, owner: uuid.UUID, contents: list[str], vectors: np.ndarray
+    service: RagService, owner: uuid.UUID, contents: list[str], vectors: np.ndarray
 ) -> list[uuid.UUID]:
     """One ready document holding these chunks and vectors (written directly, in bulk)."""
-    model = core.model_status.active.model
-    async with core.pool.acquire() as conn, conn.transaction():
+    model = service.model_status.active.model
+    async with service.pool.acquire() as conn, conn.transaction():
         document = await conn.fetchval(
             "insert into xtyl_rag.documents (owner_id, source, title, status, content_sha256,"
             " chunk_count, embedding_model) values ($1, 'inline', 'bulk', 'ready',"
@@ -59,11 +59,11 @@ def near(vector: np.ndarray, count: int, scale: float, seed: int) -> np.ndarray:
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
-def retriever(core: RagCore, exact_max_chunks: int) -> Retriever:
+def retriever(service: RagService, exact_max_chunks: int) -> Retriever:
     return Retriever(
-        chunks=core.chunks,
-        models=core.models,
-        embedders=core.embedders,
+        chunks=service.chunks,
+        models=service.models,
+        embedders=service.embedders,
         tuning=SearchTuning(
             exact_max_chunks=exact_max_chunks, fulltext_scan_max_chunks=exact_max_chunks
         ),

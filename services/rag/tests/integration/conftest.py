@@ -1,5 +1,6 @@
-"""The rag service on the real test stack: an in-process core (repositories, indexer) for the
-job functions, and real processes (API, worker) for the HTTP and stream paths."""
+"""The rag service on the real test stack: the service in process (``open_service``, as the
+worker opens it) for the use cases, and real processes (API, worker) for the HTTP and stream
+paths."""
 
 from __future__ import annotations
 
@@ -27,11 +28,9 @@ from xtyl_devstack.service_process import (
     start_worker_process,
 )
 from xtyl_devstack.stack import StackInfo
-from xtyl_rag.adapters.embedders import MiniLMTokenCounter
-from xtyl_rag.adapters.extraction import ExtractorPool
-from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import Document, FileSource
-from xtyl_rag.indexing import Indexer
+from xtyl_rag.service import RagService, open_service
+from xtyl_rag.service.indexing import Indexer
 from xtyl_rag.settings import RagSettings
 
 #: Small limits so the oversized-file tests stay fast.
@@ -81,17 +80,15 @@ def rag_settings(rag_env: dict[str, str]) -> RagSettings:
 
 
 @pytest.fixture(scope="session")
-async def core(rag_settings: RagSettings, stream_prefix: str) -> AsyncIterator[RagCore]:
-    async with open_core(rag_settings, EventSettings(stream_prefix=stream_prefix)) as opened:
+async def service(rag_settings: RagSettings, stream_prefix: str) -> AsyncIterator[RagService]:
+    async with open_service(rag_settings, EventSettings(stream_prefix=stream_prefix)) as opened:
         await opened.models.ensure_index(opened.model_status.active.model, 384)
         yield opened
 
 
 @pytest.fixture(scope="session")
-async def indexer(core: RagCore) -> AsyncIterator[Indexer]:
-    async with ExtractorPool(core.settings.extraction_limits()) as extractor:
-        counter = await asyncio.to_thread(MiniLMTokenCounter.load)
-        yield core.indexer(extractor, counter)
+def indexer(service: RagService) -> Indexer:
+    return service.indexer
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ def make_user(issuer: LocalIssuer) -> Callable[[], User]:
 
 
 async def add_file_document(
-    core: RagCore, owner: uuid.UUID, name: str, content_type: str, data: bytes
+    service: RagService, owner: uuid.UUID, name: str, content_type: str, data: bytes
 ) -> Document:
     source = FileSource(
         file_id=uuid.uuid4(),
@@ -125,7 +122,7 @@ async def add_file_document(
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
-    return await core.documents.upsert_file(source, title=name)
+    return await service.documents.upsert_file(source, title=name)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from xtyl_rag.adapters.postgres import chunks as chunk_queries
-from xtyl_rag.bootstrap import RagCore
 from xtyl_rag.domain.bm25 import average_length, bm25_score
 from xtyl_rag.domain.search import ChunkHit, SearchFilters
+from xtyl_rag.service import RagService
 
 from .bulk import insert_chunks, near, retriever
 
@@ -37,7 +37,7 @@ WORDS = [
 
 
 @pytest.fixture(scope="module")
-async def wordy(core: RagCore) -> uuid.UUID:
+async def wordy(service: RagService) -> uuid.UUID:
     """An owner whose 400 chunks share words with each other in every combination."""
     rng = np.random.default_rng(7)
     contents = [
@@ -45,18 +45,20 @@ async def wordy(core: RagCore) -> uuid.UUID:
         for _ in range(400)
     ]
     owner = uuid.uuid4()
-    vectors = near(np.ones(core.model_status.active.dimension, dtype=np.float32), 400, 0.5, 3)
-    await insert_chunks(core, owner, contents, vectors)
+    vectors = near(np.ones(service.model_status.active.dimension, dtype=np.float32), 400, 0.5, 3)
+    await insert_chunks(service, owner, contents, vectors)
     return owner
 
 
-async def reference_bm25(core: RagCore, owner: uuid.UUID, query: str) -> dict[uuid.UUID, float]:
+async def reference_bm25(
+    service: RagService, owner: uuid.UUID, query: str
+) -> dict[uuid.UUID, float]:
     """BM25 (``domain/bm25.py``, in Python) of every chunk of ``owner`` sharing a lexeme with
     ``query``, from the chunks themselves: Postgres only splits the text into lexemes."""
-    lexemes = await core.pool.fetchval(
+    lexemes = await service.pool.fetchval(
         "select tsvector_to_array(to_tsvector('english', $1))", query
     )
-    rows = await core.pool.fetch(
+    rows = await service.pool.fetch(
         "select c.id, c.token_count as length, u.lexeme, cardinality(u.positions) as tf"
         " from xtyl_rag.chunks c cross join lateral unnest(c.tsv) u where c.owner_id = $1",
         owner,
@@ -66,7 +68,7 @@ async def reference_bm25(core: RagCore, owner: uuid.UUID, query: str) -> dict[uu
     for row in rows:
         frequencies.setdefault(row["id"], {})[row["lexeme"]] = row["tf"]
         lengths[row["id"]] = row["length"]
-    chunks = await core.pool.fetchval(
+    chunks = await service.pool.fetchval(
         "select count(*) from xtyl_rag.chunks where owner_id = $1", owner
     )
     holding = {lexeme: sum(1 for f in frequencies.values() if lexeme in f) for lexeme in lexemes}
@@ -94,23 +96,23 @@ def assert_bm25(hits: list[ChunkHit], reference: dict[uuid.UUID, float], k: int)
     [("alpha beta", 5), ("alpha beta gamma", 40), ("kappa omega sigma theta zeta", 10)],
 )
 async def test_fulltext_is_bm25_by_owner_scan_and_by_index(
-    core: RagCore, wordy: uuid.UUID, query: str, k: int
+    service: RagService, wordy: uuid.UUID, query: str, k: int
 ) -> None:
     # Small owners are scanned row by row, large ones read through the (owner_id, tsv) GIN
     # index: both give BM25 over the owner's chunks (here every lexeme fits the budget).
     scanned, indexed = [
-        await retriever(core, threshold).search(
+        await retriever(service, threshold).search(
             wordy, query, k=k, mode="fulltext", filters=SearchFilters()
         )
         for threshold in (20_000, 0)
     ]
     assert [hit.chunk_id for hit in indexed.hits] == [hit.chunk_id for hit in scanned.hits]
-    reference = await reference_bm25(core, wordy, query)
+    reference = await reference_bm25(service, wordy, query)
     assert_bm25(indexed.hits, reference, k)
     assert_bm25(scanned.hits, reference, k)
 
 
-async def test_bm25_prefers_rare_words_and_short_chunks(core: RagCore) -> None:
+async def test_bm25_prefers_rare_words_and_short_chunks(service: RagService) -> None:
     owner = uuid.uuid4()
     texts = [
         "Harbour cranes lift containers.",  # the rare word
@@ -118,20 +120,20 @@ async def test_bm25_prefers_rare_words_and_short_chunks(core: RagCore) -> None:
         *[f"Containers are stacked in row {n}." for n in range(30)],  # the common word
     ]
     vectors = near(
-        np.ones(core.model_status.active.dimension, dtype=np.float32), len(texts), 0.5, 11
+        np.ones(service.model_status.active.dimension, dtype=np.float32), len(texts), 0.5, 11
     )
-    ids = await insert_chunks(core, owner, texts, vectors)
+    ids = await insert_chunks(service, owner, texts, vectors)
     for threshold in (20_000, 0):
-        found = await retriever(core, threshold).search(
+        found = await retriever(service, threshold).search(
             owner, "harbour containers", k=5, mode="fulltext", filters=SearchFilters()
         )
         # both words, the shorter chunk first; then the common word's chunks
         assert [hit.chunk_id for hit in found.hits[:2]] == ids[:2]
-        assert_bm25(found.hits, await reference_bm25(core, owner, "harbour containers"), 5)
+        assert_bm25(found.hits, await reference_bm25(service, owner, "harbour containers"), 5)
 
 
-async def test_fulltext_index_is_per_owner(core: RagCore) -> None:
-    definition = await core.pool.fetchval(
+async def test_fulltext_index_is_per_owner(service: RagService) -> None:
+    definition = await service.pool.fetchval(
         "select indexdef from pg_catalog.pg_indexes"
         " where schemaname = 'xtyl_rag' and indexname = 'chunks_owner_tsv_idx'"
     )
@@ -139,45 +141,47 @@ async def test_fulltext_index_is_per_owner(core: RagCore) -> None:
     assert "gin (owner_id, tsv)" in definition
 
 
-async def lexeme_counts(core: RagCore, owner: uuid.UUID) -> dict[str, int]:
-    rows = await core.pool.fetch(
+async def lexeme_counts(service: RagService, owner: uuid.UUID) -> dict[str, int]:
+    rows = await service.pool.fetch(
         "select lexeme, chunks from xtyl_rag.owner_lexemes where owner_id = $1", owner
     )
     return {row["lexeme"]: row["chunks"] for row in rows}
 
 
-async def test_lexeme_counts_follow_chunk_writes_and_deletes(core: RagCore) -> None:
+async def test_lexeme_counts_follow_chunk_writes_and_deletes(service: RagService) -> None:
     owner, other = uuid.uuid4(), uuid.uuid4()
-    vectors = near(np.ones(core.model_status.active.dimension, dtype=np.float32), 3, 0.5, 9)
-    await insert_chunks(core, owner, ["Red apples.", "Red cherries.", "Green apples."], vectors)
-    await insert_chunks(core, other, ["Red roses."], vectors[:1])
-    assert await lexeme_counts(core, owner) == {"red": 2, "appl": 2, "cherri": 1, "green": 1}
-    second = await insert_chunks(core, owner, ["Green pears."], vectors[:1])
-    assert (await lexeme_counts(core, owner))["green"] == 2
+    vectors = near(np.ones(service.model_status.active.dimension, dtype=np.float32), 3, 0.5, 9)
+    await insert_chunks(service, owner, ["Red apples.", "Red cherries.", "Green apples."], vectors)
+    await insert_chunks(service, other, ["Red roses."], vectors[:1])
+    assert await lexeme_counts(service, owner) == {"red": 2, "appl": 2, "cherri": 1, "green": 1}
+    second = await insert_chunks(service, owner, ["Green pears."], vectors[:1])
+    assert (await lexeme_counts(service, owner))["green"] == 2
     # deleting a document cascades to its chunks, and the counts follow
-    document = await core.pool.fetchval(
+    document = await service.pool.fetchval(
         "select document_id from xtyl_rag.chunks where id = $1", second[0]
     )
-    await core.pool.execute("delete from xtyl_rag.documents where id = $1", document)
-    assert await lexeme_counts(core, owner) == {"red": 2, "appl": 2, "cherri": 1, "green": 1}
-    await core.pool.execute("delete from xtyl_rag.chunks where owner_id = $1", owner)
-    assert await lexeme_counts(core, owner) == {}
-    assert await lexeme_counts(core, other) == {"red": 1, "rose": 1}  # untouched
+    await service.pool.execute("delete from xtyl_rag.documents where id = $1", document)
+    assert await lexeme_counts(service, owner) == {"red": 2, "appl": 2, "cherri": 1, "green": 1}
+    await service.pool.execute("delete from xtyl_rag.chunks where owner_id = $1", owner)
+    assert await lexeme_counts(service, owner) == {}
+    assert await lexeme_counts(service, other) == {"red": 1, "rose": 1}  # untouched
 
 
-async def test_chunks_cannot_be_rewritten_in_place(core: RagCore) -> None:
+async def test_chunks_cannot_be_rewritten_in_place(service: RagService) -> None:
     owner = uuid.uuid4()
-    vectors = near(np.ones(core.model_status.active.dimension, dtype=np.float32), 1, 0.5, 4)
-    [chunk] = await insert_chunks(core, owner, ["Blue skies."], vectors)
+    vectors = near(np.ones(service.model_status.active.dimension, dtype=np.float32), 1, 0.5, 4)
+    [chunk] = await insert_chunks(service, owner, ["Blue skies."], vectors)
     with pytest.raises(asyncpg.FeatureNotSupportedError, match="immutable"):
-        await core.pool.execute(
+        await service.pool.execute(
             "update xtyl_rag.chunks set content = 'Grey skies.' where id = $1", chunk
         )
-    assert await lexeme_counts(core, owner) == {"blue": 1, "sky": 1}
+    assert await lexeme_counts(service, owner) == {"blue": 1, "sky": 1}
 
 
 @pytest.fixture(scope="module")
-async def rare_and_common(core: RagCore) -> tuple[uuid.UUID, list[uuid.UUID], list[uuid.UUID]]:
+async def rare_and_common(
+    service: RagService,
+) -> tuple[uuid.UUID, list[uuid.UUID], list[uuid.UUID]]:
     """300 short chunks with a common word, 20 long ones with a rare word, 5 with both."""
     owner = uuid.uuid4()
     filler = " ".join(["padding"] * 30)
@@ -186,20 +190,20 @@ async def rare_and_common(core: RagCore) -> tuple[uuid.UUID, list[uuid.UUID], li
     both = [f"Common rare pair {n}." for n in range(5)]
     texts = common + rare + both
     vectors = near(
-        np.ones(core.model_status.active.dimension, dtype=np.float32), len(texts), 0.5, 5
+        np.ones(service.model_status.active.dimension, dtype=np.float32), len(texts), 0.5, 5
     )
-    ids = await insert_chunks(core, owner, texts, vectors)
+    ids = await insert_chunks(service, owner, texts, vectors)
     return owner, ids[300:320], ids[320:]
 
 
 async def test_a_large_owner_ranks_the_chunks_of_rarer_words(
-    core: RagCore,
+    service: RagService,
     rare_and_common: tuple[uuid.UUID, list[uuid.UUID], list[uuid.UUID]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     owner, rare, both = rare_and_common
-    search = retriever(core, 0)  # every owner is "large": the GIN index path
-    reference = await reference_bm25(core, owner, "rare common")
+    search = retriever(service, 0)  # every owner is "large": the GIN index path
+    reference = await reference_bm25(service, owner, "rare common")
     # within the budget every chunk sharing a word is scored: exactly BM25, as the scan
     everything = await search.search(
         owner, "rare common", k=10, mode="fulltext", filters=SearchFilters()
@@ -224,53 +228,53 @@ async def test_a_large_owner_ranks_the_chunks_of_rarer_words(
     assert_bm25(filled.hits, reference, 40)
 
 
-async def test_concurrent_writes_of_one_owner_keep_exact_counts(core: RagCore) -> None:
+async def test_concurrent_writes_of_one_owner_keep_exact_counts(service: RagService) -> None:
     # Writers of one owner's chunks update the same counter rows; they must wait for each
     # other (rows locked in one order), never deadlock, and the counts must equal a recount.
     owner = uuid.uuid4()
-    dimension = core.model_status.active.dimension
+    dimension = service.model_status.active.dimension
     words = ["apple", "banana", "cherry", "damson", "elder", "fig", "grape", "hazel"]
 
     async def write(n: int) -> None:
         texts = [" ".join(words[(n + i) % 8 :] + words[: (n + i) % 8]) for i in range(40)]
         vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 100 + n)
-        ids = await insert_chunks(core, owner, texts, vectors)
+        ids = await insert_chunks(service, owner, texts, vectors)
         if n % 2:
-            await core.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
+            await service.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
 
     await asyncio.gather(*(write(n) for n in range(8)))
-    recount = await core.pool.fetch(
+    recount = await service.pool.fetch(
         "select l.lexeme, count(*)::integer as chunks from xtyl_rag.chunks c"
         " cross join lateral unnest(tsvector_to_array(c.tsv)) as l(lexeme)"
         " where c.owner_id = $1 group by l.lexeme",
         owner,
     )
-    assert await lexeme_counts(core, owner) == {row["lexeme"]: row["chunks"] for row in recount}
-    assert sum((await lexeme_counts(core, owner)).values()) == (8 * 40 - 4 * 20) * 8
+    assert await lexeme_counts(service, owner) == {row["lexeme"]: row["chunks"] for row in recount}
+    assert sum((await lexeme_counts(service, owner)).values()) == (8 * 40 - 4 * 20) * 8
 
 
-async def text_stats(core: RagCore, owner: uuid.UUID) -> tuple[int, int] | None:
-    row = await core.pool.fetchrow(
+async def text_stats(service: RagService, owner: uuid.UUID) -> tuple[int, int] | None:
+    row = await service.pool.fetchrow(
         "select chunks, tokens from xtyl_rag.owner_text_stats where owner_id = $1", owner
     )
     return None if row is None else (row["chunks"], row["tokens"])
 
 
-async def test_bm25_under_concurrent_writes_and_deletes(core: RagCore) -> None:
+async def test_bm25_under_concurrent_writes_and_deletes(service: RagService) -> None:
     # Eight writers of one owner's chunks, half of them deleting some again, while searches
     # run: the statistics end equal to a recount, and the scores equal BM25 of what is left.
     owner = uuid.uuid4()
-    dimension = core.model_status.active.dimension
+    dimension = service.model_status.active.dimension
     words = ["apple", "banana", "cherry", "damson", "elder", "fig", "grape", "hazel"]
-    search = retriever(core, 0)
+    search = retriever(service, 0)
     done = asyncio.Event()
 
     async def write(n: int) -> None:
         texts = [" ".join(words[: 1 + (n + i) % 8]) + f" batch{n} item{i}." for i in range(30)]
         vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 200 + n)
-        ids = await insert_chunks(core, owner, texts, vectors)
+        ids = await insert_chunks(service, owner, texts, vectors)
         if n % 2:
-            await core.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
+            await service.pool.execute("delete from xtyl_rag.chunks where id = any($1)", ids[:20])
 
     async def read() -> int:
         searched = 0
@@ -286,37 +290,37 @@ async def test_bm25_under_concurrent_writes_and_deletes(core: RagCore) -> None:
     await asyncio.gather(*(write(n) for n in range(8)))
     done.set()
     assert await reader > 0
-    recount = await core.pool.fetchrow(
+    recount = await service.pool.fetchrow(
         "select count(*) as chunks, sum(token_count) as tokens from xtyl_rag.chunks"
         " where owner_id = $1",
         owner,
     )
-    assert await text_stats(core, owner) == (recount["chunks"], recount["tokens"])
+    assert await text_stats(service, owner) == (recount["chunks"], recount["tokens"])
     assert recount["chunks"] == 8 * 30 - 4 * 20
     for k in (10, 50):
         found = await search.search(
             owner, "cherry hazel", k=k, mode="fulltext", filters=SearchFilters()
         )
-        assert_bm25(found.hits, await reference_bm25(core, owner, "cherry hazel"), k)
-    await core.pool.execute("delete from xtyl_rag.chunks where owner_id = $1", owner)
-    assert await text_stats(core, owner) is None
+        assert_bm25(found.hits, await reference_bm25(service, owner, "cherry hazel"), k)
+    await service.pool.execute("delete from xtyl_rag.chunks where owner_id = $1", owner)
+    assert await text_stats(service, owner) is None
 
 
-async def test_a_search_sees_only_committed_statistics(core: RagCore) -> None:
+async def test_a_search_sees_only_committed_statistics(service: RagService) -> None:
     # A write still in its transaction changes neither what a search finds nor its scores.
     owner = uuid.uuid4()
-    dimension = core.model_status.active.dimension
+    dimension = service.model_status.active.dimension
     texts = ["Quartz clocks keep time.", "Clocks chime.", "Sundials keep time too."]
     vectors = near(np.ones(dimension, dtype=np.float32), len(texts), 0.5, 21)
-    await insert_chunks(core, owner, texts, vectors)
-    search = retriever(core, 0)
+    await insert_chunks(service, owner, texts, vectors)
+    search = retriever(service, 0)
     before = await search.search(
         owner, "quartz clocks", k=5, mode="fulltext", filters=SearchFilters()
     )
-    document = await core.pool.fetchval(
+    document = await service.pool.fetchval(
         "select document_id from xtyl_rag.chunks where owner_id = $1 limit 1", owner
     )
-    async with core.pool.acquire() as conn:
+    async with service.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         await conn.execute(
@@ -333,4 +337,4 @@ async def test_a_search_sees_only_committed_statistics(core: RagCore) -> None:
     assert [(h.chunk_id, h.score) for h in during.hits] == [
         (h.chunk_id, h.score) for h in before.hits
     ]
-    assert await text_stats(core, owner) == (3, 10)
+    assert await text_stats(service, owner) == (3, 10)

@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from xtyl_rag.adapters.postgres.models import index_name
-from xtyl_rag.bootstrap import RagCore
 from xtyl_rag.domain.planning import SearchTuning, plan_semantic
 from xtyl_rag.domain.search import SearchFilters, SearchMode
+from xtyl_rag.service import RagService
 
 from .bulk import insert_chunks, near, retriever
 
@@ -21,30 +21,30 @@ B_CHUNKS = 10_000
 
 
 @pytest.fixture(scope="module")
-async def crowd(core: RagCore) -> tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]:
+async def crowd(service: RagService) -> tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]:
     """A has 5 chunks about the query; B has 10,000 chunks nearer to it than A's."""
-    query_vector = (await core.embedders.configured.embed([QUERY]))[0]
+    query_vector = (await service.embedders.configured.embed([QUERY]))[0]
     alice, bob = uuid.uuid4(), uuid.uuid4()
     a_ids = await insert_chunks(
-        core,
+        service,
         alice,
         [f"Note {n}: the quarterly revenue forecast of the northern region." for n in range(5)],
         near(query_vector, 5, 0.03, seed=1),
     )
-    await insert_chunks(core, bob, [QUERY] * B_CHUNKS, near(query_vector, B_CHUNKS, 0.005, 2))
+    await insert_chunks(service, bob, [QUERY] * B_CHUNKS, near(query_vector, B_CHUNKS, 0.005, 2))
     return alice, a_ids, bob
 
 
 @pytest.mark.parametrize("mode", ["semantic", "fulltext", "hybrid"])
 @pytest.mark.parametrize("threshold", [20_000, 0], ids=["exact", "hnsw"])
 async def test_a_gets_exactly_her_five_chunks(
-    core: RagCore,
+    service: RagService,
     crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID],
     mode: SearchMode,
     threshold: int,
 ) -> None:
     alice, a_ids, _bob = crowd
-    result = await retriever(core, threshold).search(
+    result = await retriever(service, threshold).search(
         alice,
         QUERY,
         k=10,
@@ -57,10 +57,10 @@ async def test_a_gets_exactly_her_five_chunks(
 
 
 async def test_b_gets_only_his_own(
-    core: RagCore, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
+    service: RagService, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
 ) -> None:
     _alice, a_ids, bob = crowd
-    result = await retriever(core, 20_000).search(
+    result = await retriever(service, 20_000).search(
         bob, QUERY, k=50, mode="hybrid", filters=SearchFilters()
     )
     assert len(result.hits) == 50
@@ -69,12 +69,12 @@ async def test_b_gets_only_his_own(
 
 
 async def test_exact_plan_never_uses_the_hnsw_index(
-    core: RagCore, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
+    service: RagService, crowd: tuple[uuid.UUID, list[uuid.UUID], uuid.UUID]
 ) -> None:
     alice, _a_ids, _bob = crowd
-    model = core.model_status.active.model
-    vector = (await core.embedders.configured.embed([QUERY]))[0]
-    async with core.pool.acquire() as conn:
+    model = service.model_status.active.model
+    vector = (await service.embedders.configured.embed([QUERY]))[0]
+    async with service.pool.acquire() as conn:
         rows = await conn.fetch(
             "explain select e.chunk_id from xtyl_rag.chunk_embeddings e"
             " where e.owner_id = $1 and e.model = $3 order by e.embedding <=> $2 limit 10",

@@ -22,11 +22,10 @@ from xtyl_common.migrate import migrate
 from xtyl_common.settings import load_settings
 from xtyl_devstack.postgres import PostgresServer
 from xtyl_rag.adapters.postgres import DocumentRepository
-from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import FileSource
-from xtyl_rag.indexing import DocumentBusy, Indexer
+from xtyl_rag.service import RagService, open_service, stuck_file_finder
+from xtyl_rag.service.indexing import DocumentBusy, Indexer
 from xtyl_rag.settings import RagSettings
-from xtyl_rag.worker import stuck_file_finder
 
 from .conftest import add_file_document
 from .samples import make_text
@@ -37,13 +36,13 @@ pytestmark = pytest.mark.integration
 SLACK_S = 5.0
 
 
-def indexer_with_lease(core: RagCore, indexer: Indexer, lease_s: float) -> Indexer:
+def indexer_with_lease(service: RagService, indexer: Indexer, lease_s: float) -> Indexer:
     """The session's indexer on the same database, with a lease of its own."""
     return Indexer(
-        documents=DocumentRepository(core.pool, lease_s=lease_s),
-        models=core.models,
-        embedders=core.embedders,
-        storage=core.storage,
+        documents=DocumentRepository(service.pool, lease_s=lease_s),
+        models=service.models,
+        embedders=service.embedders,
+        storage=service.storage,
         extractor=indexer.extractor,
         counter=indexer.counter,
         max_document_bytes=indexer.max_document_bytes,
@@ -52,13 +51,13 @@ def indexer_with_lease(core: RagCore, indexer: Indexer, lease_s: float) -> Index
 
 
 @pytest.fixture
-def leased(core: RagCore, indexer: Indexer) -> Callable[[float], Indexer]:
-    return lambda lease_s: indexer_with_lease(core, indexer, lease_s)
+def leased(service: RagService, indexer: Indexer) -> Callable[[float], Indexer]:
+    return lambda lease_s: indexer_with_lease(service, indexer, lease_s)
 
 
-async def chunk_rows(core: RagCore, document_id: uuid.UUID) -> tuple[int, int, int, int]:
+async def chunk_rows(service: RagService, document_id: uuid.UUID) -> tuple[int, int, int, int]:
     """(chunks, distinct ordinals, vectors, document.indexed events) of one document."""
-    row = await core.pool.fetchrow(
+    row = await service.pool.fetchrow(
         "select (select count(*) from xtyl_rag.chunks where document_id = $1) as chunks,"
         " (select count(distinct ordinal) from xtyl_rag.chunks where document_id = $1)"
         " as ordinals,"
@@ -72,11 +71,11 @@ async def chunk_rows(core: RagCore, document_id: uuid.UUID) -> tuple[int, int, i
 
 
 async def wait_for_status(
-    core: RagCore, document_id: uuid.UUID, status: str, *, timeout_s: float = 60.0
+    service: RagService, document_id: uuid.UUID, status: str, *, timeout_s: float = 60.0
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        current = await core.documents.find(document_id)
+        current = await service.documents.find(document_id)
         assert current is not None
         if current.status == status:
             return
@@ -85,12 +84,12 @@ async def wait_for_status(
 
 
 async def test_a_dead_runs_document_is_taken_over_when_its_lease_runs_out(
-    core: RagCore, leased: Callable[[float], Indexer]
+    service: RagService, leased: Callable[[float], Indexer]
 ) -> None:
     lease_s = 2.0
     indexer = leased(lease_s)
     data = make_text(2, seed=101)
-    document = await add_file_document(core, uuid.uuid4(), "dead.txt", "text/plain", data)
+    document = await add_file_document(service, uuid.uuid4(), "dead.txt", "text/plain", data)
     # a run claims the document and dies: nobody renews or gives back its lease
     assert await indexer.documents.claim(document.id) is not None
 
@@ -100,26 +99,26 @@ async def test_a_dead_runs_document_is_taken_over_when_its_lease_runs_out(
 
     assert report.outcome == "ready"
     assert took < lease_s + SLACK_S, f"took {took:.1f} s with a {lease_s} s lease"
-    stored = await core.documents.find(document.id)
+    stored = await service.documents.find(document.id)
     assert stored is not None
     assert stored.status == "ready"
     assert stored.attempts == 2  # the dead run and the one that took over
-    chunks, ordinals, vectors, events = await chunk_rows(core, document.id)
+    chunks, ordinals, vectors, events = await chunk_rows(service, document.id)
     assert chunks == ordinals == vectors == stored.chunk_count > 0
     assert events == 1
 
 
 @pytest.mark.timeout(240)
 async def test_a_live_run_keeps_its_document_and_a_redelivery_is_told_to_retry(
-    core: RagCore, leased: Callable[[float], Indexer]
+    service: RagService, leased: Callable[[float], Indexer]
 ) -> None:
     lease_s = 1.0
     live, redelivered = leased(lease_s), leased(lease_s)
     data = make_text(100, seed=102)  # embedding takes several lease periods
-    document = await add_file_document(core, uuid.uuid4(), "long.txt", "text/plain", data)
+    document = await add_file_document(service, uuid.uuid4(), "long.txt", "text/plain", data)
 
     run = asyncio.create_task(live.index(document.id, data=data))
-    await wait_for_status(core, document.id, "embedding")
+    await wait_for_status(service, document.id, "embedding")
     started = time.monotonic()
     with pytest.raises(DocumentBusy):
         await redelivered.index(document.id, data=data)
@@ -129,22 +128,22 @@ async def test_a_live_run_keeps_its_document_and_a_redelivery_is_told_to_retry(
 
     report = await asyncio.wait_for(run, timeout=120)
     assert report.outcome == "ready"  # the live run, renewing, was never taken over
-    stored = await core.documents.find(document.id)
+    stored = await service.documents.find(document.id)
     assert stored is not None
     assert stored.attempts == 1
-    chunks, ordinals, vectors, events = await chunk_rows(core, document.id)
+    chunks, ordinals, vectors, events = await chunk_rows(service, document.id)
     assert chunks == ordinals == vectors == stored.chunk_count > 60
     assert events == 1
 
 
 async def test_a_repeated_event_leaves_a_stuck_document_to_the_reconciler(
-    core: RagCore,
+    service: RagService,
 ) -> None:
     """The reconciler finds stuck documents by an old ``updated_at``: a redelivery of the same
     ``file.uploaded`` must not make a stuck document look fresh."""
     data = make_text(2, seed=103)
-    document = await add_file_document(core, uuid.uuid4(), "same.txt", "text/plain", data)
-    await core.pool.execute(
+    document = await add_file_document(service, uuid.uuid4(), "same.txt", "text/plain", data)
+    await service.pool.execute(
         "update xtyl_rag.documents set status = 'embedding', updated_at = now() - interval"
         " '1 hour' where id = $1",
         document.id,
@@ -159,39 +158,39 @@ async def test_a_repeated_event_leaves_a_stuck_document_to_the_reconciler(
         size=len(data),
         sha256=document.content_sha256,
     )
-    await core.documents.upsert_file(same, title="same")  # the event, delivered again
+    await service.documents.upsert_file(same, title="same")  # the event, delivered again
 
-    async with core.pool.acquire() as conn:
+    async with service.pool.acquire() as conn:
         stuck = await stuck_file_finder(600)(conn)
     assert document.file_id in {event.payload.file_id for event in stuck}
 
 
 @pytest.fixture
-async def core_on_control(
+async def service_on_control(
     postgres_control: PostgresServer, rag_env: dict[str, str], stream_prefix: str
-) -> AsyncIterator[RagCore]:
-    """A rag core on the private Postgres (which the test stops and starts), lease 2 s."""
+) -> AsyncIterator[RagService]:
+    """A rag service on the private Postgres (which the test stops and starts), lease 2 s."""
     await migrate(postgres_control.dsn())
     env = {**rag_env, "DATABASE_URL": postgres_control.dsn(), "INDEX_LEASE_S": "2"}
     settings = load_settings(RagSettings, environ=env)
-    async with open_core(settings, EventSettings(stream_prefix=stream_prefix)) as opened:
+    async with open_service(settings, EventSettings(stream_prefix=stream_prefix)) as opened:
         yield opened
 
 
 @pytest.mark.timeout(360)
 async def test_after_a_postgres_outage_the_retry_takes_the_document_over(
-    core_on_control: RagCore, indexer: Indexer, postgres_control: PostgresServer
+    service_on_control: RagService, postgres_control: PostgresServer
 ) -> None:
     """Postgres stops under a run: its result cannot be written and its lease cannot be given
     back. Once Postgres is back, the job's retry takes the document over within a lease."""
-    core = core_on_control
-    lease_s = core.settings.index_lease_s
-    on_control = core.indexer(indexer.extractor, indexer.counter)
+    service = service_on_control
+    lease_s = service.settings.index_lease_s
+    on_control = service.indexer
     data = make_text(100, seed=104)
-    document = await add_file_document(core, uuid.uuid4(), "outage.txt", "text/plain", data)
+    document = await add_file_document(service, uuid.uuid4(), "outage.txt", "text/plain", data)
 
     run = asyncio.create_task(on_control.index(document.id, data=data))
-    await wait_for_status(core, document.id, "embedding")
+    await wait_for_status(service, document.id, "embedding")
     await asyncio.to_thread(postgres_control.stop)
     with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
         await asyncio.wait_for(run, timeout=120)
@@ -200,17 +199,17 @@ async def test_after_a_postgres_outage_the_retry_takes_the_document_over(
 
     retry = asyncio.create_task(on_control.index(document.id, data=data))  # the job's retry
     while not retry.done():
-        current = await core.documents.find(document.id)
+        current = await service.documents.find(document.id)
         if current is None or current.attempts >= 2:
             break
         await asyncio.sleep(0.02)
     took = time.monotonic() - back
     assert took < lease_s + SLACK_S, f"taken over {took:.1f} s after Postgres came back"
     assert (await asyncio.wait_for(retry, timeout=180)).outcome == "ready"
-    stored = await core.documents.find(document.id)
+    stored = await service.documents.find(document.id)
     assert stored is not None
     assert stored.status == "ready"
     assert stored.attempts == 2
-    chunks, ordinals, vectors, events = await chunk_rows(core, document.id)
+    chunks, ordinals, vectors, events = await chunk_rows(service, document.id)
     assert chunks == ordinals == vectors == stored.chunk_count > 60
     assert events == 1

@@ -17,13 +17,10 @@ from xtyl_common.migrate import migrate
 from xtyl_common.settings import load_settings
 from xtyl_devstack.postgres import create_database, drop_database
 from xtyl_devstack.stack import StackInfo
-from xtyl_rag.adapters.embedders import MiniLMTokenCounter
-from xtyl_rag.adapters.extraction import ExtractorPool
 from xtyl_rag.adapters.postgres.models import index_name
-from xtyl_rag.bootstrap import RagCore, open_core
 from xtyl_rag.domain.documents import sha256_text
 from xtyl_rag.domain.search import SearchFilters
-from xtyl_rag.reembed import reembed
+from xtyl_rag.service import RagService, open_service
 from xtyl_rag.settings import RagSettings
 
 pytestmark = pytest.mark.integration
@@ -67,18 +64,16 @@ async def own_database(devstack: StackInfo) -> AsyncIterator[str]:
     drop_database(devstack.postgres_dsn, name)
 
 
-async def add_inline(core: RagCore, owner: uuid.UUID, title: str, text: str) -> uuid.UUID:
-    document = await core.documents.create_inline(
+async def add_inline(service: RagService, owner: uuid.UUID, title: str, text: str) -> uuid.UUID:
+    document = await service.documents.create_inline(
         owner, title=title, text=text, sha256=sha256_text(text), metadata={}
     )
-    async with ExtractorPool() as extractor:
-        indexer = core.indexer(extractor, MiniLMTokenCounter.load())
-        assert (await indexer.index(document.id)).outcome == "ready"
+    assert (await service.index_document(document.id)).outcome == "ready"
     return document.id
 
 
-async def models_of(core: RagCore, document_id: uuid.UUID) -> set[str]:
-    rows = await core.pool.fetch(
+async def models_of(service: RagService, document_id: uuid.UUID) -> set[str]:
+    rows = await service.pool.fetch(
         "select distinct model from xtyl_rag.chunk_embeddings where document_id = $1",
         document_id,
     )
@@ -101,16 +96,15 @@ async def test_model_change_reembeds_then_switches(
         },
     )
     owner = uuid.uuid4()
-    async with open_core(local_settings, EventSettings()) as old:
+    async with open_service(local_settings, EventSettings()) as old:
         assert old.model_status.state == "first"
         first = await add_inline(old, owner, "Bread", "sourdough starter needs flour and water")
 
-    async with open_core(new_settings, EventSettings()) as new:
+    async with open_service(new_settings, EventSettings()) as new:
         assert new.model_status.state == "changed"
         assert new.model_status.active.model == "local:all-MiniLM-L6-v2"
         assert new.model_status.configured.model == "openai:fake-8"
-        retriever = new.retriever()
-        before = await retriever.search(
+        before = await new.search(
             owner, "sourdough flour", k=5, mode="semantic", filters=SearchFilters()
         )
         assert before.model == "local:all-MiniLM-L6-v2"  # still the old vectors
@@ -120,7 +114,7 @@ async def test_model_change_reembeds_then_switches(
         assert await models_of(new, first) == {"local:all-MiniLM-L6-v2"}
         assert await models_of(new, second) == {"local:all-MiniLM-L6-v2", "openai:fake-8"}
 
-        outcome = await reembed(new, batch=1)
+        outcome = await new.reembed(batch=1)
         assert outcome.startswith("switched")
         active = await new.models.active()
         assert active is not None
@@ -130,11 +124,10 @@ async def test_model_change_reembeds_then_switches(
             "select count(*) from pg_indexes where indexname = $1", index_name("openai:fake-8")
         )
 
-        retriever = new.retriever()
-        after = await retriever.search(
+        after = await new.search(
             owner, "tcp congestion window", k=5, mode="semantic", filters=SearchFilters()
         )
         assert after.model == "openai:fake-8"
         assert {hit.document_id for hit in after.hits} == {first, second}
         assert after.hits[0].document_id == second
-        assert await reembed(new) == "nothing to do: openai:fake-8 is already active"
+        assert await new.reembed() == "nothing to do: openai:fake-8 is already active"

@@ -38,7 +38,7 @@ from xtyl_devstack.service_process import (
     start_worker_process,
 )
 from xtyl_devstack.stack import StackInfo
-from xtyl_rag.bootstrap import RagCore
+from xtyl_rag.service import RagService
 
 from .conftest import User, documents_by_file, storage_env, upload
 from .samples import make_text
@@ -108,8 +108,8 @@ async def recovery(
     await asyncio.to_thread(s3.delete_bucket, s3_client, bucket)
 
 
-async def statuses(core: RagCore, owner: uuid.UUID) -> dict[uuid.UUID, str]:
-    rows = await core.pool.fetch(
+async def statuses(service: RagService, owner: uuid.UUID) -> dict[uuid.UUID, str]:
+    rows = await service.pool.fetch(
         "select id, status from xtyl_rag.documents where owner_id = $1", owner
     )
     return {row["id"]: row["status"] for row in rows}
@@ -134,10 +134,10 @@ async def wait_all_ready(
         await asyncio.sleep(0.2)
 
 
-async def assert_indexed_once(core: RagCore, documents: dict[str, dict[str, Any]]) -> None:
+async def assert_indexed_once(service: RagService, documents: dict[str, dict[str, Any]]) -> None:
     """Each document's chunks, vectors and ``document.indexed`` event exist exactly once."""
     for document in documents.values():
-        row = await core.pool.fetchrow(
+        row = await service.pool.fetchrow(
             "select (select count(*) from xtyl_rag.chunks where document_id = $1) as chunks,"
             " (select count(distinct ordinal) from xtyl_rag.chunks where document_id = $1)"
             " as ordinals,"
@@ -158,7 +158,7 @@ async def assert_indexed_once(core: RagCore, documents: dict[str, dict[str, Any]
 async def test_a_sigkilled_worker_leaves_no_document_stuck(
     http: aiohttp.ClientSession,
     rag_service: RunningService,
-    core: RagCore,
+    service: RagService,
     recovery: Recovery,
     make_user: Callable[[], User],
     capsys: pytest.CaptureFixture[str],
@@ -176,7 +176,7 @@ async def test_a_sigkilled_worker_leaves_no_document_stuck(
             # kill it while some documents are ready and two are in flight, one being embedded
             deadline = time.monotonic() + 120
             while True:
-                seen = await statuses(core, user.id)
+                seen = await statuses(service, user.id)
                 counts = Counter(seen.values())
                 working = sum(counts[status] for status in WORKING)
                 if counts["ready"] >= 4 and counts["embedding"] >= 1 and working >= 2:
@@ -187,7 +187,7 @@ async def test_a_sigkilled_worker_leaves_no_document_stuck(
             assert worker.pid is not None
             os.killpg(worker.pid, signal.SIGKILL)  # the worker and its extraction children
             await asyncio.to_thread(worker.stop)
-            at_kill = await statuses(core, user.id)
+            at_kill = await statuses(service, user.id)
             in_flight = {doc for doc, status in at_kill.items() if status in WORKING}
             assert in_flight, at_kill
 
@@ -200,7 +200,7 @@ async def test_a_sigkilled_worker_leaves_no_document_stuck(
         finally:
             await asyncio.to_thread(worker.stop)
 
-    await assert_indexed_once(core, documents)
+    await assert_indexed_once(service, documents)
     for document in documents.values():
         # the interrupted runs were taken over once (not run again and again)
         expected_attempts = 2 if uuid.UUID(document["id"]) in in_flight else 1
@@ -218,7 +218,7 @@ async def test_a_sigkilled_worker_leaves_no_document_stuck(
 async def test_a_worker_started_before_storage_waits_and_spends_no_try(
     http: aiohttp.ClientSession,
     rag_service: RunningService,
-    core: RagCore,
+    service: RagService,
     recovery: Recovery,
     redis_url: str,
     make_user: Callable[[], User],
@@ -257,7 +257,7 @@ async def test_a_worker_started_before_storage_waits_and_spends_no_try(
         assert document["attempts"] == 1, document  # no run was spent on the outage
         assert document["error"] is None, document
     assert dead_letters == 0
-    await assert_indexed_once(core, documents)
+    await assert_indexed_once(service, documents)
     assert worker.log_path is not None
     log = worker.log_path.read_bytes()
     assert b"storage_not_ready" in log

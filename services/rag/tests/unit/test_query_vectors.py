@@ -7,10 +7,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from xtyl_rag import retrieval
 from xtyl_rag.adapters.embedders import Vectors
 from xtyl_rag.domain.planning import SearchTuning
-from xtyl_rag.retrieval import Retriever
+from xtyl_rag.service import retrieval
+from xtyl_rag.service.retrieval import Retriever
 
 
 class CountingEmbedder:

@@ -1,16 +1,22 @@
 """The rag-worker's own arq queue: the API hands it inline documents (file documents arrive
 through the ``files`` stream). Job payloads are msgpack (``xtyl_common.events.serialization``).
+
+The client connects on first use (``xtyl-rag-reembed`` opens the service without Redis).
 """
 
 from __future__ import annotations
 
 import uuid
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
 
 from xtyl_common.events.serialization import deserialize_job, serialize_job
 
 INDEX_DOCUMENT = "index_document"
+#: Redis command and connect timeouts of the queue's client.
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
 
 
 def queue_name(stream_prefix: str) -> str:
@@ -18,12 +24,16 @@ def queue_name(stream_prefix: str) -> str:
     return f"{stream_prefix}:rag:jobs"
 
 
-async def open_job_queue(redis_url: str) -> ArqRedis:
-    return await create_pool(
-        RedisSettings.from_dsn(redis_url),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
+def open_job_queue(redis_url: str, *, queue: str) -> JobQueue:
+    """The queue on ``redis_url``; nothing connects until the first job or ping."""
+    pool = ConnectionPool.from_url(
+        redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        health_check_interval=30,
     )
+    redis = ArqRedis(pool, job_serializer=serialize_job, job_deserializer=deserialize_job)
+    return JobQueue(redis, queue=queue)
 
 
 class JobQueue:
@@ -41,3 +51,10 @@ class JobQueue:
             _job_id=f"rag:index:{document_id}:{key or uuid.uuid4().hex}",
             _queue_name=self.queue,
         )
+
+    async def ping(self) -> None:
+        """Readiness: Redis answers."""
+        await self._redis.ping()  # pyright: ignore[reportUnknownMemberType]
+
+    async def aclose(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)

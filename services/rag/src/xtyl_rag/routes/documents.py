@@ -7,31 +7,25 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from xtyl_common.auth import UserPrincipal
-from xtyl_common.errors import InvalidInput, NotFound, PayloadTooLarge
+from xtyl_common.errors import InvalidInput
 from xtyl_common.identity import USER
-from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from xtyl_rag.domain.documents import clip_title, sha256_text, title_from_filename
+from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from xtyl_rag.routes import RAG
 from xtyl_rag.routes.schemas import DocumentIn, DocumentListOut, DocumentOut
-from xtyl_rag.routes.services import ApiServices, services_of
+from xtyl_rag.service import RagService
 
 MAX_METADATA_BYTES = 8 * 1024
 _encoder = msgspec.json.Encoder()
 
 
-def document_not_found() -> NotFound:
-    return NotFound("no such document", code="document_not_found")
-
-
-def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if len(_encoder.encode(metadata)) > MAX_METADATA_BYTES:
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metadata is not None and len(_encoder.encode(metadata)) > MAX_METADATA_BYTES:
         raise InvalidInput(
             f"metadata must encode to at most {MAX_METADATA_BYTES} bytes",
             code="metadata_too_large",
@@ -42,7 +36,7 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 class DocumentsController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
-    dependencies = USER
+    dependencies = {**USER, **RAG}
 
     @post(
         "/",
@@ -56,29 +50,26 @@ class DocumentsController(Controller):
     )
     async def create(
         self,
-        request: Request[Any, Any, Any],
+        rag: NamedDependency[RagService],
         user: NamedDependency[UserPrincipal],
         data: DocumentIn,
     ) -> Response[DocumentOut]:
-        services = services_of(request)
         metadata = check_metadata(data.metadata)
         if (data.text is None) == (data.file_id is None):
             raise InvalidInput(
                 "give either `text` (with `title`) or `file_id`", code="text_or_file_id"
             )
         if data.text is not None:
-            document = await _create_inline(services, user, data, metadata)
+            if not data.title:
+                raise InvalidInput("inline documents need a `title`", code="title_required")
+            document = await rag.add_text(
+                user.user_id, title=data.title, text=data.text, metadata=metadata or {}
+            )
         else:
             assert data.file_id is not None
-            source = await services.core.storage.file_info(data.file_id, user.user_id)
-            document = await services.core.documents.upsert_file(
-                source,
-                title=clip_title(data.title) if data.title else title_from_filename(source.name),
-                metadata=metadata if data.metadata is not None else None,
-                retry_failed=True,
+            document = await rag.add_file(
+                user.user_id, data.file_id, title=data.title, metadata=metadata
             )
-            if not document.final:
-                await services.jobs.index_document(document.id)
         return Response(
             DocumentOut.of(document),
             status_code=HTTP_202_ACCEPTED,
@@ -88,31 +79,24 @@ class DocumentsController(Controller):
     @get("/", summary="List your documents", description="Newest first, cursor-paginated.")
     async def list_documents(
         self,
-        request: Request[Any, Any, Any],
+        rag: NamedDependency[RagService],
         user: NamedDependency[UserPrincipal],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
     ) -> DocumentListOut:
-        after = decode_cursor(cursor) if cursor else None  # invalid_cursor (422) otherwise
-        documents, following = await services_of(request).core.documents.list(
-            user.user_id, limit=limit, after=after
-        )
+        page = await rag.list_documents(user.user_id, limit=limit, cursor=cursor)
         return DocumentListOut(
-            items=[DocumentOut.of(d) for d in documents],
-            next_cursor=encode_cursor(following) if following else None,
+            items=[DocumentOut.of(d) for d in page.items], next_cursor=page.next_cursor
         )
 
     @get("/{document_id:uuid}", summary="A document: status, error, chunk count")
     async def get_document(
         self,
-        request: Request[Any, Any, Any],
+        rag: NamedDependency[RagService],
         user: NamedDependency[UserPrincipal],
         document_id: FromPath[uuid.UUID],
     ) -> DocumentOut:
-        document = await services_of(request).core.documents.get(user.user_id, document_id)
-        if document is None:
-            raise document_not_found()
-        return DocumentOut.of(document)
+        return DocumentOut.of(await rag.get_document(user.user_id, document_id))
 
     @delete(
         "/{document_id:uuid}",
@@ -122,29 +106,8 @@ class DocumentsController(Controller):
     )
     async def delete_document(
         self,
-        request: Request[Any, Any, Any],
+        rag: NamedDependency[RagService],
         user: NamedDependency[UserPrincipal],
         document_id: FromPath[uuid.UUID],
     ) -> None:
-        if not await services_of(request).core.documents.delete(user.user_id, document_id):
-            raise document_not_found()
-
-
-async def _create_inline(
-    services: ApiServices, user: UserPrincipal, data: DocumentIn, metadata: dict[str, Any]
-) -> Any:
-    assert data.text is not None
-    if not data.title:
-        raise InvalidInput("inline documents need a `title`", code="title_required")
-    limit = services.core.settings.max_document_bytes
-    if len(data.text.encode("utf-8", "surrogatepass")) > limit:
-        raise PayloadTooLarge(f"the text is longer than {limit} bytes", code="document_too_large")
-    document = await services.core.documents.create_inline(
-        user.user_id,
-        title=clip_title(data.title),
-        text=data.text,
-        sha256=sha256_text(data.text),
-        metadata=metadata,
-    )
-    await services.jobs.index_document(document.id)
-    return document
+        await rag.delete_document(user.user_id, document_id)

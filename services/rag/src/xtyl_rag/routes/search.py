@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
@@ -15,9 +14,9 @@ from xtyl_common.auth import UserPrincipal
 from xtyl_common.errors import InvalidInput
 from xtyl_common.identity import USER
 from xtyl_rag.domain.snippets import make_snippet, query_terms
-from xtyl_rag.retrieval import AnswerEvent
+from xtyl_rag.routes import RAG
 from xtyl_rag.routes.schemas import AnswerIn, SearchHitOut, SearchIn, SearchOut
-from xtyl_rag.routes.services import services_of
+from xtyl_rag.service import AnswerEvent, RagService
 
 _encoder = msgspec.json.Encoder()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -38,7 +37,7 @@ def _query(text: str) -> str:
 class SearchController(Controller):
     path = "/v1"
     tags = ["search"]
-    dependencies = USER
+    dependencies = {**USER, **RAG}
 
     @post(
         "/search",
@@ -57,10 +56,10 @@ class SearchController(Controller):
         " `fulltext_rank` say where each ranking placed the chunk.",
     )
     async def search(
-        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], data: SearchIn
+        self, rag: NamedDependency[RagService], user: NamedDependency[UserPrincipal], data: SearchIn
     ) -> SearchOut:
         query = _query(data.query)
-        result = await services_of(request).retriever.search(
+        result = await rag.search(
             user.user_id, query, k=data.k, mode=data.mode, filters=data.filters()
         )
         terms = query_terms(query)
@@ -96,10 +95,10 @@ class SearchController(Controller):
         " answer is the passages' best sentences (`mode: extractive`).",
     )
     async def answer(
-        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal], data: AnswerIn
+        self, rag: NamedDependency[RagService], user: NamedDependency[UserPrincipal], data: AnswerIn
     ) -> Stream:
         query = _query(data.query)
-        _passages, events = await services_of(request).retriever.answer(
+        _passages, events = await rag.answer(
             user.user_id, query, k=data.k, mode=data.mode, filters=data.filters()
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from xtyl_common.events import (
     DocumentFailed,
@@ -414,6 +415,35 @@ class DocumentRepository:
             limit,
         )
         return [_document(row) for row in rows]
+
+
+async def stuck_files(
+    conn: asyncpg.Connection | PoolConnectionProxy, *, older_than_s: float, limit: int = 500
+) -> list[FileSource]:
+    """File documents not in a final state, untouched for ``older_than_s`` and not held: what
+    their ``file.uploaded`` said (the key is None for documents added through the API, whose
+    storage metadata does not give it). On the caller's connection (the reconciler's
+    transaction)."""
+    rows = await conn.fetch(
+        "select owner_id, file_id, file_key, file_name, content_type, size_bytes,"
+        " content_sha256 from xtyl_rag.documents where source = 'file'"
+        " and status not in ('ready', 'failed') and updated_at < now() - $1::interval"
+        " and (lease_until is null or lease_until < now()) order by updated_at limit $2",
+        timedelta(seconds=older_than_s),
+        limit,
+    )
+    return [
+        FileSource(
+            file_id=row["file_id"],
+            owner_id=row["owner_id"],
+            key=row["file_key"],
+            name=row["file_name"] or "",
+            content_type=row["content_type"] or "",
+            size=row["size_bytes"] or 0,
+            sha256=row["content_sha256"],
+        )
+        for row in rows
+    ]
 
 
 async def _forget_chunks(conn: Any, rows: Sequence[asyncpg.Record]) -> None:

@@ -4,7 +4,8 @@ r"""Indexing: a document's bytes or text to chunks and vectors, status visible a
                                                    \-> failed (error_code, error)
 
 Failures are of two kinds. The document's fault (it cannot be read, is too large, has no
-text; see ``extraction.REASONS``, plus ``file_missing`` and ``too_many_attempts``) ends
+text; see ``adapters.extraction.REASONS``, plus ``file_not_found``, ``embedder_unavailable``
+and ``too_many_attempts``) ends
 ``failed`` with ``document.failed`` at once: retrying cannot help. A dependency's fault
 (storage, the embeddings endpoint or Postgres down) gives the lease back, keeps the error on
 the document and raises, so the job is retried with backoff (storage that is not ready yet is
@@ -22,6 +23,9 @@ for the lease to run out, at most one lease period: a dead run's lease (its work
 or Postgres failed under it) runs out within that, and the waiting run takes the document over.
 A lease that is renewed meanwhile belongs to a live run elsewhere: :class:`DocumentBusy` is
 raised, so the job is retried later; it never counts as done while the work is unfinished.
+
+:func:`stuck_file_finder` is the reconciler's query: ``file.uploaded`` again for file documents
+left in a working state (``STUCK_AFTER_S``).
 """
 
 from __future__ import annotations
@@ -29,16 +33,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import asyncpg
 import numpy as np
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 from structlog.stdlib import BoundLogger
 
 from xtyl_common.errors import NotFound, Unavailable
-from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
+from xtyl_common.events import FileDeletedPayload, FileUploaded, FileUploadedPayload
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
 from xtyl_rag.adapters.extraction import ExtractedText, ExtractionFailed, ExtractorPool
 from xtyl_rag.adapters.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
@@ -49,6 +55,7 @@ from xtyl_rag.adapters.postgres import (
     ModelRegistry,
     NewChunks,
 )
+from xtyl_rag.adapters.postgres.documents import PRODUCER, stuck_files
 from xtyl_rag.adapters.storage import FileTooLarge, StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
@@ -363,3 +370,30 @@ class Indexer:
                 parts.append(await embedder.embed(texts[start : start + EMBED_SLICE]))
             out[model] = np.concatenate(parts, axis=0)
         return out
+
+
+def stuck_file_finder(
+    stuck_after_s: float,
+) -> Callable[[asyncpg.Connection | PoolConnectionProxy], Awaitable[list[FileUploaded]]]:
+    """The reconciler's query (``reconciler_cron``): ``file.uploaded`` again for file documents
+    stuck in a working state for ``stuck_after_s`` (the key is ``""`` for documents added
+    through the API, which storage does not say)."""
+
+    async def find_stuck(conn: asyncpg.Connection | PoolConnectionProxy) -> list[FileUploaded]:
+        return [
+            FileUploaded(
+                producer=PRODUCER,
+                payload=FileUploadedPayload(
+                    file_id=source.file_id,
+                    owner_id=source.owner_id,
+                    key=source.key or "",
+                    name=source.name,
+                    content_type=source.content_type,
+                    size=source.size,
+                    sha256=source.sha256,
+                ),
+            )
+            for source in await stuck_files(conn, older_than_s=stuck_after_s)
+        ]
+
+    return find_stuck

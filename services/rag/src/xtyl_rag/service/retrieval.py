@@ -109,6 +109,10 @@ class Retriever:
             raise Unavailable("no embedding model is active yet", code="no_embedding_model")
         return self._active.put(active)
 
+    def forget_active_model(self) -> None:
+        """The next search reads which model is active again (this process switched it)."""
+        self._active = _Cached(ACTIVE_MODEL_TTL_S)
+
     async def prewarm(self) -> None:
         """Read the active model's HNSW index ahead of the first searches (at start-up, in
         the background); a failure is logged, never raised: searches work without it."""
