@@ -45,30 +45,34 @@ GROUP = "embedder"
 #: handled event is marked in a set on the session's Redis, which these tests do not restart,
 #: and so are its startups and its shutdown.
 WORKER = """
-import os
-import msgspec
+from typing import Any
 from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
 from xtyl_common.redis_client import create_redis
+from xtyl_common.settings import BaseSettings
 
-async def startup(ctx):
-    ctx["marks"] = create_redis(os.environ["MARKS_URL"])
-    await ctx["marks"].incr(os.environ["MARKS_KEY"] + ":startups")
+class EmbedSettings(BaseSettings, frozen=True, kw_only=True):
+    redis_url: str
+    marks_url: str
+    marks_key: str
 
-async def shutdown(ctx):
-    await ctx["marks"].set(os.environ["MARKS_KEY"] + ":shutdown", "1")
-    await ctx["marks"].aclose()
+def worker_settings(settings: EmbedSettings, events: EventSettings) -> dict[str, Any]:
+    async def startup(ctx):
+        ctx["marks"] = create_redis(settings.marks_url)
+        await ctx["marks"].incr(settings.marks_key + ":startups")
 
-async def embed(event, ctx):
-    await ctx["marks"].sadd(os.environ["MARKS_KEY"], str(event.id))
+    async def shutdown(ctx):
+        await ctx["marks"].set(settings.marks_key + ":shutdown", "1")
+        await ctx["marks"].aclose()
 
-def settings_from_env():
+    async def embed(event, ctx):
+        await ctx["marks"].sadd(settings.marks_key, str(event.id))
+
     return stream_worker_settings(
-        redis_url=os.environ["REDIS_URL"], group="embedder", handlers={FileUploaded: embed},
-        events=msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings),
-        on_startup=startup, on_shutdown=shutdown, poll_delay=0.1,
+        redis_url=settings.redis_url, group="embedder", handlers={FileUploaded: embed},
+        events=events, on_startup=startup, on_shutdown=shutdown, poll_delay=0.1,
     )
 
-__getattr__, main = worker_entry(settings_from_env)
+__getattr__, main = worker_entry(EmbedSettings, worker_settings, program="embed-worker")
 main()
 """
 
@@ -149,7 +153,7 @@ async def start_worker(
 ) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
-        "EVENTS_JSON": msgspec.json.encode(settings).decode(),
+        **{f"EVENTS_{k.upper()}": str(v) for k, v in msgspec.structs.asdict(settings).items()},
         "REDIS_URL": redis_control.url,
         "MARKS_URL": redis_url,
         "MARKS_KEY": key,

@@ -42,39 +42,53 @@ GROUP = "embedder"
 #: (a Redis set), then works for WORK_S, or fails with a dependency's Retry-After when
 #: RETRY_AFTER_S is set (each failure's time in a list), then records that it is done.
 WORKER_MODULE = """
-import asyncio, os, time
-import msgspec
+import asyncio, time
+from typing import Any
 from xtyl_common.errors import Unavailable
 from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
 from xtyl_common.redis_client import create_redis
+from xtyl_common.settings import BaseSettings
 
-async def startup(ctx):
-    ctx["marks"] = create_redis(os.environ["REDIS_URL"])
+class EmbedSettings(BaseSettings, frozen=True, kw_only=True):
+    redis_url: str
+    work_s: float = 0.0
+    retry_after_s: float | None = None
+    started_key: str
+    done_key: str
+    failed_key: str
 
-async def shutdown(ctx):
-    await ctx["marks"].aclose()
+def worker_settings(settings: EmbedSettings, events: EventSettings) -> dict[str, Any]:
+    async def startup(ctx):
+        ctx["marks"] = create_redis(settings.redis_url)
 
-async def embed(event, ctx):
-    await ctx["marks"].sadd(os.environ["STARTED_KEY"], str(event.id))
-    if os.environ.get("RETRY_AFTER_S"):
-        await ctx["marks"].rpush(os.environ["FAILED_KEY"], str(time.time()))
-        raise Unavailable("embeddings down", retry_after_s=float(os.environ["RETRY_AFTER_S"]))
-    await asyncio.sleep(float(os.environ["WORK_S"]))
-    await ctx["marks"].sadd(os.environ["DONE_KEY"], str(event.id))
+    async def shutdown(ctx):
+        await ctx["marks"].aclose()
 
-def settings_from_env():
+    async def embed(event, ctx):
+        await ctx["marks"].sadd(settings.started_key, str(event.id))
+        if settings.retry_after_s is not None:
+            await ctx["marks"].rpush(settings.failed_key, str(time.time()))
+            raise Unavailable("embeddings down", retry_after_s=settings.retry_after_s)
+        await asyncio.sleep(settings.work_s)
+        await ctx["marks"].sadd(settings.done_key, str(event.id))
+
     return stream_worker_settings(
-        redis_url=os.environ["REDIS_URL"],
+        redis_url=settings.redis_url,
         group="embedder",
         handlers={FileUploaded: embed},
-        events=msgspec.json.decode(os.environ["EVENTS_JSON"], type=EventSettings),
+        events=events,
         on_startup=startup,
         on_shutdown=shutdown,
         consumer_name="doomed",
     )
 
-__getattr__, main = worker_entry(settings_from_env)
+__getattr__, main = worker_entry(EmbedSettings, worker_settings, program="embed-worker")
 """
+
+
+def events_env(settings: EventSettings) -> dict[str, str]:
+    """The ``EVENTS_*`` variables a worker reads ``settings`` from."""
+    return {f"EVENTS_{k.upper()}": str(v) for k, v in msgspec.structs.asdict(settings).items()}
 
 
 @pytest.fixture
@@ -137,7 +151,7 @@ async def start_worker(
     """``arq <module>.WorkerSettings``, as arq's CLI runs a service's worker."""
     env = {
         **os.environ,
-        "EVENTS_JSON": msgspec.json.encode(settings).decode(),
+        **events_env(settings),
         "REDIS_URL": redis_url,
         "WORK_S": str(work_s),
         "RETRY_AFTER_S": "" if retry_after_s is None else str(retry_after_s),

@@ -6,23 +6,23 @@ A worker service declares its group and handlers once::
     async def startup(ctx): ctx["db"] = await create_pool(...)       # the service's own wiring
     async def shutdown(ctx): await ctx["db"].close()
 
-    def settings_from_env() -> dict[str, Any]:
-        settings = load_settings_or_exit(NotifySettings, program=PROGRAM)
+    def worker_settings(settings: NotifySettings, events: EventSettings) -> dict[str, Any]:
         return stream_worker_settings(
             redis_url=settings.redis_url,
             group="notify",
             handlers={UserCreated: send_welcome_email, DocumentIndexed: notify_document_ready},
-            events=load_settings_or_exit(EventSettings, program=PROGRAM, prefix="EVENTS_"),
+            events=events,
             on_startup=startup,
             on_shutdown=shutdown,
             cron_jobs=[reconciler_cron(find_unsent_welcomes, schema="notify", pool_key="db")],
         )
 
-    __getattr__, main = worker_entry(settings_from_env)
+    __getattr__, main = worker_entry(NotifySettings, worker_settings, program=PROGRAM)
 
-``main()`` runs it with :func:`run_stream_worker`; the module's ``WorkerSettings`` (built when
-first asked for) is what arq's CLI takes (``arq xtyl_notify.worker.WorkerSettings``). The
-consumer (:class:`~xtyl_common.events.consumer.StreamConsumer`, kept in ``ctx`` under
+``main()`` reads the settings from the environment and runs :func:`run_stream_worker`; the
+module's ``WorkerSettings`` (read when first asked for) is what arq's CLI takes
+(``arq xtyl_notify.worker.WorkerSettings``). The consumer
+(:class:`~xtyl_common.events.consumer.StreamConsumer`, kept in ``ctx`` under
 :data:`CONSUMER_CTX_KEY`) starts after the service's ``on_startup`` (handlers see its ctx) and
 stops, with the grace period, before its ``on_shutdown``. arq itself only hosts the process:
 its startup and shutdown, the service's own jobs and cron jobs. Every arq payload is msgpack,
@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings
@@ -56,8 +56,10 @@ from xtyl_common.events.consumer import StreamConsumer
 from xtyl_common.events.contracts import Event
 from xtyl_common.events.handling import TRANSIENT, Handler
 from xtyl_common.events.serialization import deserialize_job, serialize_job
-from xtyl_common.events.settings import EventSettings
+from xtyl_common.events.settings import ENV_PREFIX, EventSettings
+from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import create_redis
+from xtyl_common.settings import BaseSettings, load_settings_or_exit
 from xtyl_common.supervise import describe
 
 log = structlog.stdlib.get_logger("xtyl.events.worker")
@@ -66,6 +68,8 @@ log = structlog.stdlib.get_logger("xtyl.events.worker")
 CONSUMER_CTX_KEY = "stream_consumer"
 #: The longest wait between two runs of arq's ``main()`` while Redis fails.
 REDIS_RETRY_MAX_S = 5.0
+
+ServiceSettings = TypeVar("ServiceSettings", bound=BaseSettings)
 
 
 class StreamWorker(Worker):
@@ -204,23 +208,38 @@ class WorkerEntry(NamedTuple):
     main: Callable[[], None]
 
 
-def worker_entry(build: Callable[[], Mapping[str, Any]]) -> WorkerEntry:
-    """The entry points of a worker module whose settings ``build()`` makes (from the
-    environment, when called)::
+def worker_entry(
+    settings_type: type[ServiceSettings],
+    worker_settings: Callable[[ServiceSettings, EventSettings], Mapping[str, Any]],
+    *,
+    program: str,
+) -> WorkerEntry:
+    """The entry points of a worker module, whose arq settings
+    ``worker_settings(settings, events)`` makes::
 
-        __getattr__, main = worker_entry(settings_from_env)
+        __getattr__, main = worker_entry(NotifySettings, worker_settings, program=PROGRAM)
 
-    ``main()`` runs :func:`run_stream_worker` (the script, ``python -m``); the module's
-    ``WorkerSettings``, built when first asked for, is for ``arq <module>.WorkerSettings``.
+    Both read the service's ``settings_type`` and the ``EVENTS_*`` :class:`EventSettings`
+    from the environment when called (a missing or malformed variable: one line naming it on
+    stderr and exit status 2, see :func:`~xtyl_common.settings.load_settings_or_exit`), then
+    configure logging from the service's settings. ``main()`` runs :func:`run_stream_worker`
+    (the script, ``python -m``); the module's ``WorkerSettings`` is for arq's CLI
+    (``arq <module>.WorkerSettings``).
     """
+
+    def settings_from_env() -> dict[str, Any]:
+        settings = load_settings_or_exit(settings_type, program=program)
+        events = load_settings_or_exit(EventSettings, program=program, prefix=ENV_PREFIX)
+        configure_logging(settings.log_level, json_logs=settings.log_json)
+        return dict(worker_settings(settings, events))
 
     def module_getattr(name: str) -> Any:
         if name == "WorkerSettings":
-            return dict(build())
+            return settings_from_env()
         raise AttributeError(name)
 
     def main() -> None:
-        run_stream_worker(build())
+        run_stream_worker(settings_from_env())
 
     return WorkerEntry(module_getattr, main)
 
