@@ -41,6 +41,9 @@ async def insert_chunks(
             schema_name="xtyl_rag",
             columns=["chunk_id", "model", "owner_id", "document_id", "embedding"],
             records=[(i, model, owner, document, v) for i, v in zip(ids, vectors, strict=True)],
+            # every row goes into the HNSW index: 10,000 of them took ~30 s (the pool's
+            # statement timeout) on a loaded 2-core box
+            timeout=300,
         )
         await conn.execute(
             "insert into xtyl_rag.owner_stats (owner_id, chunk_count) values ($1, $2)"

@@ -21,6 +21,8 @@ from xtyl_common.errors import TimedOut, Unavailable
 from xtyl_common.http import create_session
 from xtyl_rag.adapters.embedders import EmbedderConfig, EmbeddingFailed, OpenAIEmbedder
 
+pytestmark = pytest.mark.integration
+
 API_KEY = "sk-or-test-key"
 MODEL = "acme/embed-small"
 DIMENSION = 8

@@ -1,5 +1,6 @@
 """Extraction in capped child processes: real documents in, text out; hostile documents fail
-that document with a stable reason, in bounded time, and leave the test process alone."""
+that document with a stable reason, in bounded time, and leave the test process alone.
+(Type detection and the checks made before a child is asked: ``unit/test_extraction_checks.py``.)"""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from xtyl_rag.adapters.extraction import (
     ExtractionFailed,
     ExtractionLimits,
     ExtractorPool,
-    detect_kind,
     extract_text,
 )
+
+pytestmark = pytest.mark.integration
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -308,12 +310,6 @@ async def test_slow_document_is_killed_at_the_time_limit(
     assert (await pool.extract_text(b"next one", "text/plain", "a.txt")).text == "next one"
 
 
-async def test_oversized_input_is_refused_without_a_child(pool: ExtractorPool) -> None:
-    limits = ExtractionLimits(max_input_bytes=10)
-
-    assert await _reason(pool, b"x" * 11, "text/plain", "a.txt", limits) == "too_large"
-
-
 @pytest.mark.parametrize(
     ("data", "content_type", "filename", "reason"),
     [
@@ -340,43 +336,3 @@ async def test_extract_text_without_a_pool_uses_a_child_of_its_own() -> None:
     extracted = await extract_text(b"<p>hello</p>", "text/html", "a.html", ExtractionLimits())
 
     assert extracted.text == "hello"
-
-
-# ---------------------------------------------------------------- type detection (no child)
-
-
-@pytest.mark.parametrize(
-    ("data", "content_type", "filename", "kind"),
-    [
-        (b"%PDF-1.7 ...", "application/octet-stream", "scan.pdf", "pdf"),
-        (b"%PDF-1.7 ...", "", "no-extension", "pdf"),
-        (b"PK\x03\x04...", DOCX, "Letter.DOCX", "docx"),
-        (b"# hi", "text/plain", "readme.md", "md"),
-        (b"<p>hi</p>", "text/html; charset=utf-8", "page.htm", "html"),
-        (b"hi", "text/plain", "notes", "txt"),
-    ],
-)
-def test_detects_kind(data: bytes, content_type: str, filename: str, kind: str) -> None:
-    assert detect_kind(data, content_type, filename)[0] == kind
-
-
-@pytest.mark.parametrize(
-    ("data", "content_type", "filename", "reason"),
-    [
-        (b"<html>not a pdf</html>", PDF, "fake.pdf", "type_mismatch"),
-        (b"%PDF-1.4 ...", "text/plain", "notes.txt", "type_mismatch"),
-        (b"PK\x03\x04...", "text/html", "page.html", "type_mismatch"),
-        (b"%PDF-1.4 ...", DOCX, "report.pdf", "type_mismatch"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x00", "", "image.txt", "type_mismatch"),
-        (b"GIF89a", "image/gif", "cat.gif", "unsupported_type"),
-        (b"data", "application/octet-stream", "archive.tar", "unsupported_type"),
-    ],
-)
-def test_rejects_unsupported_and_mismatched_types(
-    data: bytes, content_type: str, filename: str, reason: str
-) -> None:
-    with pytest.raises(ExtractionFailed) as failed:
-        detect_kind(data, content_type, filename)
-
-    assert failed.value.reason == reason
-    assert failed.value.to_problem()["reason"] == reason
