@@ -1,9 +1,11 @@
-"""The rag service's settings (API, ``rag-worker`` and ``reembed``), read once from the
-environment (see the README's table).
+"""The rag service's settings (API, ``rag-worker`` and ``xtyl-rag-reembed``), read once from
+the environment (see the README's table).
 
-The embedder's variables (``EMBEDDER``, ``EMBEDDING_MODEL``, ...) are :class:`EmbedderConfig`'s,
-repeated here because msgspec Structs cannot inherit fields from two bases;
-:meth:`RagSettings.embedder_config` hands them over and a unit test keeps both lists equal.
+This is the one place the variables are declared and checked, the embedder's included
+(``EMBEDDER``, ``EMBEDDING_MODEL``, ...); the adapters get what they need from it:
+:meth:`RagSettings.embedder_config` (the embedders, with the retry policy of an embeddings
+request, :meth:`RagSettings.embedding_retry`), :meth:`RagSettings.extraction_limits`,
+:meth:`RagSettings.search_tuning`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,25 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-import msgspec
-
 from xtyl_common.identity import AuthSettings
-from xtyl_rag.adapters.embedders.config import DEFAULT_EMBEDDINGS_URL, EmbedderConfig
+from xtyl_common.retry import RetryPolicy
+from xtyl_rag.adapters.embedders.config import (
+    DEFAULT_EMBEDDINGS_URL,
+    LOCAL_DIMENSION,
+    LOCAL_MODEL,
+    LOCAL_MODEL_ALIASES,
+    LOCAL_SPACE,
+    LOOPBACK_HOSTS,
+    OPENAI_PREFIX,
+    EmbedderConfig,
+    EmbeddingEndpoint,
+    on_this_machine,
+)
 from xtyl_rag.adapters.extraction.contracts import ExtractionLimits
 from xtyl_rag.domain.planning import SearchTuning
 
 MiB = 1024 * 1024
 DEFAULT_LLM_URL = "https://openrouter.ai/api/v1"
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class RagSettings(AuthSettings, frozen=True, kw_only=True):
@@ -36,19 +47,31 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
     #: ``EVENTS_HANDLER_TIMEOUT_S``.
     storage_ready_wait_s: float = 120.0
 
-    # --- embedder (EmbedderConfig's fields, see the module docstring) ---
+    # --- embedder ---
+    #: ``local``: all-MiniLM-L6-v2 in the process. ``openai``: any OpenAI-compatible
+    #: ``/embeddings`` endpoint (OpenRouter by default).
     embedder: Literal["local", "openai"] = "local"
+    #: ``local``: all-MiniLM-L6-v2 (the default). ``openai``: the endpoint's model id (required).
     embedding_model: str | None = None
+    #: ``local``: 384. ``openai``: required, checked against every response.
     embedding_dimension: int | None = None
     embeddings_url: str = DEFAULT_EMBEDDINGS_URL
-    #: OpenRouter key: the ``openai`` embedder and the LLM of ``/v1/answer``.
+    #: OpenRouter key: the ``openai`` embedder (required unless the endpoint is on this
+    #: machine) and the LLM of ``/v1/answer``.
     openrouter_api_key: str | None = None
+    #: texts per call: per ONNX run for ``local`` (default 16: larger batches of 256-piece
+    #: chunks ran slower on 2 cores), per HTTP request for ``openai`` (default 64).
     embedding_batch_size: int | None = None
     embedding_timeout_s: float = 60.0
     embedding_connect_timeout_s: float = 5.0
+    #: retries of an embeddings request after the first attempt, on 429, 5xx, timeouts and
+    #: refused connections (:meth:`embedding_retry`).
     embedding_retries: int = 4
     embedding_backoff_base_s: float = 0.5
+    #: the longest wait between two tries, and the longest ``Retry-After`` slept (a longer one
+    #: fails the request at once, ``embedding_rate_limited``, for its job to wait instead).
     embedding_backoff_max_s: float = 20.0
+    #: ONNX Runtime intra-op threads for ``local``; 0: one per available core.
     embedding_threads: int = 0
 
     # --- answers ---
@@ -90,7 +113,7 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.embedder_config()  # raises with the variable's path
+        self._check_embedder()
         url = urlsplit(self.llm_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("must be an http(s) URL (at `$.llm_url`)")
@@ -116,16 +139,93 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
         if self.search_ef_search > 1000:
             raise ValueError("must be at most 1000 (at `$.search_ef_search`)")
 
+    def _check_embedder(self) -> None:
+        if self.embedding_batch_size is not None and not 1 <= self.embedding_batch_size <= 2048:
+            raise ValueError("must be between 1 and 2048 (at `$.embedding_batch_size`)")
+        if self.embedding_retries < 0:
+            raise ValueError("must be 0 or more (at `$.embedding_retries`)")
+        if self.embedding_threads < 0:
+            raise ValueError("must be 0 (auto) or more (at `$.embedding_threads`)")
+        if self.embedding_timeout_s <= 0:
+            raise ValueError("must be positive (at `$.embedding_timeout_s`)")
+        for name in ("embedding_backoff_base_s", "embedding_backoff_max_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"must be 0 or more (at `$.{name}`)")
+        if self.embedder == "local":
+            self._check_local_embedder()
+        else:
+            self._check_openai_embedder()
+
+    def _check_local_embedder(self) -> None:
+        if self.embedding_model is not None and self.embedding_model not in LOCAL_MODEL_ALIASES:
+            raise ValueError(f"the local embedder only runs {LOCAL_MODEL} (at `$.embedding_model`)")
+        if self.embedding_dimension not in (None, LOCAL_DIMENSION):
+            raise ValueError(
+                f"{LOCAL_MODEL} has {LOCAL_DIMENSION} dimensions (at `$.embedding_dimension`)"
+            )
+
+    def _check_openai_embedder(self) -> None:
+        if not self.embedding_model:
+            raise ValueError("required when EMBEDDER=openai (at `$.embedding_model`)")
+        if self.embedding_dimension is None or self.embedding_dimension <= 0:
+            raise ValueError("required when EMBEDDER=openai (at `$.embedding_dimension`)")
+        url = urlsplit(self.embeddings_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http(s) URL (at `$.embeddings_url`)")
+        if not self.openrouter_api_key and not on_this_machine(self.embeddings_url):
+            raise ValueError(
+                "required when EMBEDDER=openai and the endpoint is not on this machine"
+                " (at `$.openrouter_api_key`)"
+            )
+
+    def embedding_retry(self) -> RetryPolicy:
+        """How an embeddings request is retried: ``EMBEDDING_RETRIES`` more tries, waits from
+        ``EMBEDDING_BACKOFF_BASE_S`` doubling to ``EMBEDDING_BACKOFF_MAX_S`` (jittered), or
+        what ``Retry-After`` asks up to that; the tries' own timeouts bound it."""
+        return RetryPolicy(
+            attempts=1 + self.embedding_retries,
+            timeout_s=None,
+            wait_initial_s=self.embedding_backoff_base_s,
+            wait_max_s=self.embedding_backoff_max_s,
+            wait_jitter_s=self.embedding_backoff_base_s,
+            max_retry_after_s=self.embedding_backoff_max_s,
+        )
+
     def embedder_config(self) -> EmbedderConfig:
-        fields = {f.name: getattr(self, f.name) for f in msgspec.structs.fields(EmbedderConfig)}
-        return EmbedderConfig(**fields)
+        """The configured vector space, and the endpoint when this process may call one (the
+        ``openai`` embedder's; with ``EMBEDDER=local``, the same variables' endpoint when a key
+        is set or it is on this machine, for a change of model from or to ``openai``)."""
+        endpoint = None
+        url = urlsplit(self.embeddings_url)
+        reachable = url.scheme in ("http", "https") and url.hostname is not None
+        if reachable and (self.openrouter_api_key or url.hostname in LOOPBACK_HOSTS):
+            endpoint = EmbeddingEndpoint(
+                url=self.embeddings_url,
+                api_key=self.openrouter_api_key,
+                timeout_s=self.embedding_timeout_s,
+                connect_timeout_s=self.embedding_connect_timeout_s,
+                retry=self.embedding_retry(),
+            )
+        if self.embedder == "local":
+            model, dimension = LOCAL_SPACE, LOCAL_DIMENSION
+        else:
+            assert self.embedding_model is not None  # checked in __post_init__
+            assert self.embedding_dimension is not None
+            model, dimension = OPENAI_PREFIX + self.embedding_model, self.embedding_dimension
+        return EmbedderConfig(
+            model=model,
+            dimension=dimension,
+            batch_size=self.embedding_batch_size,
+            threads=self.embedding_threads,
+            endpoint=endpoint,
+        )
 
     @property
     def llm_enabled(self) -> bool:
         """An LLM answers when a model is set and a key is (or the endpoint is local)."""
         if not self.llm_model:
             return False
-        return bool(self.openrouter_api_key) or urlsplit(self.llm_url).hostname in _LOOPBACK_HOSTS
+        return bool(self.openrouter_api_key) or on_this_machine(self.llm_url)
 
     def extraction_limits(self) -> ExtractionLimits:
         return ExtractionLimits(

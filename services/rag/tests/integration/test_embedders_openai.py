@@ -19,11 +19,19 @@ from aiohttp import web
 
 from xtyl_common.errors import TimedOut, Unavailable
 from xtyl_common.http import create_session
-from xtyl_rag.adapters.embedders import EmbedderConfig, EmbeddingFailed, OpenAIEmbedder
+from xtyl_common.settings import load_settings
+from xtyl_rag.adapters.embedders import Embedder, EmbeddingFailed, build_embedder
+from xtyl_rag.settings import RagSettings
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "sk-or-test-key"
+BASE = {
+    "DATABASE_URL": "postgresql://localhost/x",
+    "REDIS_URL": "redis://localhost",
+    "SUPABASE_JWT_SECRET": "s" * 40,
+    "INTERNAL_JWT_SECRET": "i" * 40,
+}
 MODEL = "acme/embed-small"
 DIMENSION = 8
 
@@ -89,8 +97,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     await shared.close()
 
 
-def make_embedder(url: str, session: aiohttp.ClientSession, **overrides: Any) -> OpenAIEmbedder:
-    settings: dict[str, Any] = {
+async def make_embedder(url: str, session: aiohttp.ClientSession, **overrides: Any) -> Embedder:
+    """The embedder the service builds from these settings (variable names in lower case)."""
+    variables: dict[str, Any] = {
         "embedder": "openai",
         "embeddings_url": url,
         "embedding_model": MODEL,
@@ -100,7 +109,9 @@ def make_embedder(url: str, session: aiohttp.ClientSession, **overrides: Any) ->
         "embedding_backoff_max_s": 1.0,
         **overrides,
     }
-    return OpenAIEmbedder(EmbedderConfig(**settings), session)
+    environ = BASE | {name.upper(): str(value) for name, value in variables.items()}
+    settings = load_settings(RagSettings, environ=environ)
+    return await build_embedder(settings.embedder_config(), session)
 
 
 def unit(vector: list[float]) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -112,7 +123,7 @@ async def test_sends_key_model_and_inputs_and_returns_unit_vectors_in_order(
     endpoint: tuple[FakeEndpoint, str], session: aiohttp.ClientSession
 ) -> None:
     fake, url = endpoint
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
 
     vectors = await embedder.embed(["first text", "second text", "third"])
 
@@ -135,7 +146,7 @@ async def test_splits_inputs_into_batches(
 ) -> None:
     fake, url = endpoint
     texts = [f"text {n}" for n in range(5)]
-    embedder = make_embedder(url, session, embedding_batch_size=2)
+    embedder = await make_embedder(url, session, embedding_batch_size=2)
 
     vectors = await embedder.embed(texts)
 
@@ -148,7 +159,7 @@ async def test_waits_as_retry_after_asks_then_succeeds(
 ) -> None:
     fake, url = endpoint
     fake.script.append(Scripted(429, {"Retry-After": "0.3"}, b'{"error": "slow down"}'))
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
     started = time.perf_counter()
 
     vectors = await embedder.embed(["hello"])
@@ -164,7 +175,7 @@ async def test_retries_server_errors_then_gives_up(
 ) -> None:
     fake, url = endpoint
     fake.script.extend(Scripted(503) for _ in range(3))
-    embedder = make_embedder(url, session, embedding_retries=2)
+    embedder = await make_embedder(url, session, embedding_retries=2)
 
     with pytest.raises(Unavailable) as failed:
         await embedder.embed(["hello"])
@@ -178,7 +189,7 @@ async def test_long_retry_after_fails_fast_with_the_wait(
 ) -> None:
     fake, url = endpoint
     fake.script.append(Scripted(429, {"Retry-After": "120"}))
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
 
     with pytest.raises(Unavailable) as failed:
         await embedder.embed(["hello"])
@@ -193,7 +204,7 @@ async def test_rejected_request_is_not_retried(
 ) -> None:
     fake, url = endpoint
     fake.script.append(Scripted(401, body=b'{"error": {"message": "No auth credentials"}}'))
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
 
     with pytest.raises(EmbeddingFailed) as failed:
         await embedder.embed(["hello"])
@@ -209,7 +220,7 @@ async def test_dimension_mismatch_is_a_clear_error(
 ) -> None:
     fake, url = endpoint
     fake.dimension = 16
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
 
     with pytest.raises(EmbeddingFailed) as failed:
         await embedder.embed(["hello"])
@@ -233,7 +244,7 @@ async def test_malformed_responses_are_rejected(
 ) -> None:
     fake, url = endpoint
     fake.script.append(Scripted(200, {"Content-Type": "application/json"}, body))
-    embedder = make_embedder(url, session)
+    embedder = await make_embedder(url, session)
 
     with pytest.raises(EmbeddingFailed) as failed:
         await embedder.embed(["hello"])
@@ -246,7 +257,7 @@ async def test_slow_endpoint_times_out(
 ) -> None:
     fake, url = endpoint
     fake.script.append(Scripted(200, delay_s=2.0))
-    embedder = make_embedder(url, session, embedding_timeout_s=0.2, embedding_retries=0)
+    embedder = await make_embedder(url, session, embedding_timeout_s=0.2, embedding_retries=0)
     started = time.perf_counter()
 
     with pytest.raises(TimedOut):
@@ -256,7 +267,7 @@ async def test_slow_endpoint_times_out(
 
 
 async def test_unreachable_endpoint_is_unavailable(session: aiohttp.ClientSession) -> None:
-    embedder = make_embedder("http://127.0.0.1:9/v1", session, embedding_retries=1)
+    embedder = await make_embedder("http://127.0.0.1:9/v1", session, embedding_retries=1)
 
     with pytest.raises(Unavailable) as failed:
         await embedder.embed(["hello"])

@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
-import pytest
 import pytest_asyncio
 
 from xtyl_common.http import create_session
-from xtyl_common.settings import SettingsError, load_settings
+from xtyl_common.settings import load_settings
 from xtyl_rag.adapters.embedders import (
     EmbedderConfig,
     LocalEmbedder,
@@ -19,6 +18,14 @@ from xtyl_rag.adapters.embedders import (
     build_embedder,
 )
 from xtyl_rag.adapters.embedders.tokenizer import MAX_SEQUENCE_TOKENS, load_model_tokenizer
+from xtyl_rag.settings import RagSettings
+
+BASE = {
+    "DATABASE_URL": "postgresql://localhost/x",
+    "REDIS_URL": "redis://localhost",
+    "SUPABASE_JWT_SECRET": "s" * 40,
+    "INTERNAL_JWT_SECRET": "i" * 40,
+}
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -105,53 +112,21 @@ async def test_build_embedder_picks_by_setting() -> None:
     assert isinstance(local, LocalEmbedder)
     await local.aclose()
 
-    config = EmbedderConfig(
-        embedder="openai",
-        embedding_model="openai/text-embedding-3-small",
-        embedding_dimension=1536,
-        openrouter_api_key="sk-test",
+    settings = load_settings(
+        RagSettings,
+        environ={
+            **BASE,
+            "EMBEDDER": "openai",
+            "EMBEDDING_MODEL": "openai/text-embedding-3-small",
+            "EMBEDDING_DIMENSION": "1536",
+            "OPENROUTER_API_KEY": "sk-test",
+        },
     )
     session = create_session()
     try:
-        remote = await build_embedder(config, session)
+        remote = await build_embedder(settings.embedder_config(), session)
         assert isinstance(remote, OpenAIEmbedder)
         assert remote.model == "openai:openai/text-embedding-3-small"
         assert remote.dimension == 1536
     finally:
         await session.close()
-
-
-@pytest.mark.parametrize(
-    ("environ", "variable"),
-    [
-        (
-            {"EMBEDDER": "openai", "EMBEDDING_MODEL": "m", "EMBEDDING_DIMENSION": "8"},
-            "OPENROUTER_API_KEY",
-        ),
-        ({"EMBEDDER": "openai", "EMBEDDING_DIMENSION": "8"}, "EMBEDDING_MODEL"),
-        ({"EMBEDDER": "openai", "EMBEDDING_MODEL": "m"}, "EMBEDDING_DIMENSION"),
-        ({"EMBEDDING_DIMENSION": "768"}, "EMBEDDING_DIMENSION"),
-        ({"EMBEDDER": "bert"}, "EMBEDDER"),
-        ({"EMBEDDING_BATCH_SIZE": "0"}, "EMBEDDING_BATCH_SIZE"),
-    ],
-)
-def test_bad_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
-    with pytest.raises(SettingsError) as error:
-        load_settings(EmbedderConfig, environ=environ)
-
-    assert error.value.variable == variable
-
-
-def test_settings_for_a_local_openai_compatible_server_need_no_key() -> None:
-    config = load_settings(
-        EmbedderConfig,
-        environ={
-            "EMBEDDER": "openai",
-            "EMBEDDINGS_URL": "http://127.0.0.1:8080/v1",
-            "EMBEDDING_MODEL": "all-minilm",
-            "EMBEDDING_DIMENSION": "384",
-        },
-    )
-
-    assert config.dimension == 384
-    assert config.openrouter_api_key is None

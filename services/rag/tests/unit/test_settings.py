@@ -1,13 +1,13 @@
-"""RagSettings: the embedder's variables stay in step with EmbedderConfig, bad values name
-their variable."""
+"""RagSettings: the one place the variables are read (the embedder's included), bad values name
+their variable, and the adapters get what the variables say."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
+from xtyl_common.retry import RetryPolicy
 from xtyl_common.settings import SettingsError, load_settings
-from xtyl_rag.adapters.embedders import EmbedderConfig
+from xtyl_rag.adapters.embedders import EmbeddingEndpoint
 from xtyl_rag.settings import RagSettings
 
 BASE = {
@@ -18,18 +18,61 @@ BASE = {
 }
 
 
-def test_every_embedder_field_is_a_setting_with_the_same_default() -> None:
-    rag = {f.name: f for f in msgspec.structs.fields(RagSettings)}
-    for field in msgspec.structs.fields(EmbedderConfig):
-        assert field.name in rag, field.name
-        assert rag[field.name].default == field.default, field.name
-
-
 def test_defaults_and_embedder_config() -> None:
     settings = load_settings(RagSettings, environ=BASE)
-    assert settings.embedder_config().model_name == "all-MiniLM-L6-v2"
+    config = settings.embedder_config()
+    assert (config.model, config.dimension) == ("local:all-MiniLM-L6-v2", 384)
+    assert config.endpoint is None  # no key and a remote default URL: only the local model
     assert settings.llm_enabled is False
     assert settings.search_tuning().exact_max_chunks == settings.search_exact_max_chunks
+
+
+def test_the_embedder_variables_make_the_embedder_config() -> None:
+    settings = load_settings(
+        RagSettings,
+        environ={
+            **BASE,
+            "EMBEDDER": "openai",
+            "EMBEDDINGS_URL": "https://embeddings.example.com/v1",
+            "EMBEDDING_MODEL": "acme/embed-small",
+            "EMBEDDING_DIMENSION": "8",
+            "OPENROUTER_API_KEY": "sk-test",
+            "EMBEDDING_BATCH_SIZE": "7",
+            "EMBEDDING_TIMEOUT_S": "9",
+            "EMBEDDING_CONNECT_TIMEOUT_S": "2",
+            "EMBEDDING_RETRIES": "2",
+            "EMBEDDING_BACKOFF_BASE_S": "0.1",
+            "EMBEDDING_BACKOFF_MAX_S": "3",
+            "EMBEDDING_THREADS": "1",
+        },
+    )
+    config = settings.embedder_config()
+    assert (config.model, config.dimension) == ("openai:acme/embed-small", 8)
+    assert (config.batch_size, config.threads) == (7, 1)
+    # one request: 3 tries, 0.1 s doubling to 3 s, a Retry-After slept up to 3 s
+    assert config.endpoint == EmbeddingEndpoint(
+        url="https://embeddings.example.com/v1",
+        api_key="sk-test",
+        timeout_s=9.0,
+        connect_timeout_s=2.0,
+        retry=RetryPolicy(
+            attempts=3,
+            timeout_s=None,
+            wait_initial_s=0.1,
+            wait_max_s=3.0,
+            wait_jitter_s=0.1,
+            max_retry_after_s=3.0,
+        ),
+    )
+
+
+def test_a_local_embedder_with_a_key_can_still_reach_the_endpoint() -> None:
+    """During a change of model to or from ``openai`` the process builds both embedders."""
+    settings = load_settings(RagSettings, environ={**BASE, "OPENROUTER_API_KEY": "sk-test"})
+    config = settings.embedder_config()
+    assert config.model == "local:all-MiniLM-L6-v2"
+    assert config.endpoint is not None
+    assert config.endpoint.url == "https://openrouter.ai/api/v1"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +90,47 @@ def test_bad_values_name_the_variable(extra: dict[str, str], variable: str) -> N
     with pytest.raises(SettingsError) as caught:
         load_settings(RagSettings, environ={**BASE, **extra})
     assert caught.value.variable == variable
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        (
+            {"EMBEDDER": "openai", "EMBEDDING_MODEL": "m", "EMBEDDING_DIMENSION": "8"},
+            "OPENROUTER_API_KEY",
+        ),
+        ({"EMBEDDER": "openai", "EMBEDDING_DIMENSION": "8"}, "EMBEDDING_MODEL"),
+        ({"EMBEDDER": "openai", "EMBEDDING_MODEL": "m"}, "EMBEDDING_DIMENSION"),
+        ({"EMBEDDING_DIMENSION": "768"}, "EMBEDDING_DIMENSION"),
+        ({"EMBEDDER": "bert"}, "EMBEDDER"),
+        ({"EMBEDDING_BATCH_SIZE": "0"}, "EMBEDDING_BATCH_SIZE"),
+        ({"EMBEDDING_RETRIES": "-1"}, "EMBEDDING_RETRIES"),
+        ({"EMBEDDING_BACKOFF_MAX_S": "-1"}, "EMBEDDING_BACKOFF_MAX_S"),
+    ],
+)
+def test_bad_embedder_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(RagSettings, environ={**BASE, **environ})
+
+    assert error.value.variable == variable
+
+
+def test_settings_for_a_local_openai_compatible_server_need_no_key() -> None:
+    settings = load_settings(
+        RagSettings,
+        environ={
+            **BASE,
+            "EMBEDDER": "openai",
+            "EMBEDDINGS_URL": "http://127.0.0.1:8080/v1",
+            "EMBEDDING_MODEL": "all-minilm",
+            "EMBEDDING_DIMENSION": "384",
+        },
+    )
+    config = settings.embedder_config()
+
+    assert config.dimension == 384
+    assert config.endpoint is not None
+    assert config.endpoint.api_key is None
 
 
 def test_llm_needs_a_model_and_a_key_unless_local() -> None:

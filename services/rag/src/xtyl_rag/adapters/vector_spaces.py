@@ -13,36 +13,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import msgspec
 import structlog
 
-from xtyl_rag.adapters.embedders import Embedder, EmbedderConfig, build_embedder
-from xtyl_rag.adapters.embedders.config import LOCAL_MODEL
+from xtyl_rag.adapters.embedders import Embedder, EmbedderConfig, build_embedder, embedder_for
 
 log = structlog.stdlib.get_logger("xtyl.rag.embedders")
-
-LOCAL_PREFIX = "local:"
-OPENAI_PREFIX = "openai:"
-
-
-def config_for_model(base: EmbedderConfig, model: str, dimension: int) -> EmbedderConfig | None:
-    """An embedder configuration that produces ``model``'s vectors, or None if this process
-    cannot make one."""
-    if model == LOCAL_PREFIX + LOCAL_MODEL:
-        return msgspec.structs.replace(
-            base, embedder="local", embedding_model=None, embedding_dimension=None
-        )
-    if model.startswith(OPENAI_PREFIX):
-        try:
-            return msgspec.structs.replace(
-                base,
-                embedder="openai",
-                embedding_model=model.removeprefix(OPENAI_PREFIX),
-                embedding_dimension=dimension,
-            )
-        except ValueError:
-            return None
-    return None
 
 
 class Embedders:
@@ -68,10 +43,8 @@ class Embedders:
             return self.configured
         async with self._lock:
             if model not in self._others:
-                config = config_for_model(self.config, model, dimension)
-                embedder = None
-                if config is not None:
-                    embedder = await build_embedder(config, self._session)
+                embedder = await embedder_for(self.config, model, dimension, self._session)
+                if embedder is not None:
                     log.info("embedder_added", model=model, configured=self.configured.model)
                 else:
                     log.warning("embedder_unavailable", model=model)

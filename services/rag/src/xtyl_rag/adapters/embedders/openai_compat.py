@@ -3,15 +3,16 @@ server), over the process's shared aiohttp session.
 
 Batches of ``max_batch`` texts, one request each, in order. Embedding is a pure function of its
 input, so a request is safe to repeat: 429, 5xx, timeouts and refused connections are retried
-here (the only retry layer) with full-jitter backoff, waiting at least what ``Retry-After``
-asks. Every response is decoded with msgspec and checked: one vector per input, each of the
-configured dimension; vectors are re-normalised (not every server returns unit vectors).
+here, through the endpoint's :class:`~xtyl_common.retry.RetryPolicy` (``EMBEDDING_RETRIES``,
+``EMBEDDING_BACKOFF_*``: the only retry layer of a request). A ``Retry-After`` sets the wait; one
+longer than the policy sleeps goes up at once as ``embedding_rate_limited`` with
+``retry_after_s``, for the caller's job to wait instead. Every response is decoded with msgspec
+and checked: one vector per input, each of the configured dimension; vectors are re-normalised
+(not every server returns unit vectors).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -22,7 +23,7 @@ import numpy as np
 import structlog
 
 from xtyl_common.errors import DependencyError, TimedOut, Unavailable
-from xtyl_rag.adapters.embedders.config import EmbedderConfig
+from xtyl_rag.adapters.embedders.config import EmbeddingEndpoint
 from xtyl_rag.adapters.embedders.protocol import Vectors, empty_vectors, l2_normalise
 
 log = structlog.stdlib.get_logger("xtyl.rag.embedder")
@@ -58,34 +59,56 @@ class EmbeddingFailed(DependencyError):
     title = "The embeddings endpoint failed"
 
 
+class EmbeddingUnavailable(Unavailable):
+    """The endpoint could not be reached or answered 408/409/425/429/5xx: worth another try,
+    after ``retry_after_s`` when it said (``Retry-After``)."""
+
+    default_code = "embedding_unavailable"
+
+
+#: What a retry of an embeddings request may cure (a refusal or a bad answer is not retried).
+PASSING_FAILURES = (EmbeddingUnavailable, TimedOut)
+
+
 class OpenAIEmbedder:
-    def __init__(self, config: EmbedderConfig, session: aiohttp.ClientSession) -> None:
-        self._config = config
+    def __init__(
+        self,
+        endpoint: EmbeddingEndpoint,
+        session: aiohttp.ClientSession,
+        *,
+        model_id: str,
+        dimension: int,
+        max_batch: int,
+    ) -> None:
+        self._endpoint = endpoint
         self._session = session
-        self._url = config.embeddings_url.rstrip("/") + "/embeddings"
+        self._model_id = model_id
+        self._dimension = dimension
+        self._max_batch = max_batch
+        self._url = endpoint.url.rstrip("/") + "/embeddings"
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             # the shared session does not decompress (auto_decompress=False)
             "Accept-Encoding": "identity",
         }
-        if config.openrouter_api_key:
-            self._headers["Authorization"] = f"Bearer {config.openrouter_api_key}"
+        if endpoint.api_key:
+            self._headers["Authorization"] = f"Bearer {endpoint.api_key}"
         self._timeout = aiohttp.ClientTimeout(
-            total=config.embedding_timeout_s, connect=config.embedding_connect_timeout_s
+            total=endpoint.timeout_s, connect=endpoint.connect_timeout_s
         )
 
     @property
     def model(self) -> str:
-        return f"openai:{self._config.model_name}"
+        return f"openai:{self._model_id}"
 
     @property
     def dimension(self) -> int:
-        return self._config.dimension
+        return self._dimension
 
     @property
     def max_batch(self) -> int:
-        return self._config.batch_size
+        return self._max_batch
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
@@ -100,69 +123,47 @@ class OpenAIEmbedder:
         """The session belongs to the process, not to the embedder: nothing to close."""
 
     async def _embed_batch(self, texts: list[str]) -> Vectors:
-        body = _encoder.encode(EmbeddingsRequest(model=self._config.model_name, input=texts))
-        attempts = 1 + self._config.embedding_retries
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
-            started = time.perf_counter()
-            try:
-                async with self._session.post(
-                    self._url, data=body, headers=self._headers, timeout=self._timeout
-                ) as resp:
-                    payload = await resp.read()
-                    status, headers = resp.status, resp.headers
-            except TimeoutError as exc:
-                if last:
-                    raise TimedOut(
-                        f"embeddings endpoint timed out after {attempts} attempts",
-                        code="embedding_timeout",
-                    ) from exc
-                await self._wait(attempt, None, reason="timeout")
-                continue
-            except aiohttp.ClientError as exc:
-                if last:
-                    raise Unavailable(
-                        f"embeddings endpoint unreachable: {type(exc).__name__}",
-                        code="embedding_unavailable",
-                    ) from exc
-                await self._wait(attempt, None, reason=type(exc).__name__)
-                continue
-            if status == 200:
-                log.debug(
-                    "embeddings_received",
-                    count=len(texts),
-                    ms=round((time.perf_counter() - started) * 1000),
-                )
-                return self._vectors(payload, len(texts))
-            if status not in RETRY_STATUSES:
-                raise EmbeddingFailed(
-                    f"embeddings endpoint answered {status}: {_excerpt(payload)}",
-                    code="embedding_rejected",
-                    extra={"upstream_status": status},
-                )
-            if last:
-                raise Unavailable(
-                    f"embeddings endpoint still answers {status} after {attempts} attempts",
-                    code="embedding_rate_limited" if status == 429 else "embedding_unavailable",
-                    extra={"upstream_status": status},
-                )
-            await self._wait(attempt, retry_after_s(headers), reason=str(status))
-        raise AssertionError("unreachable")  # pragma: no cover
+        body = _encoder.encode(EmbeddingsRequest(model=self._model_id, input=texts))
+        payload = await self._endpoint.retry.call(PASSING_FAILURES, self._post, body, len(texts))
+        return self._vectors(payload, len(texts))
 
-    async def _wait(self, attempt: int, retry_after: float | None, *, reason: str) -> None:
-        config = self._config
-        jitter = random.uniform(  # noqa: S311 - jitter, not cryptography
-            0, min(config.embedding_backoff_max_s, config.embedding_backoff_base_s * 2**attempt)
-        )
-        if retry_after is not None and retry_after > config.embedding_backoff_max_s:
-            raise Unavailable(
-                f"embeddings endpoint asks to wait {retry_after:.0f} s",
-                code="embedding_rate_limited",
-                extra={"retry_after": round(retry_after)},
+    async def _post(self, body: bytes, count: int) -> bytes:
+        """One request: the response body of a 200, else the error that says what failed."""
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                payload = await resp.read()
+                status, headers = resp.status, resp.headers
+        except TimeoutError as exc:
+            raise TimedOut("embeddings endpoint timed out", code="embedding_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise EmbeddingUnavailable(
+                f"embeddings endpoint unreachable: {type(exc).__name__}"
+            ) from exc
+        if status == 200:
+            log.debug(
+                "embeddings_received", count=count, ms=round((time.perf_counter() - started) * 1000)
             )
-        delay = max(jitter, retry_after or 0.0)
-        log.info("embedding_retry", attempt=attempt + 1, reason=reason, delay_s=round(delay, 3))
-        await asyncio.sleep(delay)
+            return payload
+        if status not in RETRY_STATUSES:
+            raise EmbeddingFailed(
+                f"embeddings endpoint answered {status}: {_excerpt(payload)}",
+                code="embedding_rejected",
+                extra={"upstream_status": status},
+            )
+        wait = retry_after_s(headers)
+        extra: dict[str, int] = {"upstream_status": status}
+        if wait is not None:
+            extra["retry_after"] = round(wait)
+        raise EmbeddingUnavailable(
+            f"embeddings endpoint answered {status}"
+            + (f" and asks to wait {wait:.1f} s" if wait is not None else ""),
+            code="embedding_rate_limited" if status == 429 else "embedding_unavailable",
+            extra=extra,
+            retry_after_s=wait,
+        )
 
     def _vectors(self, payload: bytes, expected: int) -> Vectors:
         try:
@@ -182,7 +183,7 @@ class OpenAIEmbedder:
         if dimensions != {self.dimension}:
             got = ", ".join(str(d) for d in sorted(dimensions))
             raise EmbeddingFailed(
-                f"model {self._config.model_name} returned vectors of dimension {got}, but "
+                f"model {self._model_id} returned vectors of dimension {got}, but "
                 f"EMBEDDING_DIMENSION is {self.dimension}: set it to the model's dimension "
                 "(and re-embed existing documents)",
                 code="embedding_dimension_mismatch",

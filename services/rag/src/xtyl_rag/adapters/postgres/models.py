@@ -3,8 +3,9 @@
 One model is ``active`` (search embeds queries with it and reads its vectors). When a process
 starts with another model configured, :meth:`ModelRegistry.register` records the configured one
 as ``building``: from then on the worker writes vectors of both, and ``xtyl-rag-reembed``
-fills in the configured model's vectors for every older chunk, builds its HNSW index and switches (``building`` -> ``active``, the old one -> ``retired``) in one
-transaction. Search answers from the old vectors until that commit.
+fills in the configured model's vectors for every older chunk, builds its HNSW index and
+switches (``building`` -> ``active``, the old one -> ``retired``) in one transaction. Search
+answers from the old vectors until that commit.
 """
 
 from __future__ import annotations
