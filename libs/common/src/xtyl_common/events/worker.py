@@ -46,7 +46,6 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, expires_extra_ms
 from arq.cron import CronJob
 from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Function, Worker
@@ -117,12 +116,15 @@ class StreamWorker(Worker):
             socket_connect_timeout=self.redis_timeout_s,
             health_check_interval=30,
         )
+        defaults = {
+            "default_queue_name": options.get("queue_name"),
+            "expires_extra_ms": options.get("expires_extra_ms"),
+        }
         return ArqRedis(
             connections,
             job_serializer=options.get("job_serializer"),
             job_deserializer=options.get("job_deserializer"),
-            default_queue_name=options.get("queue_name") or default_queue_name,
-            expires_extra_ms=options.get("expires_extra_ms", expires_extra_ms),
+            **{name: value for name, value in defaults.items() if value is not None},
         )
 
     async def main(self) -> None:
