@@ -42,6 +42,7 @@ from xtyl_common.events import (
 )
 from xtyl_common.events.settings import ENV_PREFIX
 from xtyl_common.logging import configure_logging
+from xtyl_common.retry import retry_after_of
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_rag.adapters.jobs import INDEX_DOCUMENT, queue_name
 from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA
@@ -51,7 +52,11 @@ from xtyl_rag.settings import RagSettings
 log = structlog.stdlib.get_logger("xtyl.rag.worker")
 
 GROUP = "rag"
+#: The inline job's deferred retries, the one retry layer of an inline document's run (a file's
+#: is its stream entry's): 5 tries, 2 s doubling to 60 s, or the wait a dependency asked for.
 INLINE_JOB_TRIES = 5
+INLINE_JOB_BACKOFF_S = 2.0
+INLINE_JOB_BACKOFF_MAX_S = 60.0
 RECONCILE_MINUTES = set(range(0, 60, 5))
 #: Where the start-up keeps the service in arq's ctx.
 SERVICE_KEY = "rag"
@@ -71,16 +76,32 @@ async def on_file_deleted(event: FileDeleted, ctx: dict[Any, Any]) -> None:
     await service_of(ctx).on_file_deleted(event.payload)
 
 
+def inline_retry_delay(tries: int, exc: BaseException) -> float:
+    """How long the inline job waits before try ``tries + 1``."""
+    asked = retry_after_of(exc)
+    if asked is not None:
+        return asked
+    return min(INLINE_JOB_BACKOFF_MAX_S, INLINE_JOB_BACKOFF_S * 2 ** (tries - 1))
+
+
 async def index_document(ctx: dict[Any, Any], document_id: str) -> str:
-    """arq job: index one (inline) document; passing failures are retried with backoff."""
+    """arq job: index one (inline) document; a run that failed in passing is deferred and run
+    again (:data:`INLINE_JOB_TRIES`)."""
     try:
         report = await service_of(ctx).index_document(uuid.UUID(document_id))
     except _TRANSIENT as exc:
         tries: int = ctx.get("job_try", 1)
         if tries >= INLINE_JOB_TRIES:
             raise
-        log.info("index_retry", document_id=document_id, tries=tries, error=type(exc).__name__)
-        raise Retry(defer=min(60.0, 2.0**tries)) from exc
+        delay = inline_retry_delay(tries, exc)
+        log.info(
+            "index_retry",
+            document_id=document_id,
+            tries=tries,
+            error=type(exc).__name__,
+            delay_s=round(delay, 3),
+        )
+        raise Retry(defer=delay) from exc
     return report.outcome
 
 

@@ -4,7 +4,10 @@
 (bytes, read up to a cap so an oversized file never fills the worker's memory). Storage
 answers 404 for a file that does not exist or is not the named user's.
 
-Each call here makes one request: :data:`STORAGE_READS` says how often a caller retries it.
+Each call makes one request and raises what went wrong; a failure worth another try is one of
+:data:`PASSING_FAILURES`. Who retries is the caller's to say, once per call path (see the
+service's README): the API retries a metadata lookup in process; an indexing run fetches the
+content once, and its job runs it again later.
 
 :meth:`StorageClient.wait_ready` lets indexing wait for storage before it spends a try: until a
 call has gone through (and again after one could not reach storage or got a 502/503/504), it
@@ -32,11 +35,8 @@ log = structlog.stdlib.get_logger("xtyl.rag.storage")
 SERVICE_NAME = "rag-worker"
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0, connect=2.0)
-#: A request to storage that failed in passing (unreachable, timed out, 502/503/504): 3 tries,
-#: 50 ms doubling to 1 s.
-STORAGE_READS = RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.05, wait_max_s=1.0)
-#: Probes of ``/readyz`` while storage is not ready: 100 ms doubling to 2 s; how long in all is
-#: the caller's (``STORAGE_READY_WAIT_S``).
+#: Probes of ``/readyz`` while storage is not ready: 100 ms doubling to 2 s, for as long as the
+#: caller waits (``STORAGE_READY_WAIT_S``: its deadline, not the tries, ends the wait).
 READY_PROBES = RetryPolicy(
     attempts=1_000_000, timeout_s=None, wait_initial_s=0.1, wait_max_s=2.0, wait_jitter_s=0.1
 )
@@ -153,10 +153,9 @@ class StorageClient:
         return request_headers({"Authorization": f"Bearer {token}"})
 
     async def file_info(self, file_id: uuid.UUID, owner_id: uuid.UUID) -> FileSource:
-        """The file's metadata, as indexing needs it; NotFound when it is not the owner's."""
-        body = await STORAGE_READS.call(
-            PASSING_FAILURES, self._get, f"/internal/files/{file_id}", owner_id, limit=1024 * 1024
-        )
+        """The file's metadata, as indexing needs it; NotFound when it is not the owner's,
+        one of :data:`PASSING_FAILURES` when storage fails (worth a retry)."""
+        body = await self._get(f"/internal/files/{file_id}", owner_id, limit=1024 * 1024)
         try:
             info = _info_decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -175,14 +174,8 @@ class StorageClient:
 
     async def content(self, file_id: uuid.UUID, owner_id: uuid.UUID, *, limit: int) -> bytes:
         """The file's bytes; FileTooLarge past ``limit``, NotFound if storage has no such file
-        of this owner, Unavailable / TimedOut when storage fails (worth a retry)."""
-        return await STORAGE_READS.call(
-            PASSING_FAILURES,
-            self._get,
-            f"/internal/files/{file_id}/content",
-            owner_id,
-            limit=limit,
-        )
+        of this owner, one of :data:`PASSING_FAILURES` when storage fails (worth a retry)."""
+        return await self._get(f"/internal/files/{file_id}/content", owner_id, limit=limit)
 
     async def _get(self, path: str, owner_id: uuid.UUID, *, limit: int) -> bytes:
         """One request: the body, or the error that says what went wrong."""

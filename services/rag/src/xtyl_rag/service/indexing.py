@@ -45,6 +45,7 @@ from structlog.stdlib import BoundLogger
 
 from xtyl_common.errors import NotFound, Unavailable
 from xtyl_common.events import FileDeletedPayload, FileUploaded, FileUploadedPayload
+from xtyl_common.retry import RetryPolicy
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
 from xtyl_rag.adapters.extraction import ExtractedText, ExtractionFailed, ExtractorPool
 from xtyl_rag.adapters.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
@@ -69,6 +70,12 @@ EMBED_SLICE = 512
 #: How much longer than one lease period a run waits for a held document before it calls
 #: the holder alive (a live holder renews every third of the period).
 LEASE_WAIT_SLACK = 0.2
+#: A held document is claimed again this long after its lease runs out.
+LEASE_EXPIRY_MARGIN_S = 0.05
+#: Claims of a held document, each when the lease read last runs out: the clock (one lease
+#: period and a fifth) ends the waiting; the tries only bound a lease that keeps being taken
+#: by others just as it runs out.
+LEASE_WAIT_TRIES = 20
 _T = TypeVar("_T")
 
 
@@ -90,6 +97,10 @@ class DocumentBusy(Unavailable):
     transient failure (a ``DependencyError``), so the job is retried, never acknowledged."""
 
     default_code = "document_busy"
+
+
+class DocumentHeld(DocumentBusy):
+    """Another run holds the document until its lease runs out, in ``retry_after_s``."""
 
 
 class LeaseLost(Exception):
@@ -130,6 +141,13 @@ class Indexer:
         #: How long a file's run waits for storage to be ready before it claims the document.
         self.storage_wait_s = storage_wait_s
         self.policy = policy or ChunkingPolicy()
+        lease_s = documents.lease_s
+        #: Claims of a held document: each after the wait the lease says (its retry_after_s).
+        self.lease_waits = RetryPolicy(
+            attempts=LEASE_WAIT_TRIES,
+            timeout_s=None,
+            max_retry_after_s=lease_s * (1 + LEASE_WAIT_SLACK) + LEASE_EXPIRY_MARGIN_S,
+        )
 
     # --- events ---------------------------------------------------------------------------
 
@@ -264,17 +282,19 @@ class Indexer:
     # --- the lease ----------------------------------------------------------------------------
 
     async def _take(self, document_id: uuid.UUID) -> Claim | None:
-        """Claim the document. While another run holds it, wait for its lease to run out, at
-        most one lease period (a dead run's lease runs out within it); a lease renewed past
-        that is a live run's: :class:`DocumentBusy`. None: final or gone meanwhile."""
+        """Claim the document. While another run holds it, try again when its lease runs out
+        (:meth:`lease_waits`), within one lease period and a fifth (a dead run's lease runs out
+        within it); a lease renewed past that is a live run's: :class:`DocumentBusy`. None:
+        final or gone meanwhile."""
         loop = asyncio.get_running_loop()
-        lease_s = self.documents.lease_s
-        give_up_at = loop.time() + lease_s * (1 + LEASE_WAIT_SLACK)
-        waited = False
-        while True:
+        give_up_at = loop.time() + self.documents.lease_s * (1 + LEASE_WAIT_SLACK)
+        held = False
+
+        async def claim() -> Claim | None:
+            nonlocal held
             claim = await self.documents.claim(document_id)
             if claim is not None:
-                if waited:
+                if held:
                     log.info("document_taken_over", document_id=str(document_id))
                 return claim
             left = await self.documents.lease_left(document_id)
@@ -283,10 +303,15 @@ class Indexer:
             if loop.time() + left > give_up_at:
                 log.info("document_busy", document_id=str(document_id), lease_left_s=left)
                 raise DocumentBusy(f"document {document_id} is being indexed by a live run")
-            if not waited:
+            if not held:
                 log.info("document_held", document_id=str(document_id), lease_left_s=left)
-                waited = True
-            await asyncio.sleep(left + 0.05)
+                held = True
+            raise DocumentHeld(
+                f"document {document_id} is held for {left:.1f} s more",
+                retry_after_s=left + LEASE_EXPIRY_MARGIN_S,
+            )
+
+        return await self.lease_waits.call(DocumentHeld, claim)
 
     async def _while_held(
         self, claim: Claim, work: Coroutine[Any, Any, _T], log_: BoundLogger

@@ -24,6 +24,7 @@ from xtyl_common.db import check_postgres
 from xtyl_common.errors import NotFound, PayloadTooLarge
 from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
 from xtyl_common.pagination import Page, decode_cursor, encode_cursor
+from xtyl_common.retry import RetryPolicy
 from xtyl_rag.adapters.jobs import JobQueue
 from xtyl_rag.adapters.postgres import (
     ChunkSearch,
@@ -32,6 +33,7 @@ from xtyl_rag.adapters.postgres import (
     ModelRegistry,
     ModelStatus,
 )
+from xtyl_rag.adapters.storage import PASSING_FAILURES as STORAGE_PASSING_FAILURES
 from xtyl_rag.adapters.storage import StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.answers import Passage
@@ -43,6 +45,11 @@ from xtyl_rag.service.retrieval import AnswerEvent, Retriever, SearchResult
 from xtyl_rag.settings import RagSettings
 
 log = structlog.stdlib.get_logger("xtyl.rag")
+
+#: ``POST /v1/documents {file_id}``: storage's metadata of the file, while the client waits.
+#: Unreachable, timed out or 502/503/504: 3 tries, 50 ms doubling to 1 s (the only retry of
+#: this call; each try has STORAGE_TIMEOUT_S).
+STORAGE_LOOKUPS = RetryPolicy(attempts=3, timeout_s=None, wait_initial_s=0.05, wait_max_s=1.0)
 
 
 def document_not_found() -> NotFound:
@@ -132,8 +139,11 @@ class RagService:
     ) -> Document:
         """The document of one of the owner's files in storage (the one its upload created, if
         any), queued for indexing unless it is final; a failed one is tried again. NotFound
-        when storage has no such file of the owner's."""
-        source = await self.storage.file_info(file_id, owner_id)
+        when storage has no such file of the owner's (:data:`STORAGE_LOOKUPS` retries storage
+        failing in passing)."""
+        source = await STORAGE_LOOKUPS.call(
+            STORAGE_PASSING_FAILURES, self.storage.file_info, file_id, owner_id
+        )
         document = await self.documents.upsert_file(
             source,
             title=clip_title(title) if title else title_from_filename(source.name),
