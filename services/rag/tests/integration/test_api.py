@@ -153,6 +153,15 @@ async def test_listing_pages_with_a_cursor(
     assert seen == list(reversed(ids))
 
 
+async def test_a_cursor_the_service_did_not_issue_is_422(
+    http: aiohttp.ClientSession, rag_service: RunningService, make_user: Callable[[], User]
+) -> None:
+    url = f"{rag_service.url}/v1/documents?cursor=bm90LW91cnM"
+    async with http.get(url, headers=make_user().headers) as r:
+        assert r.status == 422
+        assert (await r.json())["code"] == "invalid_cursor"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "code"),
     [

@@ -23,7 +23,7 @@ import structlog
 from xtyl_common.db import check_postgres
 from xtyl_common.errors import NotFound, PayloadTooLarge
 from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
-from xtyl_common.pagination import Page, decode_cursor, encode_cursor
+from xtyl_common.pagination import Page, keyset_page
 from xtyl_common.retry import RetryPolicy
 from xtyl_rag.adapters.jobs import JobQueue
 from xtyl_rag.adapters.postgres import (
@@ -158,9 +158,11 @@ class RagService:
         self, owner_id: uuid.UUID, *, limit: int, cursor: str | None
     ) -> Page[Document]:
         """The owner's documents, newest first (``invalid_cursor`` for a cursor not ours)."""
-        after = decode_cursor(cursor) if cursor else None
-        documents, following = await self.documents.list(owner_id, limit=limit, after=after)
-        return Page(items=documents, next_cursor=encode_cursor(following) if following else None)
+        return await keyset_page(
+            lambda n, after: self.documents.list(owner_id, limit=n, after=after),
+            limit=limit,
+            cursor=cursor,
+        )
 
     async def get_document(self, owner_id: uuid.UUID, document_id: uuid.UUID) -> Document:
         document = await self.documents.get(owner_id, document_id)

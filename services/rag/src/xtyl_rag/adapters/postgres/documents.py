@@ -28,7 +28,7 @@ from xtyl_common.events import (
     DocumentIndexedPayload,
     add_event,
 )
-from xtyl_common.pagination import Cursor as DocumentCursor
+from xtyl_common.pagination import Cursor, keyset_sql
 from xtyl_rag.adapters.embedders import Vectors
 from xtyl_rag.domain.chunking import Chunk
 from xtyl_rag.domain.documents import Document, DocumentStatus, FileSource
@@ -158,30 +158,18 @@ class DocumentRepository:
         return None if row is None else _document(row)
 
     async def list(
-        self, owner_id: uuid.UUID, *, limit: int, after: DocumentCursor | None
-    ) -> tuple[list[Document], DocumentCursor | None]:
-        """Newest first; the cursor of the next page, or None on the last."""
-        if after is None:
-            rows = await self._pool.fetch(
-                f"select {_COLUMNS} from xtyl_rag.documents where owner_id = $1"  # noqa: S608
-                " order by created_at desc, id desc limit $2",
-                owner_id,
-                limit + 1,
-            )
-        else:
-            rows = await self._pool.fetch(
-                f"select {_COLUMNS} from xtyl_rag.documents where owner_id = $1"  # noqa: S608
-                " and (created_at, id) < ($3, $4) order by created_at desc, id desc limit $2",
-                owner_id,
-                limit + 1,
-                after.created_at,
-                after.id,
-            )
-        documents = [_document(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        last = documents[-1] if documents else None
-        cursor = DocumentCursor(last.created_at, last.id) if more and last is not None else None
-        return documents, cursor
+        self, owner_id: uuid.UUID, *, limit: int, after: Cursor | None
+    ) -> list[Document]:
+        """Up to ``limit`` of the owner's documents after ``after``, newest first."""
+        rows = await self._pool.fetch(
+            f"select {_COLUMNS} from xtyl_rag.documents"  # noqa: S608
+            f" where owner_id = $1 and {keyset_sql(2)} limit $4",
+            owner_id,
+            after.created_at if after else None,
+            after.id if after else None,
+            limit,
+        )
+        return [_document(row) for row in rows]
 
     async def delete(self, owner_id: uuid.UUID, document_id: uuid.UUID) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
