@@ -64,7 +64,7 @@ replay: .venv/.synced ## publish again what Redis lost: make replay SINCE=2h (or
 	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.replay --since "$(SINCE)" $(REPLAY_SOURCES) $(if $(SCHEMA),--schema $(SCHEMA)) $(if $(STREAM),--stream $(STREAM)) $(if $(DRY_RUN),--dry-run)
 
 reembed: .venv/.synced ## rebuild vectors with the configured embedding model, then switch search to it
-	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_rag.reembed
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) xtyl-rag-reembed
 
 bench: .venv/.synced ## run the benchmarks under bench/ (prints figures beside baselines)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
