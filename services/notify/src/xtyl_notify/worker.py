@@ -33,13 +33,10 @@ from xtyl_common.events import (
     DocumentIndexed,
     EventSettings,
     UserCreated,
-    run_stream_worker,
     stream_worker_settings,
+    worker_entry,
 )
 from xtyl_common.events.retries import is_final_attempt
-from xtyl_common.events.settings import ENV_PREFIX
-from xtyl_common.logging import configure_logging
-from xtyl_common.settings import load_settings_or_exit
 from xtyl_notify.service import NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
@@ -121,22 +118,7 @@ def worker_settings(
     )
 
 
-def settings_from_env() -> dict[str, Any]:
-    settings = load_settings_or_exit(NotifySettings, program=PROGRAM)
-    events = load_settings_or_exit(EventSettings, program=PROGRAM, prefix=ENV_PREFIX)
-    configure_logging(settings.log_level, json_logs=settings.log_json)
-    return worker_settings(settings, events)
-
-
-def __getattr__(name: str) -> Any:
-    """``WorkerSettings`` for arq's CLI, read from the environment when first asked for."""
-    if name == "WorkerSettings":
-        return settings_from_env()
-    raise AttributeError(name)
-
-
-def main() -> None:
-    run_stream_worker(settings_from_env())
+__getattr__, main = worker_entry(NotifySettings, worker_settings, program=PROGRAM)
 
 
 if __name__ == "__main__":

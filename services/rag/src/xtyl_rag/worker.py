@@ -37,13 +37,10 @@ from xtyl_common.events import (
     FileDeleted,
     FileUploaded,
     reconciler_cron,
-    run_stream_worker,
     stream_worker_settings,
+    worker_entry,
 )
-from xtyl_common.events.settings import ENV_PREFIX
-from xtyl_common.logging import configure_logging
 from xtyl_common.retry import retry_after_of
-from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_rag.adapters.jobs import INDEX_DOCUMENT, queue_name
 from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA
 from xtyl_rag.service import RagService, open_service, stuck_file_finder
@@ -170,21 +167,7 @@ def worker_settings(
     )
 
 
-def settings_from_env() -> dict[str, Any]:
-    settings = load_settings_or_exit(RagSettings, program="xtyl-rag-worker")
-    configure_logging(settings.log_level, json_logs=settings.log_json)
-    return worker_settings(settings, load_settings(EventSettings, prefix=ENV_PREFIX))
-
-
-def __getattr__(name: str) -> Any:
-    """``WorkerSettings`` for arq's CLI, read from the environment when first asked for."""
-    if name == "WorkerSettings":
-        return settings_from_env()
-    raise AttributeError(name)
-
-
-def main() -> None:
-    run_stream_worker(settings_from_env())
+__getattr__, main = worker_entry(RagSettings, worker_settings, program="xtyl-rag-worker")
 
 
 if __name__ == "__main__":
