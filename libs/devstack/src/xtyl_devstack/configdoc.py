@@ -110,10 +110,12 @@ DESCRIPTIONS: dict[str, str] = {
     "EVENTS_RETRY_HORIZON_S": "transient failures (a dependency down, slow or rate limiting) are"
     " retried this long after an entry's first failure, then one last try, then dead-lettered",
     "EVENTS_HANDLER_TIMEOUT_S": "one handler call may take this long",
-    "EVENTS_MAX_JOBS": "concurrent jobs per worker process",
+    "EVENTS_MAX_JOBS": "stream handlers running at once per worker process (it reads no more"
+    " entries than it has free)",
     "EVENTS_GRACE_PERIOD_S": "how long a stopping worker lets running jobs finish",
-    "EVENTS_KEEP_RESULT_S": "how long a finished job id is remembered (duplicate guard)",
-    "EVENTS_RETRY_POLL_S": "how often a worker looks for deferred retries",
+    "EVENTS_KEEP_RESULT_S": "how long a handled entry's done marker is kept (duplicate guard: a"
+    " consumer taking it over acknowledges it instead of running it again)",
+    "EVENTS_RETRY_POLL_S": "how often a consumer starts the retries whose time has come",
     "BREVO_API_KEY": "Brevo API key (`api-key` header); any value works with the local stand-in",
     "BREVO_API_URL": "Brevo's API base URL (the local stand-in under `make up`)",
     "BREVO_CONNECT_TIMEOUT_S": "connect timeout of one Brevo request",
