@@ -27,8 +27,9 @@ import promql_parser
 import pytest
 import yaml
 
+from xtyl_devstack.metric_catalogue import CATALOGUE, Metric, catalogue
+
 ROOT = Path(__file__).resolve().parents[3]
-CATALOGUE = ROOT / "docs" / "metrics.md"
 MONITORING = ROOT / "k8s" / "components" / "monitoring"
 PROMETHEUS_RULE = MONITORING / "prometheusrule.yaml"
 DASHBOARD = MONITORING / "dashboards" / "xtyl.json"
@@ -61,32 +62,6 @@ SEVERITIES = {"critical", "warning"}
 
 
 # --------------------------------------------------------------------------------- catalogue
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    kind: str
-    labels: frozenset[str]
-
-
-_CATALOGUE_ROW = re.compile(
-    r"^\|\s*`(xtyl_[a-z0-9_]+)`\s*\|\s*(counter|gauge|histogram)\s*\|([^|]*)\|"
-)
-
-
-def catalogue() -> dict[str, Metric]:
-    """The metrics of docs/metrics.md's tables: name -> type and labels."""
-    metrics: dict[str, Metric] = {}
-    for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("| `xtyl_"):
-            continue
-        row = _CATALOGUE_ROW.match(line)
-        assert row, f"docs/metrics.md: not a `| `name` | type | labels |` row: {line}"
-        name, kind, labels = row.groups()
-        assert name not in metrics, f"docs/metrics.md lists {name} twice"
-        metrics[name] = Metric(name, kind, frozenset(re.findall(r"`([a-z_]+)`", labels)))
-    return metrics
-
-
 @dataclass(frozen=True)
 class Series:
     """A series name a query may select: its metric and the labels it has."""
