@@ -10,6 +10,7 @@
   endpoint coming back, not a whole cooldown later. Once keys are known, the cooldown applies.
 - When the endpoint fails, the last good keys keep working for up to ``max_stale_s``, and a
   kid that is not among them is simply unknown: a 401, never a 500.
+- Given ``metrics`` (the gateway's), each fetch is counted, ``ok`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 import structlog
 
 from xtyl_common.auth.keys import Jwk, PublicKey, public_key_from_jwk
+from xtyl_common.auth.metrics import TokenMetrics
 
 MAX_JWKS_BYTES = 64 * 1024
 
@@ -71,8 +73,10 @@ class JwksCache:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: TokenMetrics | None = None,
     ) -> None:
         self._url = url
+        self._metrics = metrics
         self._session = session
         self._ttl_s = ttl_s
         self._cooldown_s = cooldown_s
@@ -139,11 +143,15 @@ class JwksCache:
             )
             self._retry_at = self._monotonic() + self._retry_s
             log.warning("jwks_fetch_failed", url=self._url, error=type(exc).__name__)
+            if self._metrics is not None:
+                self._metrics.jwks_fetch(ok=False)
         else:
             self._keys = keys
             self._fetched_at = self._monotonic()
             self._retry_s = 0.0
             log.info("jwks_fetched", url=self._url, kids=sorted(keys))
+            if self._metrics is not None:
+                self._metrics.jwks_fetch(ok=True)
         finally:
             self._inflight = None
 

@@ -2,7 +2,8 @@
 
 One ``TokenVerifier`` per process, built in the app's lifespan with the shared aiohttp session.
 Every refusal is ``Unauthorized`` with a stable code from ``xtyl_common.auth.codes``; nothing
-else escapes, whatever the token holds.
+else escapes, whatever the token holds. Given ``metrics`` (the gateway's), every check, cache
+lookup and JWKS fetch is counted (:mod:`xtyl_common.auth.metrics`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from xtyl_common.auth.compact import CompactToken, parse_compact
 from xtyl_common.auth.config import AuthConfig
 from xtyl_common.auth.jwks import JwksCache
 from xtyl_common.auth.keys import ASYMMETRIC_ALGORITHMS, HS256, HmacKey, PublicKey
+from xtyl_common.auth.metrics import TokenMetrics
 from xtyl_common.auth.principals import ServicePrincipal, UserPrincipal
 from xtyl_common.errors import Unauthorized
 
@@ -47,17 +49,21 @@ class VerifierStats(msgspec.Struct, frozen=True):
 
 
 class TokenVerifier:
-    """Checks tokens against ``config``; ``clock`` (wall time) and ``monotonic`` are for tests."""
+    """Checks tokens against ``config``; ``metrics``: count what it does (the gateway's
+    verifier, see :mod:`xtyl_common.auth.metrics`); ``clock`` (wall time) and ``monotonic`` are
+    for tests."""
 
     def __init__(
         self,
         config: AuthConfig,
         session: aiohttp.ClientSession | None = None,
         *,
+        metrics: TokenMetrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._clock = clock
         self._hmac = HmacKey(config.jwt_secret.encode()) if config.jwt_secret else None
         self._internal = HmacKey(config.internal_secret.encode())
@@ -73,6 +79,7 @@ class TokenVerifier:
                 timeout_s=config.jwks_timeout_s,
                 max_stale_s=config.jwks_max_stale_s,
                 monotonic=monotonic,
+                metrics=metrics,
             )
         self._users = VerifiedTokenCache[UserPrincipal](config.verified_cache_size)
         self._services = VerifiedTokenCache[ServicePrincipal](
@@ -105,49 +112,58 @@ class TokenVerifier:
     async def verify_user_token(self, token: str) -> UserPrincipal:
         """The Supabase user behind ``token``, or ``Unauthorized`` with a stable code."""
         if len(token) > self._config.max_token_bytes:  # before hashing or decoding anything
-            raise self._refuse(rejected(codes.TOKEN_TOO_LARGE, "token is too large"), "user")
+            error = rejected(codes.TOKEN_TOO_LARGE, "token is too large")
+            raise self._refuse(error, "user", None)
         digest = token_digest(token)
         cached = self._users.get(digest, now=self._clock())
+        self._count_lookup(hit=cached is not None)
         if cached is not None:
             self._cache_hits += 1
             return cached
+        parsed: CompactToken | None = None
         try:
-            principal = await self._verify_user(token)
+            parsed = self._parse_user(token)
+            principal = await self._verify_user(token, parsed)
         except Unauthorized as exc:
-            raise self._refuse(exc, "user") from None
+            raise self._refuse(exc, "user", parsed) from None
         except Exception as exc:  # a token must never turn into a 500
             log.warning("token_verification_error", kind="user", error=type(exc).__name__)
             error = rejected(codes.MALFORMED_TOKEN, "token is malformed")
-            raise self._refuse(error, "user") from None
+            raise self._refuse(error, "user", parsed) from None
         self._users.put(digest, principal, deadline=self._deadline(principal.expires_at))
-        self._verified += 1
+        self._accept(parsed)
         return principal
 
     async def verify_service_token(self, token: str) -> ServicePrincipal:
         """The internal service behind ``token``, or ``Unauthorized`` with a stable code."""
         if len(token) > self._config.max_token_bytes:
-            raise self._refuse(rejected(codes.TOKEN_TOO_LARGE, "token is too large"), "service")
+            error = rejected(codes.TOKEN_TOO_LARGE, "token is too large")
+            raise self._refuse(error, "service", None)
         digest = token_digest(token)
         cached = self._services.get(digest, now=self._clock())
+        self._count_lookup(hit=cached is not None)
         if cached is not None:
             self._cache_hits += 1
             return cached
+        parsed: CompactToken | None = None
         try:
-            principal = self._verify_service(token)
+            parsed = parse_compact(token, max_bytes=self._config.max_token_bytes)
+            principal = self._verify_service(parsed)
         except Unauthorized as exc:
-            raise self._refuse(exc, "service") from None
+            raise self._refuse(exc, "service", parsed) from None
         except Exception as exc:  # a token must never turn into a 500
             log.warning("token_verification_error", kind="service", error=type(exc).__name__)
-            raise self._refuse(
-                rejected(codes.MALFORMED_TOKEN, "token is malformed"), "service"
-            ) from None
+            error = rejected(codes.MALFORMED_TOKEN, "token is malformed")
+            raise self._refuse(error, "service", parsed) from None
         self._services.put(digest, principal, deadline=self._deadline(principal.expires_at))
-        self._verified += 1
+        self._accept(parsed)
         return principal
 
-    async def _verify_user(self, token: str) -> UserPrincipal:
+    def _parse_user(self, token: str) -> CompactToken:
         self._refuse_api_key_strings(token)
-        parsed = parse_compact(token, max_bytes=self._config.max_token_bytes)
+        return parse_compact(token, max_bytes=self._config.max_token_bytes)
+
+    async def _verify_user(self, token: str, parsed: CompactToken) -> UserPrincipal:
         claims = decode_claims(parsed.payload)
         # Refused whatever their signature: say what they are, even when we hold no key for them.
         refuse_api_keys(claims)
@@ -162,8 +178,7 @@ class TokenVerifier:
             issuer=self._config.issuer,
         )
 
-    def _verify_service(self, token: str) -> ServicePrincipal:
-        parsed = parse_compact(token, max_bytes=self._config.max_token_bytes)
+    def _verify_service(self, parsed: CompactToken) -> ServicePrincipal:
         if parsed.alg != HS256:
             raise rejected(codes.UNSUPPORTED_ALGORITHM, "service tokens are HS256")
         if not self._internal.verify(parsed.signing_input, parsed.signature):
@@ -201,10 +216,21 @@ class TokenVerifier:
         # longer than the JWKS TTL, so a revoked key stops working for cached tokens too.
         return min(expires_at + self._config.leeway_s, self._clock() + self._config.jwks_ttl_s)
 
-    def _refuse(self, exc: Unauthorized, kind: str) -> Unauthorized:
+    def _accept(self, parsed: CompactToken) -> None:
+        self._verified += 1
+        if self._metrics is not None:
+            self._metrics.verified(parsed.alg)
+
+    def _refuse(self, exc: Unauthorized, kind: str, parsed: CompactToken | None) -> Unauthorized:
         self._rejected += 1
         log.info("token_rejected", kind=kind, code=exc.code)
+        if self._metrics is not None:
+            self._metrics.refused(exc.code, None if parsed is None else parsed.alg)
         return exc
+
+    def _count_lookup(self, *, hit: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_lookup(hit=hit)
 
 
 def _same(token: str, key: str | None) -> bool:
