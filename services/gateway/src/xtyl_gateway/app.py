@@ -56,6 +56,7 @@ def create_app(settings: GatewaySettings, events: EventSettings | None = None) -
         route_handlers=[MeController, public_openapi, docs_page, *proxy_handlers()],
         lifespan=[lifespan],
         cors_origins=settings.cors_origin_list,
+        service="gateway",
     )
     _name_security_scheme(app)
     return app

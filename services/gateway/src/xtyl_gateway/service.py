@@ -14,7 +14,8 @@ checked, and the exchange handed to the upstream client (:mod:`xtyl_gateway.adap
 
 The rate limiter fails open: while Redis cannot answer, requests pass unlimited (logged at most
 once a second, ``/readyz`` says ``redis`` is degraded), so a Redis outage never takes the API
-down with it.
+down with it. Each request's decision is counted: allowed, limited or failed open
+(``xtyl_gateway_rate_limit_decisions_total``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import msgspec
 import structlog
 
 from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
+from xtyl_common.auth.metrics import TokenMetrics
 from xtyl_common.context import current_request_id
 from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
 from xtyl_common.errors import ClientError, NotFound, RateLimited, TimedOut, Unavailable
@@ -36,6 +38,7 @@ from xtyl_common.health import Readiness
 from xtyl_common.http import HttpConfig, create_session
 from xtyl_common.redis_client import create_redis
 from xtyl_gateway.adapters.event_sources import EVENT_SOURCES, OUTBOX_SCHEMA
+from xtyl_gateway.adapters.metrics import RATE_LIMIT, RATE_LIMIT_DECISIONS
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 from xtyl_gateway.adapters.service_documents import ServiceDocuments
 from xtyl_gateway.adapters.upstream import ProxyConfig, UpstreamClient
@@ -85,6 +88,9 @@ class GatewayService:
         self._route_limits = route_limits
         self._in_flight = in_flight
         self._limiter_down_logged = 0.0
+        self._decisions = {
+            decision: RATE_LIMIT.labels(decision) for decision in RATE_LIMIT_DECISIONS
+        }
         self._document: tuple[float, bytes] | None = None  # (fetched at, merged document)
         self._document_lock = asyncio.Lock()
 
@@ -121,10 +127,13 @@ class GatewayService:
             except (Unavailable, TimedOut) as exc:
                 # Fail open: a Redis outage must not take the whole API down with it (readyz
                 # reports Redis degraded meanwhile; the outage is logged at most once a second).
+                self._decisions["failed_open"].inc()
                 self._log_limiter_down(exc)
                 return
             if not decision.allowed:
+                self._decisions["limited"].inc()
                 raise RateLimited(decision.retry_after_s)
+        self._decisions["allowed"].inc()
 
     def _log_limiter_down(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -213,7 +222,8 @@ async def open_service(
             settings.redis_url, timeout_s=settings.rate_limit_redis_timeout_s
         )
         stack.push_async_callback(limiter.close)
-        verifier = TokenVerifier(settings.auth_config(), session)
+        # the gateway counts its token checks; the services behind it check them again uncounted
+        verifier = TokenVerifier(settings.auth_config(), session, metrics=TokenMetrics())
         stack.push_async_callback(verifier.close)
         await verifier.warm_up()
         upstreams = UpstreamClient(

@@ -14,6 +14,8 @@ import pytest
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService, running_service_async
 
+from .scrape import sample, scrape
+
 pytestmark = pytest.mark.integration
 
 
@@ -123,6 +125,15 @@ async def test_jwks_down_at_start_then_back_accepts_es256_within_seconds(
         while (await status())[0] != 200:
             await asyncio.sleep(0.05)
     assert loop_time() - back < 3.0, "accepted within the retry backoff, not the 30 s cooldown"
+
+    # what an operator sees: the failed fetches, the one that worked, the refusals meanwhile
+    text = await scrape(http, gateway_started_without_jwks.url)
+    fetches = "xtyl_gateway_jwks_fetches_total"
+    assert sample(text, fetches, outcome="failed") >= 1
+    assert sample(text, fetches, outcome="ok") == 1
+    checks = "xtyl_gateway_token_verifications_total"
+    assert sample(text, checks, outcome="unknown_key", alg="ES256") >= 10
+    assert sample(text, checks, outcome="valid", alg="ES256") == 1
 
 
 def loop_time() -> float:

@@ -24,6 +24,8 @@ from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
 
+from .scrape import sample, scrape
+
 pytestmark = pytest.mark.integration
 
 # generous against the ~50 ms budget (a loaded 2-core CI box), far below a second
@@ -195,6 +197,12 @@ async def test_gateway_on_a_stalled_redis_answers_concurrent_requests_at_once(
     assert isinstance(checks, dict)
     assert checks["postgres"] == "up"
     assert str(checks["redis"]).startswith("degraded: ")
+
+    # what an operator sees: every one of the 13 requests passed unchecked
+    text = await scrape(http, url)
+    name = "xtyl_gateway_rate_limit_decisions_total"
+    assert sample(text, name, decision="failed_open") == 13
+    assert sample(text, name, decision="allowed") == sample(text, name, decision="limited") == 0
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService, running_service_async
 
+from .scrape import sample, scrape
+
 pytestmark = pytest.mark.integration
 
 LIMIT = 6
@@ -63,6 +65,24 @@ async def test_three_gateways_share_one_limit(
         assert status == 429
         assert retry_after is not None
         assert 1 <= int(retry_after) <= 60
+
+
+async def test_each_decision_is_counted(
+    limited_gateways: list[RunningService], issuer: LocalIssuer, http: aiohttp.ClientSession
+) -> None:
+    gateway = limited_gateways[0]
+    token = issuer.mint(user_id=uuid.uuid4())
+    before = await scrape(http, gateway.url)
+    statuses = [(await status_of(http, gateway.url + "/v1/search", token))[0] for _ in range(7)]
+    after = await scrape(http, gateway.url)
+
+    assert statuses == [200] * LIMIT + [429]
+    name = "xtyl_gateway_rate_limit_decisions_total"
+
+    def moved(decision: str) -> float:
+        return sample(after, name, decision=decision) - sample(before, name, decision=decision)
+
+    assert (moved("allowed"), moved("limited"), moved("failed_open")) == (LIMIT, 1, 0)
 
 
 async def test_two_users_behind_one_ip_are_limited_separately(

@@ -23,11 +23,15 @@ The rules that keep one user's request from touching another's:
   for one is 503 ``upstream_busy``. (Each user's share is capped before this, by the service.)
 * A refused or reset service is 503 ``upstream_unavailable``, a silent one 504
   ``upstream_timeout``; once the response has started, a failure can only cut the stream.
+
+Each exchange is timed by upstream and status, and each failure that is the service's (not the
+client's) counted by reason (:mod:`xtyl_gateway.adapters.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
@@ -37,6 +41,13 @@ import structlog
 from yarl import URL
 
 from xtyl_common.errors import TimedOut, Unavailable, XtylError
+from xtyl_gateway.adapters.metrics import (
+    NO_ANSWER,
+    UPSTREAM_DURATION,
+    UPSTREAM_ERRORS,
+    UPSTREAM_FAILURES,
+    UpstreamFailure,
+)
 from xtyl_gateway.domain.exchange import ClientConnection, IncomingRequest, RequestBody
 from xtyl_gateway.domain.routing import ForwardedRequest, downstream_response_headers
 
@@ -50,6 +61,17 @@ EARLY_ANSWER_DRAIN_S = 5.0
 #: Bodies up to this size are read whole first and sent with a Content-Length, so a slow
 #: client never holds an upstream connection for them; larger ones stream.
 SMALL_BODY_BYTES = 64 * 1024
+
+
+def failure_reason(exc: BaseException) -> UpstreamFailure:
+    """What broke an exchange with a service (aiohttp's error): its ``reason`` label."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ConnectionTimeoutError
+    ):
+        return "connect"  # refused, unreachable, no such host
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return "timeout"
+    return "reset"  # disconnected, reset, a broken answer
 
 
 class ProxyConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +100,12 @@ class UpstreamClient:
                 raise ValueError(f"{name} upstream must be an http:// URL inside the cluster")
             self._bases[name] = f"http://{parts.netloc}{parts.path.rstrip('/')}"
             self._slots[name] = asyncio.Semaphore(config.pool_size)
+        # every (upstream, reason) series exists from the start, so increase() sees the first
+        self._errors = {
+            (name, reason): UPSTREAM_ERRORS.labels(name, reason)
+            for name in upstreams
+            for reason in UPSTREAM_FAILURES
+        }
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,  # the wait for a pool slot is ours (pool_wait_s), see forward()
@@ -161,6 +189,7 @@ class UpstreamClient:
             else:
                 await slots.acquire()
         except TimeoutError:
+            self._errors[upstream, "busy"].inc()
             log.warning("upstream_busy", upstream=upstream)
             raise Unavailable(
                 f"the {upstream} service is busy, retry shortly",
@@ -170,6 +199,8 @@ class UpstreamClient:
         response: aiohttp.ClientResponse | None = None
         clean = False
         answered = False
+        status = NO_ANSWER
+        started = time.perf_counter()
         try:
             try:
                 response = await self._client().request(
@@ -182,6 +213,7 @@ class UpstreamClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._failure(upstream, method, exc, body) from exc
             answered = True
+            status = str(response.status)
             await client.start_response(
                 response.status, downstream_response_headers(response.raw_headers)
             )
@@ -201,25 +233,20 @@ class UpstreamClient:
                 else:  # an early answer, an aborted client or a broken stream: never pooled
                     response.close()
             slots.release()
+            UPSTREAM_DURATION.labels(upstream, status).observe(time.perf_counter() - started)
         if answered and not body.complete and body.error is None and data is not None:
             # the service answered before the body ended (413, 401 …): the client has that
             # answer; drop what it still sends for a moment, so closing does not reset it
             await body.drain(max_bytes=EARLY_ANSWER_DRAIN_BYTES, timeout_s=EARLY_ANSWER_DRAIN_S)
 
-    @staticmethod
     def _failure(
-        upstream: str, method: str, exc: BaseException, body: RequestBody | None
+        self, upstream: str, method: str, exc: BaseException, body: RequestBody | None
     ) -> XtylError:
         if body is not None and body.error is not None:
-            return body.error
-        if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-            exc, aiohttp.ConnectionTimeoutError
-        ):
-            log.warning("upstream_unavailable", upstream=upstream, error=repr(exc))
-            return Unavailable(
-                f"the {upstream} service is unavailable", code="upstream_unavailable"
-            )
-        if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+            return body.error  # the client's doing (gone, silent, a broken body): not counted
+        reason = failure_reason(exc)
+        self._errors[upstream, reason].inc()
+        if reason == "timeout":
             log.warning("upstream_timeout", upstream=upstream, method=method)
             return TimedOut(
                 f"the {upstream} service did not answer in time", code="upstream_timeout"

@@ -37,9 +37,14 @@ class Route(msgspec.Struct, frozen=True):
         return self.prefix in ANONYMOUS_PREFIXES
 
 
+def is_under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it (``/v1/files/x``, never ``/v1/filesystem``)."""
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def match_route(path: str) -> Route | None:
     for prefix, upstream in ROUTES:
-        if path == prefix or path.startswith(prefix + "/"):
+        if is_under(path, prefix):
             return Route(prefix, upstream)
     return None
 
