@@ -60,6 +60,7 @@ def create_app(
         lifespan=[lifespan],
         # Upload routes lift this and enforce MAX_UPLOAD_BYTES while streaming.
         request_max_body_size=1024 * 1024,
+        service="storage",
     )
 
 

@@ -334,10 +334,14 @@ class StorageService:
         return await self.store.download_url(file.key, disposition=content_disposition(file.name))
 
     async def open_content(self, file: StoredFile) -> ObjectBody:
+        """The file's bytes for a download (a user's, or another service's read)."""
+        return await self._open(file, download=True)
+
+    async def _open(self, file: StoredFile, *, download: bool) -> ObjectBody:
         deadline_s = self.settings.request_deadline_s
         try:
             async with asyncio.timeout(deadline_s):
-                return await self.store.open(file.key)
+                return await self.store.open(file.key, download=download)
         except TimeoutError:
             raise storage_timeout(deadline_s) from None
         except ObjectMissing:
@@ -424,7 +428,7 @@ class StorageService:
         return ready
 
     async def _hash_object(self, file: StoredFile) -> str:
-        body = await self.open_content(file)
+        body = await self._open(file, download=False)
         digest = hashlib.sha256()
         async for chunk in body.chunks:
             digest.update(chunk)

@@ -4,6 +4,12 @@
 (refused connections, timeouts, 5xx, a missing bucket, refused credentials) become
 :class:`~xtyl_common.errors.Unavailable` with code ``storage_unavailable`` (503); a missing
 object on HEAD/GET is ``None`` / :class:`ObjectMissing`, for the caller to decide.
+
+With tracing on, every call to S3 is a span of the maintained botocore instrumentation
+(``AiobotocoreInstrumentor``, opentelemetry-instrumentation-botocore >= 0.62b0: its
+``BotocoreInstrumentor`` alone wraps ``BaseClient._make_api_call``, which aiobotocore's client
+overrides). Multipart parts sent and download bytes streamed out are counted
+(:mod:`xtyl_storage.adapters.metrics`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ import msgspec
 import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
 
 from xtyl_common.errors import Unavailable
+from xtyl_common.tracing import tracing_enabled
+from xtyl_storage.adapters.metrics import BYTES_SENT, MULTIPART_PARTS
 from xtyl_storage.settings import StorageSettings
 
 log = structlog.stdlib.get_logger("xtyl.storage.s3")
@@ -54,8 +63,17 @@ def client_config(settings: StorageSettings) -> Config:
     )
 
 
+def instrument_s3() -> None:
+    """Spans of the S3 calls, once per process, when tracing is on (spans carry the operation,
+    region, endpoint, status and request id: no keys, no file names)."""
+    instrumentor = AiobotocoreInstrumentor()
+    if tracing_enabled() and not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()  # pyright: ignore[reportUnknownMemberType]
+
+
 @asynccontextmanager
 async def open_s3_client(settings: StorageSettings) -> AsyncGenerator[Any]:
+    instrument_s3()
     session: Any = aioboto3.Session()
     async with session.client(
         "s3",
@@ -162,6 +180,7 @@ class ObjectStore:
             )
         except S3_ERRORS as exc:
             raise unavailable("upload_part", exc) from exc
+        MULTIPART_PARTS.inc()
         etag: str = response["ETag"]
         return etag
 
@@ -250,8 +269,9 @@ class ObjectStore:
             etag=str(response.get("ETag", "")),
         )
 
-    async def open(self, key: str) -> ObjectBody:
-        """Start reading an object; iterate ``chunks`` to the end (or close it) to release it."""
+    async def open(self, key: str, *, download: bool = False) -> ObjectBody:
+        """Start reading an object; iterate ``chunks`` to the end (or close it) to release it.
+        ``download``: the chunks go out to a client (counted as bytes sent)."""
         try:
             response = await self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -264,7 +284,7 @@ class ObjectStore:
         return ObjectBody(
             size=int(response["ContentLength"]),
             content_type=str(response.get("ContentType", "application/octet-stream")),
-            chunks=_body_chunks(body, key),
+            chunks=_body_chunks(body, key, download=download),
         )
 
     # -- URLs ------------------------------------------------------------------------------
@@ -309,9 +329,11 @@ class ObjectStore:
         return url
 
 
-async def _body_chunks(body: Any, key: str) -> AsyncIterator[bytes]:
+async def _body_chunks(body: Any, key: str, *, download: bool) -> AsyncIterator[bytes]:
     try:
         async for chunk in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
+            if download:
+                BYTES_SENT.inc(len(chunk))
             yield chunk
     except S3_ERRORS as exc:
         # The status line is already sent: all we can do is cut the stream.

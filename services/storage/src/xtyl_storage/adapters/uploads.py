@@ -1,13 +1,13 @@
 """Streaming a body of unknown length into S3 with bounded memory.
 
-Bytes are hashed (sha256) and counted as they arrive. A body that ends before one part size is
-sent as one PUT; a longer one becomes a multipart upload of equal parts (R2 requires every part
-but the last to be the same size), at most ``concurrency`` parts in flight, so memory per upload
-stays near ``(concurrency + 1) x part size`` whatever the file size. Any failure (too large,
-S3 down, client gone) aborts the multipart upload before the error propagates, so no parts
-are left behind. A cancellation (the request's deadline) only stops the parts in flight and
-propagates at once: waiting on a stalled S3 to abort would outlast the deadline; the caller
-sweeps the key in the background instead
+Bytes are hashed (sha256) and counted as they arrive (``xtyl_storage_bytes_received_total``). A
+body that ends before one part size is sent as one PUT; a longer one becomes a multipart upload
+of equal parts (R2 requires every part but the last to be the same size), at most
+``concurrency`` parts in flight, so memory per upload stays near ``(concurrency + 1) x part
+size`` whatever the file size. Any failure (too large, S3 down, client gone) aborts the
+multipart upload before the error propagates, so no parts are left behind. A cancellation (the
+request's deadline) only stops the parts in flight and propagates at once: waiting on a stalled
+S3 to abort would outlast the deadline; the caller sweeps the key in the background instead
 (:class:`~xtyl_storage.adapters.orphans.OrphanSweeper`).
 """
 
@@ -20,6 +20,7 @@ from typing import Protocol
 
 import structlog
 
+from xtyl_storage.adapters.metrics import BYTES_RECEIVED
 from xtyl_storage.domain.files import StoredObject, too_large
 
 log = structlog.stdlib.get_logger("xtyl.storage.uploads")
@@ -120,6 +121,7 @@ async def stream_to_s3(
     try:
         async for chunk in chunks:
             size += len(chunk)
+            BYTES_RECEIVED.inc(len(chunk))
             if size > max_bytes:
                 raise too_large(max_bytes)
             digest.update(chunk)
