@@ -62,6 +62,7 @@ def create_app(settings: RagSettings, *, event_settings: EventSettings | None = 
         lifespan=[lifespan],
         # inline documents carry their text in the body (MAX_DOCUMENT_BYTES is checked too)
         request_max_body_size=max(10 * MiB, settings.max_document_bytes + MiB),
+        service="rag",
     )
 
 

@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
-from aiohttp import web
 
 from xtyl_common.errors import DependencyError, Unavailable
 from xtyl_common.events import EventSettings
@@ -25,69 +21,18 @@ from xtyl_common.settings import load_settings
 from xtyl_rag.service import RagService, open_service
 from xtyl_rag.settings import RagSettings
 
+from .fake_storage import FakeStorage, StoredFile
+
 pytestmark = pytest.mark.integration
 
 TEXT = b"Lighthouse keepers log the weather every four hours, even on calm nights.\n"
 
 
-@dataclass
-class StoredFile:
-    owner_id: uuid.UUID
-    name: str
-    data: bytes
-
-
-@dataclass
-class FakeStorage:
-    """Answers from a script of statuses per route first (502/503), then as storage would."""
-
-    files: dict[uuid.UUID, StoredFile] = field(default_factory=dict[uuid.UUID, StoredFile])
-    script: dict[str, list[int]] = field(default_factory=dict[str, list[int]])
-    seen: Counter[str] = field(default_factory=Counter[str])
-
-    def scripted(self, route: str) -> int | None:
-        self.seen[route] += 1
-        statuses = self.script.get(route, [])
-        return statuses.pop(0) if statuses else None
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        return web.Response(status=self.scripted("readyz") or 200)
-
-    async def info(self, request: web.Request) -> web.Response:
-        if status := self.scripted("info"):
-            return web.Response(status=status)
-        file_id = uuid.UUID(request.match_info["file_id"])
-        stored = self.files[file_id]
-        return web.json_response(
-            {
-                "id": str(file_id),
-                "owner_id": str(stored.owner_id),
-                "name": stored.name,
-                "size": len(stored.data),
-                "content_type": "text/plain",
-                "sha256": hashlib.sha256(stored.data).hexdigest(),
-            }
-        )
-
-    async def content(self, request: web.Request) -> web.Response:
-        if status := self.scripted("content"):
-            return web.Response(status=status)
-        return web.Response(body=self.files[uuid.UUID(request.match_info["file_id"])].data)
-
-
 @pytest.fixture
 async def storage() -> AsyncIterator[tuple[FakeStorage, str]]:
     fake = FakeStorage()
-    app = web.Application()
-    app.router.add_get("/readyz", fake.readyz)
-    app.router.add_get("/internal/files/{file_id}", fake.info)
-    app.router.add_get("/internal/files/{file_id}/content", fake.content)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield fake, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with fake.serving() as url:
+        yield fake, url
 
 
 @pytest.fixture

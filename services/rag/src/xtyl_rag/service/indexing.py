@@ -26,6 +26,10 @@ raised, so the job is retried later; it never counts as done while the work is u
 
 :func:`stuck_file_finder` is the reconciler's query: ``file.uploaded`` again for file documents
 left in a working state (``STUCK_AFTER_S``).
+
+Each stage of a run (download, extract, chunk, embed, store) is timed
+(``xtyl_rag_ingest_stage_duration_seconds``, failed stages included) and traced (a span per
+stage under the run's ``rag.index``, itself under the job's); the chunks embedded are counted.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -46,9 +51,16 @@ from structlog.stdlib import BoundLogger
 from xtyl_common.errors import NotFound, Unavailable
 from xtyl_common.events import FileDeletedPayload, FileUploaded, FileUploadedPayload
 from xtyl_common.retry import RetryPolicy
+from xtyl_common.tracing import tracer
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
 from xtyl_rag.adapters.extraction import ExtractedText, ExtractionFailed, ExtractorPool
 from xtyl_rag.adapters.extraction.detect import CONTENT_TYPES, EXTENSIONS, parse_content_type
+from xtyl_rag.adapters.metrics import (
+    CHUNKS_EMBEDDED,
+    INGEST_STAGE_DURATION,
+    INGEST_STAGES,
+    IngestStage,
+)
 from xtyl_rag.adapters.postgres import (
     Claim,
     DocumentRepository,
@@ -63,6 +75,7 @@ from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normaliz
 from xtyl_rag.domain.documents import Document, FileSource, should_index, title_from_filename
 
 log = structlog.stdlib.get_logger("xtyl.rag.indexing")
+_tracer = tracer("xtyl.rag.indexing")
 
 Outcome = Literal["ready", "failed", "skipped", "gone"]
 #: vectors computed per embedder call
@@ -77,6 +90,21 @@ LEASE_EXPIRY_MARGIN_S = 0.05
 #: by others just as it runs out.
 LEASE_WAIT_TRIES = 20
 _T = TypeVar("_T")
+
+
+@contextmanager
+def ingest_stage(stage: IngestStage, document: Document) -> Generator[None]:
+    """One stage of a run: a span (``rag.ingest.<stage>``; its attributes the stage and the
+    document's source, file or inline) and its time, whether it ends well or not."""
+    started = time.perf_counter()
+    try:
+        with _tracer.start_as_current_span(
+            f"rag.ingest.{stage}",
+            attributes={"xtyl.rag.stage": stage, "xtyl.rag.source": document.source},
+        ):
+            yield
+    finally:
+        INGEST_STAGE_DURATION.labels(stage).observe(time.perf_counter() - started)
 
 
 def is_supported(content_type: str, name: str) -> bool:
@@ -148,6 +176,8 @@ class Indexer:
             timeout_s=None,
             max_retry_after_s=lease_s * (1 + LEASE_WAIT_SLACK) + LEASE_EXPIRY_MARGIN_S,
         )
+        for stage in INGEST_STAGES:  # every series from the start: increase() sees the first
+            INGEST_STAGE_DURATION.labels(stage)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -207,18 +237,22 @@ class Indexer:
             log_.warning("document_failed", reason="too_many_attempts")
             return IndexReport("failed", error_code="too_many_attempts")
         try:
-            return await self._while_held(
-                claim,
-                self._run(
+            # the stages' spans under one of the run (itself under the job's, when traced)
+            with _tracer.start_as_current_span(
+                "rag.index", attributes={"xtyl.rag.source": document.source}
+            ):
+                return await self._while_held(
                     claim,
-                    data=data,
-                    model=active.model,
-                    writable=writable,
-                    started=started,
-                    log_=log_,
-                ),
-                log_,
-            )
+                    self._run(
+                        claim,
+                        data=data,
+                        model=active.model,
+                        writable=writable,
+                        started=started,
+                        log_=log_,
+                    ),
+                    log_,
+                )
         except LeaseLost:
             log_.info("document_lost", reason="deleted or taken over while indexing")
             return IndexReport("gone", seconds=time.perf_counter() - started)
@@ -238,23 +272,26 @@ class Indexer:
         try:
             extracted = await self._extract(claim, data)
             await self.documents.set_status(claim, "chunking")
-            chunks = await asyncio.to_thread(
-                chunk_text,
-                extracted.text,
-                self.counter,
-                self.policy,
-                page_starts=extracted.pages if extracted.pages else None,
-            )
+            with ingest_stage("chunk", document):
+                chunks = await asyncio.to_thread(
+                    chunk_text,
+                    extracted.text,
+                    self.counter,
+                    self.policy,
+                    page_starts=extracted.pages if extracted.pages else None,
+                )
             if not chunks:
                 raise ExtractionFailed("no_text", "the document has no text to index")
             await self.documents.set_status(claim, "embedding")
-            vectors = await self._embed(chunks, [(m.model, m.dimension) for m in writable])
+            with ingest_stage("embed", document):
+                vectors = await self._embed(chunks, [(m.model, m.dimension) for m in writable])
             if model not in vectors:
                 raise NoEmbedder(f"this worker cannot embed with the active model {model}")
             title = extracted.title if document.source == "file" and extracted.title else None
-            done = await self.documents.complete(
-                claim, NewChunks(chunks=chunks, vectors=vectors, model=model), title=title
-            )
+            with ingest_stage("store", document):
+                done = await self.documents.complete(
+                    claim, NewChunks(chunks=chunks, vectors=vectors, model=model), title=title
+                )
         except ExtractionFailed as exc:
             await self.documents.fail(
                 document, code=exc.reason, error=exc.detail or exc.reason, lease_id=claim.lease_id
@@ -358,10 +395,11 @@ class Indexer:
     async def _extract(self, claim: Claim, data: bytes | None) -> ExtractedText:
         document = claim.document
         if document.source == "inline":
-            text = await self.documents.inline_text(document.id)
-            if text is None:
-                raise ExtractionFailed("no_text", "the inline text is gone")
-            return ExtractedText(text=await asyncio.to_thread(normalize_text, text))
+            with ingest_stage("extract", document):
+                text = await self.documents.inline_text(document.id)
+                if text is None:
+                    raise ExtractionFailed("no_text", "the inline text is gone")
+                return ExtractedText(text=await asyncio.to_thread(normalize_text, text))
         return await self._extract_file(document, data)
 
     async def _extract_file(self, document: Document, data: bytes | None) -> ExtractedText:
@@ -373,12 +411,16 @@ class Indexer:
             )
         if data is None:
             try:
-                data = await self.storage.content(document.file_id, document.owner_id, limit=limit)
+                with ingest_stage("download", document):
+                    data = await self.storage.content(
+                        document.file_id, document.owner_id, limit=limit
+                    )
             except FileTooLarge as exc:
                 raise ExtractionFailed("too_large", str(exc)) from None
-        return await self.extractor.extract_text(
-            data, document.content_type or "", document.file_name or ""
-        )
+        with ingest_stage("extract", document):
+            return await self.extractor.extract_text(
+                data, document.content_type or "", document.file_name or ""
+            )
 
     async def _embed(
         self, chunks: Sequence[Chunk], models: Sequence[tuple[str, int]]
@@ -394,6 +436,7 @@ class Indexer:
             for start in range(0, len(texts), EMBED_SLICE):
                 parts.append(await embedder.embed(texts[start : start + EMBED_SLICE]))
             out[model] = np.concatenate(parts, axis=0)
+            CHUNKS_EMBEDDED.inc(len(texts))
         return out
 
 

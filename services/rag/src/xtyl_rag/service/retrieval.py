@@ -4,7 +4,8 @@ Search embeds the query with the *active* model (the one whose vectors are compl
 change of model that may not be the configured one), chooses the semantic plan from the
 caller's chunk count (``domain/planning.py``), runs the semantic and full-text (BM25)
 rankings concurrently and fuses them (a weighted combination of their min-max scaled scores,
-``domain/fusion.py``) in hybrid mode. Recent query vectors are cached. Every statement carries
+``domain/fusion.py``) in hybrid mode (each search timed by mode and plan:
+``xtyl_rag_search_duration_seconds``). Recent query vectors are cached. Every statement carries
 the caller's id, so a result can only be one of the caller's chunks.
 """
 
@@ -25,6 +26,7 @@ import structlog
 from xtyl_common.errors import DependencyError, Unavailable
 from xtyl_rag.adapters.embedders import Embedder
 from xtyl_rag.adapters.llm import ChatClient
+from xtyl_rag.adapters.metrics import SEARCH_DURATION, SEARCH_LABELS
 from xtyl_rag.adapters.postgres import ChunkSearch, EmbeddingModel, ModelRegistry
 from xtyl_rag.adapters.postgres.chunks import to_hit
 from xtyl_rag.adapters.vector_spaces import Embedders
@@ -99,6 +101,8 @@ class Retriever:
         self._active: _Cached[EmbeddingModel] = _Cached(ACTIVE_MODEL_TTL_S)
         self._total: _Cached[int] = _Cached(TOTAL_VECTORS_TTL_S)
         self._vectors: OrderedDict[tuple[str, str], np.ndarray[Any, Any]] = OrderedDict()
+        for mode, plan in SEARCH_LABELS:  # every series from the start
+            SEARCH_DURATION.labels(mode, plan)
 
     async def active_model(self) -> EmbeddingModel:
         cached = self._active.fresh()
@@ -226,6 +230,7 @@ class Retriever:
         mode: SearchMode,
         filters: SearchFilters,
     ) -> SearchResult:
+        started = time.perf_counter()
         semantic, fulltext, plan, model = await self._rankings(
             owner_id,
             query,
@@ -256,7 +261,9 @@ class Retriever:
             for chunk_id, score in ranked
             if chunk_id in rows  # a chunk deleted between the two statements
         ]
-        return SearchResult(hits, mode, plan.kind if plan else None, model.model if model else None)
+        kind = plan.kind if plan else None
+        SEARCH_DURATION.labels(mode, kind or "none").observe(time.perf_counter() - started)
+        return SearchResult(hits, mode, kind, model.model if model else None)
 
     async def answer(
         self,
