@@ -60,6 +60,7 @@ def create_app(settings: NotifySettings) -> Litestar:
             "webhook_secret": settings.brevo_webhook_secret,
             WEBHOOKS_STATE_KEY: hook_verifiers(settings.send_email_hook_secrets),
         },
+        service="notify",
     )
 
 

@@ -19,6 +19,11 @@ The database failing (``Unavailable``) raises from any step. Brevo's ``idempoten
 row id) covers the one gap left: a worker that died after Brevo accepted the email and before
 the row said so.
 
+Every attempt's outcome is counted by kind (``xtyl_notify_emails_total``: sent, failed, retry,
+suppressed, duplicate, skipped; a copy that finds another sending the email right now is not
+counted, its retry is), and every newly suppressed address by reason
+(``xtyl_notify_suppressions_total``).
+
 Who retries a send, one layer per call path:
 
 * emails of stream events (``user.created``, ``document.*``): nothing in process. The stream
@@ -50,6 +55,7 @@ from xtyl_common.http import HttpConfig, create_session
 from xtyl_common.pagination import Page, keyset_page
 from xtyl_common.retry import RetryPolicy
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
+from xtyl_notify.adapters.metrics import EMAIL_OUTCOMES, EMAILS, SUPPRESSIONS, EmailOutcome
 from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.addresses import (
     Mailbox,
@@ -72,7 +78,7 @@ from xtyl_notify.domain.templates import (
     document_ready_email,
     welcome_email,
 )
-from xtyl_notify.domain.webhooks import BrevoWebhookEvent, suppressions_from
+from xtyl_notify.domain.webhooks import SUPPRESSING_EVENTS, BrevoWebhookEvent, suppressions_from
 from xtyl_notify.settings import NotifySettings
 
 log = structlog.stdlib.get_logger("xtyl.notify")
@@ -131,6 +137,12 @@ class NotifyService:
         self.auth_templates: dict[str, int] = dict(auth_templates or {})
         #: What ``/readyz`` checks of the service's own dependencies.
         self.readiness: dict[str, HealthCheck] = dict(readiness or {})
+        # every series from the start, so increase() sees the first email of each
+        for kind in EmailKind:
+            for outcome in EMAIL_OUTCOMES:
+                EMAILS.labels(kind.value, outcome)
+        for reason in sorted(set(SUPPRESSING_EVENTS.values())):
+            SUPPRESSIONS.labels(reason)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -141,6 +153,7 @@ class NotifyService:
         payload = event.payload
         if not payload.email:
             log.info("email_skipped", kind="welcome", reason="user has no email address")
+            count(EmailKind.WELCOME, "skipped")
             return None
         recipient = Recipient(
             user_id=payload.user_id,
@@ -162,7 +175,7 @@ class NotifyService:
         self, event: DocumentIndexed, *, final_attempt: bool = False
     ) -> EmailStatus | None:
         payload = event.payload
-        recipient = await self._recipient_of(event.type, payload.owner_id)
+        recipient = await self._recipient_of(event.type, payload.owner_id, EmailKind.DOCUMENT_READY)
         if recipient is None:
             return None
         content = document_ready_email(
@@ -182,7 +195,9 @@ class NotifyService:
         self, event: DocumentFailed, *, final_attempt: bool = False
     ) -> EmailStatus | None:
         payload = event.payload
-        recipient = await self._recipient_of(event.type, payload.owner_id)
+        recipient = await self._recipient_of(
+            event.type, payload.owner_id, EmailKind.DOCUMENT_FAILED
+        )
         if recipient is None:
             return None
         content = document_failed_email(
@@ -198,7 +213,9 @@ class NotifyService:
             final_attempt=final_attempt,
         )
 
-    async def _recipient_of(self, event_type: str, user_id: uuid.UUID) -> Recipient | None:
+    async def _recipient_of(
+        self, event_type: str, user_id: uuid.UUID, kind: EmailKind
+    ) -> Recipient | None:
         recipient = await self.repository.recipient(user_id)
         if recipient is None:
             log.info(
@@ -207,6 +224,7 @@ class NotifyService:
                 user_id=str(user_id),
                 reason="unknown recipient (no user.created seen for this user)",
             )
+            count(kind, "skipped")
         return recipient
 
     @staticmethod
@@ -254,9 +272,12 @@ class NotifyService:
                         BrevoUnavailable, self._send_each, emails, sends_end
                     )
                 except BrevoUnavailable as exc:
-                    await self.repository.give_up(
+                    failed = await self.repository.give_up(
                         [email.dedupe_key for email in emails], f"{exc.code}: {exc.message}"
                     )
+                    for email in emails:
+                        if email.dedupe_key in failed:
+                            count(email.kind, "failed")
                     log.warning("email_failed", kind="auth", code=exc.code, gave_up=True)
                     raise EmailNotSentInTime(
                         f"Brevo: {exc.code}: {exc.message}", retry_after_s=exc.retry_after_s
@@ -295,13 +316,16 @@ class NotifyService:
         never written to again; how many were new."""
         suppressions = suppressions_from(list(events))
         added = await self.repository.add_suppressions(suppressions, source=SUPPRESSION_SOURCE)
+        reasons = {s.address: s.reason for s in suppressions}
+        for address in added:
+            SUPPRESSIONS.labels(reasons[address]).inc()
         if suppressions:
             log.info(
                 "suppressions_added",
-                added=added,
+                added=len(added),
                 reasons=sorted({s.reason for s in suppressions}),
             )
-        return added
+        return len(added)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -316,11 +340,13 @@ class NotifyService:
         record = await repo.log_email(email)
         if record.is_final:
             log.info("email_duplicate", email_id=str(record.id), status=record.status.value)
+            count(email.kind, "duplicate")
             return record.status
         claimed = await repo.claim(record.id, lease_s=self.lease_s)
         if claimed is None:
             current = await repo.get(record.id)
             if current is not None and current.is_final:
+                count(email.kind, "duplicate")
                 return current.status
             raise EmailInFlight(f"email {record.id} is being sent by another worker")
         return await self._send(claimed, email, final_attempt=final_attempt, send_by=send_by)
@@ -342,16 +368,19 @@ class NotifyService:
         if reason is not None:
             await repo.mark_suppressed(claimed.id, reason)
             bound.info("email_suppressed", reason=reason)
+            count(claimed.kind, "suppressed")
             return EmailStatus.SUPPRESSED
         if not is_valid_email(claimed.to_address):
             await repo.mark_failed(claimed.id, "invalid_address: not a deliverable address")
             bound.warning("email_failed", code="invalid_address")
+            count(claimed.kind, "failed")
             return EmailStatus.FAILED
         try:
             message_id = await self._call_brevo(claimed, email, send_by)
         except BrevoRejected as exc:
             await repo.mark_failed(claimed.id, f"{exc.code}: {exc.message}")
             bound.warning("email_failed", code=exc.code, status=exc.upstream_status)
+            count(claimed.kind, "failed")
             raise
         except BrevoUnavailable as exc:
             error = f"{exc.code}: {exc.message}"
@@ -360,6 +389,7 @@ class NotifyService:
                 bound.warning(
                     "email_failed", code=exc.code, status=exc.upstream_status, gave_up=True
                 )
+                count(claimed.kind, "failed")
                 raise
             await repo.release(claimed.id, error)
             bound.info(
@@ -368,9 +398,11 @@ class NotifyService:
                 status=exc.upstream_status,
                 retry_after_s=exc.retry_after_s,
             )
+            count(claimed.kind, "retry")
             raise
         await repo.mark_sent(claimed.id, message_id)
         bound.info("email_sent", brevo_message_id=message_id)
+        count(claimed.kind, "sent")
         return EmailStatus.SENT
 
     async def _call_brevo(
@@ -393,6 +425,11 @@ class NotifyService:
             params=None if template is None else template.params,
             timeout_s=timeout_s,
         )
+
+
+def count(kind: EmailKind, outcome: EmailOutcome) -> None:
+    """One email's attempt ended with ``outcome`` (``xtyl_notify_emails_total``)."""
+    EMAILS.labels(kind.value, outcome).inc()
 
 
 @asynccontextmanager

@@ -15,6 +15,7 @@ from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService, running_service_async
 
 from .conftest import WEBHOOK_SECRET, Bus, document_indexed, user_created, wait_for_status
+from .scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -199,6 +200,29 @@ async def test_webhook_suppresses_and_the_address_gets_no_more_email(
     await bus.drained("users")
     assert brevo.requests_to(bounced) == []
     assert row["last_error"] == "suppressed: hard_bounce"
+
+
+async def test_webhook_suppressions_are_counted_by_reason_once_per_address(
+    notify_api: RunningService, http: aiohttp.ClientSession
+) -> None:
+    bounced, complained = (f"{uuid.uuid4().hex[:12]}@example.com" for _ in range(2))
+    batch = [hard_bounce(bounced), {"event": "spam", "email": complained}, hard_bounce(bounced)]
+    before = await scrape(http, notify_api.url)
+    for _ in range(2):  # Brevo sending the same events again suppresses nothing more
+        async with http.post(
+            f"{notify_api.url}/webhooks/brevo", json=batch, headers=bearer(WEBHOOK_SECRET)
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+    after = await scrape(http, notify_api.url)
+
+    def moved(reason: str) -> float:
+        name = "xtyl_notify_suppressions_total"
+        return sample(after, name, reason=reason) - sample(before, name, reason=reason)
+
+    assert (moved("hard_bounce"), moved("spam"), moved("unsubscribed")) == (1, 1, 0)
+    webhook = {"service": "notify", "route": "/webhooks/brevo", "status": "200"}
+    name = "xtyl_http_requests_total"
+    assert sample(after, name, **webhook) - sample(before, name, **webhook) == 2
 
 
 async def test_webhook_with_a_malformed_body_is_422(

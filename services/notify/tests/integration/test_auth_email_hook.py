@@ -23,6 +23,8 @@ from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_notify.service import AUTH_EMAIL_SENDS, AUTH_HOOK_DEADLINE_S
 
+from .scrape import sample, scrape
+
 pytestmark = pytest.mark.integration
 
 SECRET = "v1,whsec_" + "bm90aWZ5LXRlc3Qtc2VuZC1lbWFpbC1ob29rLXNlY3JldA=="
@@ -282,6 +284,35 @@ async def test_brevo_down_through_every_try_is_503_before_supabase_s_deadline(
     )
     assert row["status"] == "failed"
     assert row["last_error"].startswith(f"gave up after {AUTH_EMAIL_SENDS.attempts} attempts")
+
+
+async def test_each_email_is_counted_by_kind_and_outcome(
+    hook_notify: RunningService, brevo: LocalBrevo, http: aiohttp.ClientSession
+) -> None:
+    before = await scrape(http, hook_notify.url)
+    signup, recovery, magiclink = address(), address(), address()
+    brevo.fail_next(503, to=recovery)
+    brevo.fail_next(503, times=AUTH_EMAIL_SENDS.attempts, to=magiclink)
+    for action, to, answered in (
+        ("signup", signup, 200),
+        ("recovery", recovery, 200),
+        ("magiclink", magiclink, 503),
+    ):
+        body = json.dumps(payload(action, to)).encode()
+        assert (await call(http, hook_notify, body, signed(body)))[0] == answered
+    after = await scrape(http, hook_notify.url)
+
+    def moved(kind: str, outcome: str) -> float:
+        labels = {"kind": kind, "outcome": outcome}
+        return sample(after, "xtyl_notify_emails_total", **labels) - sample(
+            before, "xtyl_notify_emails_total", **labels
+        )
+
+    assert moved("auth_signup", "sent") == 1
+    assert (moved("auth_recovery", "retry"), moved("auth_recovery", "sent")) == (1, 1)
+    # every try Brevo could not take, then the email given up when the hook's time ran out
+    assert moved("auth_magiclink", "retry") == AUTH_EMAIL_SENDS.attempts
+    assert (moved("auth_magiclink", "failed"), moved("auth_magiclink", "sent")) == (1, 0)
 
 
 async def test_a_suppressed_address_is_answered_but_not_written_to(

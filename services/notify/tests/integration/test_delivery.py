@@ -11,16 +11,19 @@ import aiohttp
 import pytest
 
 from xtyl_common.errors import ClientError, Unavailable
+from xtyl_common.metrics import exposition
 from xtyl_common.settings import load_settings
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.ports import free_port
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.domain.addresses import Mailbox
 from xtyl_notify.domain.emails import EmailKind, EmailStatus, NewEmail, RenderedEmail
+from xtyl_notify.domain.webhooks import BrevoWebhookEvent
 from xtyl_notify.service import EmailInFlight, NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
 from .conftest import warm_pool
+from .scrape import sample
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +87,49 @@ async def test_an_email_held_by_a_dead_worker_is_sent_once_its_lease_ends(
     assert sent is not None
     assert sent.brevo_message_id == first_id
     assert sent.attempts == 2
+
+
+async def test_each_attempt_is_counted_by_kind_and_outcome(
+    service: NotifyService, brevo: LocalBrevo
+) -> None:
+    """What the worker's /metrics shows (the service in process: this process's registry)."""
+    emails, suppressions = "xtyl_notify_emails_total", "xtyl_notify_suppressions_total"
+    before = exposition()[0].decode()
+    flaky, refusing, dying, bouncing = (unique_address() for _ in range(4))
+
+    brevo.fail_next(503, to=flaky)
+    email = new_email(flaky)
+    with pytest.raises(BrevoUnavailable):
+        await service.deliver(email)  # retry
+    assert await service.deliver(email) is EmailStatus.SENT  # sent
+    assert await service.deliver(email) is EmailStatus.SENT  # duplicate
+    brevo.fail_next(400, to=refusing)
+    with pytest.raises(BrevoRejected):
+        await service.deliver(new_email(refusing))  # failed
+    brevo.fail_next(503, to=dying)
+    with pytest.raises(BrevoUnavailable):
+        await service.deliver(new_email(dying), final_attempt=True)  # failed
+    bounce = BrevoWebhookEvent(event="hard_bounce", email=bouncing)
+    assert await service.suppress([bounce]) == 1
+    assert await service.suppress([bounce]) == 0  # known already: not counted again
+    assert await service.deliver(new_email(bouncing)) is EmailStatus.SUPPRESSED
+
+    after = exposition()[0].decode()
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    welcome = {"kind": EmailKind.WELCOME.value}
+    assert {
+        outcome: moved(emails, **welcome, outcome=outcome)
+        for outcome in ("sent", "failed", "retry", "suppressed", "duplicate", "skipped")
+    } == {"sent": 1, "failed": 2, "retry": 1, "suppressed": 1, "duplicate": 1, "skipped": 0}
+    assert moved(suppressions, reason="hard_bounce") == 1
+    # every kind's outcomes and every reason are served from the start
+    for kind in EmailKind:
+        assert f'{emails}{{kind="{kind.value}",outcome="sent"}}' in after
+    for reason in ("hard_bounce", "spam", "unsubscribed", "blocked", "invalid_email"):
+        assert f'{suppressions}{{reason="{reason}"}}' in after
 
 
 async def test_brevo_client_maps_errors(brevo: LocalBrevo) -> None:

@@ -180,19 +180,22 @@ class NotifyRepository:
                 timeout=self._timeout,
             )
 
-    async def give_up(self, dedupe_keys: Sequence[str], error: str) -> None:
+    async def give_up(self, dedupe_keys: Sequence[str], error: str) -> set[str]:
         """The emails of ``dedupe_keys`` still open are ``failed`` for good: their last try
-        failed for a passing reason and none follows ("gave up after N attempts; why")."""
+        failed for a passing reason and none follows ("gave up after N attempts; why"). The
+        dedupe keys of those it failed."""
         async with self._connection() as conn:
-            await conn.execute(
+            rows = await conn.fetch(
                 "update xtyl_notify.emails set status = 'failed', locked_until = null,"  # noqa: S608 - constant statuses
                 " last_error = left(format('gave up after %s attempts; %s', attempts, $2::text),"
                 f" {_MAX_ERROR_CHARS}), updated_at = now()"
-                f" where dedupe_key = any($1::text[]) and status in {_OPEN}",
+                f" where dedupe_key = any($1::text[]) and status in {_OPEN}"
+                " returning dedupe_key",
                 list(dedupe_keys),
                 error,
                 timeout=self._timeout,
             )
+        return {row["dedupe_key"] for row in rows}
 
     async def list_for_user(
         self, user_id: uuid.UUID, *, limit: int, after: Cursor | None
@@ -221,10 +224,13 @@ class NotifyRepository:
             )
         return reason
 
-    async def add_suppressions(self, suppressions: Sequence[Suppression], *, source: str) -> int:
-        """Insert the new ones (an address already suppressed keeps its first reason)."""
+    async def add_suppressions(
+        self, suppressions: Sequence[Suppression], *, source: str
+    ) -> list[str]:
+        """Insert the new ones (an address already suppressed keeps its first reason); the
+        addresses inserted."""
         if not suppressions:
-            return 0
+            return []
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "insert into xtyl_notify.suppressions (address, reason, source)"
@@ -235,4 +241,4 @@ class NotifyRepository:
                 [source] * len(suppressions),
                 timeout=self._timeout,
             )
-        return len(rows)
+        return [row["address"] for row in rows]
