@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from xtyl_common.db import redact_url
 from xtyl_common.events.contracts import DEAD_LETTER_SUFFIX, DOMAINS, dead_letter_key, stream_key
@@ -63,21 +63,51 @@ async def stream_names(redis: Redis, prefix: str) -> list[str]:
     return sorted(names)
 
 
+class GroupCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """One consumer group of a stream as ``XINFO GROUPS`` tells it."""
+
+    name: str
+    consumers: int
+    pending: int
+    #: ``None`` when Redis cannot tell (entries were deleted in the middle of the stream).
+    lag: int | None
+
+
+async def group_counts(
+    redis: Redis, stream: str, *, timeout_s: float = _TIMEOUT_S
+) -> list[GroupCounts]:
+    """The consumer groups of ``stream`` with their consumers, pending entries and lag (one
+    ``XINFO GROUPS``; none when the stream does not exist). What ``make streams`` prints, and
+    what a worker's ``xtyl_stream_lag`` / ``xtyl_stream_pending`` gauges are set from."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            groups: list[dict[str, Any]] = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+    return [
+        GroupCounts(
+            name=_text(g["name"]),
+            consumers=int(g["consumers"]),
+            pending=int(g["pending"]),
+            lag=None if g.get("lag") is None else int(g["lag"]),
+        )
+        for g in groups
+    ]
+
+
 async def stream_status(redis: Redis, stream: str) -> StreamStatus:
     async with asyncio.timeout(_TIMEOUT_S), redis.pipeline(transaction=False) as pipe:
         pipe.xlen(stream)
         pipe.xlen(dead_letter_key(stream))
         length, dead = await pipe.execute()
-    groups: list[dict[str, Any]] = []
-    if length or await redis.exists(stream):
-        async with asyncio.timeout(_TIMEOUT_S):
-            groups = await redis.xinfo_groups(stream)
-    names = [_text(g["name"]) for g in groups]
+    groups = await group_counts(redis, stream)
     retrying: list[int] = []
-    if names:
+    if groups:
         async with asyncio.timeout(_TIMEOUT_S), redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hlen(retries_key(stream, name))
+            for group in groups:
+                pipe.hlen(retries_key(stream, group.name))
             retrying = [int(n) for n in await pipe.execute()]
     dead_by_group = await dead_letters_by_group(redis, stream) if dead else {}
     return StreamStatus(
@@ -86,14 +116,14 @@ async def stream_status(redis: Redis, stream: str) -> StreamStatus:
         dead=int(dead),
         groups=[
             GroupStatus(
-                name=name,
-                consumers=int(g["consumers"]),
-                pending=int(g["pending"]),
-                lag=None if g.get("lag") is None else int(g["lag"]),
+                name=g.name,
+                consumers=g.consumers,
+                pending=g.pending,
+                lag=g.lag,
                 retrying=retrying[index],
-                dead=dead_by_group.get(name, 0),
+                dead=dead_by_group.get(g.name, 0),
             )
-            for index, (name, g) in enumerate(zip(names, groups, strict=True))
+            for index, g in enumerate(groups)
         ],
     )
 
