@@ -6,6 +6,8 @@ import uuid
 
 import msgspec
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from xtyl_common.context import set_request_id
 from xtyl_common.events.contracts import (
@@ -56,7 +58,8 @@ def test_the_wire_form_is_one_envelope_tagged_by_type() -> None:
     wire = msgspec.json.decode(encode_event(_file_uploaded()))
 
     assert set(wire) == {
-        "type", "id", "occurred_at", "producer", "request_id", "version", "payload"
+        "type", "id", "occurred_at", "producer", "request_id", "version", "traceparent",
+        "tracestate", "payload",
     }  # fmt: skip
     assert wire["type"] == "file.uploaded"
     assert wire["version"] == 1
@@ -121,6 +124,7 @@ def test_newer_producers_fields_are_ignored_and_missing_ones_defaulted() -> None
     assert event.payload == UserCreatedPayload(user_id=user_id)
     assert event.request_id is None
     assert event.version == 1
+    assert (event.traceparent, event.tracestate) == (None, None)  # made before tracing
 
 
 def test_the_request_id_of_the_current_request_is_recorded() -> None:
@@ -137,3 +141,28 @@ def test_the_request_id_of_the_current_request_is_recorded() -> None:
 
     assert event.request_id == "req-42"
     assert event.payload.file_id is None
+
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0xB7AD6B7169203331
+
+
+def test_the_trace_context_of_the_current_span_is_recorded() -> None:
+    # a span context of its own (what a request's span would be): no tracer provider needed
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=TRACE_ID,
+            span_id=SPAN_ID,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=TraceState([("vendor", "opaque")]),
+        )
+    )
+    with trace.use_span(span):
+        event = _file_uploaded()
+    untraced = _file_uploaded()
+
+    assert event.traceparent == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
+    assert event.tracestate == "vendor=opaque"
+    assert decode_event(encode_event(event)) == event  # it travels in the envelope
+    assert (untraced.traceparent, untraced.tracestate) == (None, None)

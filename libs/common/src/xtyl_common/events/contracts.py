@@ -1,8 +1,9 @@
 """Event contracts: what travels on the streams, as versioned msgspec Structs.
 
 Every event is one envelope (``id``, ``type``, ``version``, ``occurred_at``, ``producer``,
-``request_id``, ``payload``); the ``type`` member is the msgspec tag, so one module-level
-decoder (:data:`event_decoder`) turns any entry back into the right class::
+``request_id``, ``traceparent``, ``tracestate``, ``payload``); the ``type`` member is the
+msgspec tag, so one module-level decoder (:data:`event_decoder`) turns any entry back into the
+right class::
 
     event = FileUploaded(producer="storage", payload=FileUploadedPayload(file_id=..., ...))
     decode_event(b'{"type": "file.uploaded", ...}')  # -> FileUploaded
@@ -26,6 +27,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from xtyl_common.context import current_request_id
+from xtyl_common.tracing import current_carrier
 
 USERS = "users"
 FILES = "files"
@@ -38,6 +40,11 @@ DEAD_LETTER_SUFFIX = ":dead"
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _current_trace(header: str) -> str | None:
+    """``traceparent`` or ``tracestate`` of the current trace context (``None`` untraced)."""
+    return current_carrier().get(header)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -54,6 +61,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     request_id: str | None = msgspec.field(default_factory=current_request_id)
     #: Schema version of the payload; bumped only when consumers must branch on it.
     version: int = 1
+    #: The W3C trace context of the code that made the event (taken from the current context
+    #: by default; ``None`` when nothing is traced): the worker's handler span continues it.
+    traceparent: str | None = msgspec.field(default_factory=lambda: _current_trace("traceparent"))
+    tracestate: str | None = msgspec.field(default_factory=lambda: _current_trace("tracestate"))
 
     @property
     def type(self) -> str:

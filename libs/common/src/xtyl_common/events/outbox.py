@@ -15,6 +15,9 @@ and appends events in the transaction that makes the change::
 The row becomes visible to the relay only when the transaction commits, so an event is never
 published for a change that was rolled back, and never lost for one that committed. SQL code
 (triggers) calls ``xtyl_events.add_event(schema, stream, type, payload, producer, ...)``.
+
+The event's trace context (``traceparent``, ``tracestate``: the current one when the event was
+made) is written with it, so the worker that handles the event continues the trace.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _payload_encoder = msgspec.json.Encoder()
 
-_ADD_EVENT = "select xtyl_events.add_event($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9)"
+_ADD_EVENT = (
+    "select xtyl_events.add_event($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11)"
+)
 
 
 def check_schema_name(schema: str) -> str:
@@ -59,6 +64,8 @@ async def add_event(
         event.version,
         event.id,
         event.occurred_at,
+        event.traceparent,
+        event.tracestate,
         timeout=timeout_s,
     )
 
