@@ -1,16 +1,18 @@
-"""Fixtures of the event backbone's integration tests: a pool on the migrated test database
-and a fresh outbox schema per test."""
+"""Fixtures of the event backbone's integration tests: a pool on the migrated test database,
+a fresh outbox schema per test, and a reader of metrics."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.events import install_outbox
+from xtyl_common.metrics import exposition
 
 
 @pytest.fixture
@@ -18,6 +20,27 @@ async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(DatabaseConfig(url=migrated_database_url, max_size=10))
     yield pool
     await pool.close()
+
+
+#: ``sample(name, text=None, **labels)``: the value of one series in Prometheus' text format
+#: (``text``, or this process's ``exposition()``), ``None`` when it is not served.
+MetricSample = Callable[..., float | None]
+
+
+def _sample(name: str, text: str | None = None, **labels: str) -> float | None:
+    if text is None:
+        text = exposition()[0].decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+@pytest.fixture
+def sample() -> MetricSample:
+    """Reads a metric as a scrape does (prometheus-client's own parser)."""
+    return _sample
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from xtyl_common.events.recovery import EventSource
 from xtyl_common.events.replay import main as replay_main
 from xtyl_common.events.replay import parse_since
 from xtyl_common.redis_client import create_redis
+from xtyl_devstack.ports import free_port
 from xtyl_devstack.redis import RedisServer
 from xtyl_devstack.testing import eventually
 
@@ -158,6 +159,8 @@ async def start_worker(
         "MARKS_URL": redis_url,
         "MARKS_KEY": key,
         "LOG_LEVEL": "warning",
+        "HOST": "127.0.0.1",
+        "HEALTH_PORT": str(free_port()),  # its health listener; never the shared default
     }
     return await asyncio.create_subprocess_exec(
         sys.executable,

@@ -32,6 +32,7 @@ from xtyl_common.events import (
 from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.events.streams import retries_key
 from xtyl_common.redis_client import create_redis
+from xtyl_devstack.ports import free_port
 from xtyl_devstack.testing import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -159,6 +160,8 @@ async def start_worker(
         "DONE_KEY": redis_prefix + "done",
         "FAILED_KEY": redis_prefix + "failed",
         "LOG_LEVEL": "warning",
+        "HOST": "127.0.0.1",
+        "HEALTH_PORT": str(free_port()),  # its health listener; never the shared default
     }
     return await asyncio.create_subprocess_exec(
         sys.executable,

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from xtyl_common.events import EventSettings, worker_entry
+from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
+from xtyl_common.events.worker import WORKER_HEALTH_KEY
+from xtyl_common.events.worker_health import WorkerHealth
 from xtyl_common.settings import BaseSettings
 
 
@@ -31,6 +33,46 @@ def test_a_missing_variable_stops_the_worker_with_one_line_naming_it(
 
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith("test-worker: configuration error: REDIS_URL")
+
+
+@pytest.mark.parametrize("value", ["eighty", "0", "70000"])
+def test_a_bad_health_port_stops_the_worker_with_one_line_naming_it(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("HEALTH_PORT", value)
+    module_getattr, _ = worker_entry(WorkerSettingsForTest, worker_settings, program="test-worker")
+
+    with pytest.raises(SystemExit) as exited:
+        module_getattr("WorkerSettings")
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("test-worker: configuration error: HEALTH_PORT")
+    assert len(err.splitlines()) == 1
+
+
+def test_the_worker_serves_its_health_on_host_and_health_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("HEALTH_PORT", "18181")
+
+    def with_consumer(settings: WorkerSettingsForTest, events: EventSettings) -> dict[str, Any]:
+        return stream_worker_settings(
+            redis_url=settings.redis_url, group="g", handlers={FileUploaded: _handler}
+        )
+
+    module_getattr, _ = worker_entry(WorkerSettingsForTest, with_consumer, program="xtyl-x-worker")
+    health = module_getattr("WorkerSettings")[WORKER_HEALTH_KEY]
+
+    assert isinstance(health, WorkerHealth)
+    assert (health.name, health.host, health.port) == ("x-worker", "127.0.0.1", 18181)
+
+
+async def _handler(event: FileUploaded, ctx: dict[str, Any]) -> None:
+    pass
 
 
 def test_another_name_is_an_attribute_error() -> None:

@@ -10,12 +10,19 @@ then the entry is acknowledged in a batch (one pipeline per stream every few mil
 ``XACK`` fails, the entry stays pending: whoever takes it over finds the marker and
 acknowledges it without running the handler again. The marker lives ``keep_result_s``, and
 at least three times ``claim_idle_ms`` past the last attempt to acknowledge the entry.
+
+Each attempt runs in a ``handle <type>`` span whose parent is the trace context the event
+carried (attributes: stream, group, entry id, event type and id, attempt, outcome), and is
+counted with its handler's time by outcome: ``ok``, ``retry`` or ``dead``
+(``xtyl_stream_job_attempts_total``, ``xtyl_stream_job_duration_seconds``). Every entry
+dead-lettered, whether its handler ran or not, counts in ``xtyl_stream_dead_lettered_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,11 +30,12 @@ from enum import Enum
 from typing import Any
 
 import structlog
+from opentelemetry.trace import Span
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from xtyl_common.context import set_request_id
-from xtyl_common.events.contracts import InvalidEvent, UnknownEventType, decode_event
+from xtyl_common.events.contracts import AnyEvent, InvalidEvent, UnknownEventType, decode_event
 from xtyl_common.events.retries import (
     FINAL_ATTEMPT_KEY,
     GiveUp,
@@ -46,6 +54,15 @@ from xtyl_common.events.streams import (
     dead_letter,
     done_key,
     retries_key,
+)
+from xtyl_common.events.telemetry import (
+    DEAD,
+    OK,
+    RETRY,
+    ConsumerMetrics,
+    end_attempt_span,
+    handler_span,
+    trace_carrier,
 )
 from xtyl_common.supervise import describe
 
@@ -116,12 +133,14 @@ class EntryHandling:
         consumer: str,
         handlers: Mapping[str, Handler],
         settings: EventSettings,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.group = group
         self.consumer = consumer
         self.handlers = handlers
         self.settings = settings
+        self.metrics = metrics or ConsumerMetrics(group, (), handlers)
         self.policy = RetryPolicy.of(settings)
         self.done_keep_ms = max(int(settings.keep_result_s * 1000), 3 * settings.claim_idle_ms)
         #: stream -> entry id -> whether its done marker still has to be written
@@ -131,14 +150,31 @@ class EntryHandling:
     # --- one attempt ----------------------------------------------------------------------
 
     async def run(self, entry: Entry, worker_ctx: Mapping[str, Any]) -> Outcome:
-        """Decode the entry and call its handler (within ``handler_timeout_s``); then mark it
-        done and queue its XACK, or decide what its failure means."""
+        """Decode the entry and call its handler (within ``handler_timeout_s``), in a span
+        that continues the event's trace; then mark it done and queue its XACK, or decide what
+        its failure means. Counted by outcome (:mod:`.telemetry`)."""
         job_try = entry.job_try
         try:
             event = decode_event(entry.data)
         except (UnknownEventType, InvalidEvent) as exc:
             await self.dead_letter(entry.key, entry.fields, f"undecodable event: {exc}", job_try)
             return Outcome.DEAD_LETTERED
+        attributes: dict[str, str | int] = {
+            "messaging.system": "redis",
+            "messaging.destination.name": entry.stream,
+            "messaging.consumer.group.name": self.group,
+            "messaging.message.id": entry.entry_id,
+            "xtyl.event_type": entry.event_type,
+            "xtyl.event_id": str(event.id),
+            "xtyl.attempt": job_try,
+        }
+        carrier = trace_carrier(event.traceparent, event.tracestate)
+        with handler_span(entry.event_type, carrier, attributes) as span:
+            return await self._attempt(entry, event, worker_ctx, job_try, span)
+
+    async def _attempt(
+        self, entry: Entry, event: AnyEvent, worker_ctx: Mapping[str, Any], job_try: int, span: Span
+    ) -> Outcome:
         job_id = f"{self.group}:{entry.stream}:{entry.entry_id}"
         structlog.contextvars.bind_contextvars(
             job_id=job_id,
@@ -155,11 +191,22 @@ class EntryHandling:
             "enqueue_time": enqueue_time(entry.entry_id),
             FINAL_ATTEMPT_KEY: final,
         }
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.handler_timeout_s):
                 await self.handlers[entry.event_type](event, ctx)
         except Exception as exc:
-            return await self._failed(entry, exc, job_try=job_try, final=final)
+            took_s = time.perf_counter() - started
+            outcome = RETRY  # if recording the failure fails, the entry is delivered again
+            try:
+                result = await self._failed(entry, exc, job_try=job_try, final=final)
+                outcome = DEAD if result is Outcome.DEAD_LETTERED else RETRY
+            finally:
+                self.metrics.attempted(entry.event_type, outcome, took_s)
+                end_attempt_span(span, outcome, exc)
+            return result
+        self.metrics.attempted(entry.event_type, OK, time.perf_counter() - started)
+        end_attempt_span(span, OK)
         await self._mark_done(entry)
         return Outcome.DONE
 
@@ -332,6 +379,7 @@ class EntryHandling:
             maxlen=s.dead_letter_maxlen,
             timeout_s=s.redis_timeout_s,
         )
+        self.metrics.dead_lettered(stream)
 
 
 def enqueue_time(entry_id: str) -> datetime:

@@ -37,6 +37,17 @@ has ended, or when no pass has succeeded for ``stale_after_s`` while Postgres an
 answer (a relay waiting for a dependency that is down is healthy: that dependency's own check
 says what is wrong). :meth:`OutboxRelay.state` is the same as plain data, for a worker's
 health listener.
+
+**What operators see** (:mod:`.telemetry`): rows published (``xtyl_relay_published_total``)
+and failed passes (``xtyl_relay_failures_total``) per outbox; after each pass, what still
+waits (``xtyl_outbox_rows_waiting``, ``xtyl_outbox_oldest_age_seconds``: one query on the
+partial index of unpublished rows, also after a pass Redis refused, so a backlog shows while
+Redis is down); at each completed pass ``xtyl_worker_loop_last_pass_timestamp_seconds``
+with ``loop="outbox-relay"`` and ``worker`` the process: the worker whose start-up started the
+relay (rag-worker, see :mod:`.worker_health`), else named after the outbox (``gateway``,
+``storage``), or ``worker=`` given. Each row's trace context (written with it, see
+:mod:`.outbox`) goes into the envelope, with a ``publish <type>`` span per traced row; the
+relay's own queries are not traced.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 import structlog
+from opentelemetry.trace import Span
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -59,6 +71,16 @@ from xtyl_common.events.outbox import check_schema_name
 from xtyl_common.events.recovery import EventSource, StreamRecovery
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import EVENT_FIELD, TYPE_FIELD
+from xtyl_common.events.telemetry import (
+    RELAY_LOOP,
+    LoopHeartbeat,
+    RelayMetrics,
+    end_publish_spans,
+    publish_span,
+    trace_carrier,
+    untraced,
+)
+from xtyl_common.events.worker_health import joining_worker
 from xtyl_common.supervise import Backoff, LoopHealth, LoopState, describe, log_failure
 
 log = structlog.stdlib.get_logger("xtyl.events.relay")
@@ -76,8 +98,8 @@ _PROBE_TIMEOUT_S = 1.0
 # {outbox} is a checked identifier (check_schema_name), never user input.
 _SELECT_BATCH = (
     "select seq, id, stream, type, version, payload::text as payload, producer, request_id,"
-    " occurred_at from {outbox} where published_at is null order by seq limit $1"
-    " for update skip locked"
+    " occurred_at, traceparent, tracestate from {outbox} where published_at is null"
+    " order by seq limit $1 for update skip locked"
 )
 _MARK_PUBLISHED = (
     "update {outbox} as o set published_at = now(), stream_id = x.sid,"
@@ -87,6 +109,11 @@ _MARK_PUBLISHED = (
 _RECORD_FAILURE = (
     "update {outbox} set attempts = attempts + 1, last_error = $2"
     " where seq = any($1::bigint[]) and published_at is null"
+)
+#: What waits: one scan of the partial index of unpublished rows (a few rows after a pass).
+_BACKLOG = (
+    "select count(*) as waiting, coalesce(extract(epoch from clock_timestamp()"
+    " - min(created_at)), 0)::float8 as oldest_age_s from {outbox} where published_at is null"
 )
 _PRUNE = (
     "delete from {outbox} where seq in (select seq from {outbox}"
@@ -98,8 +125,9 @@ def _sql(template: str, schema: str) -> str:
     return template.format(outbox=f"{schema}.outbox")
 
 
-class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
-    """The envelope as the relay builds it from a row: the payload stays raw JSON."""
+class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The envelope as the relay builds it from a row: the payload stays raw JSON (the trace
+    context only when the row has one)."""
 
     type: str
     producer: str
@@ -107,6 +135,8 @@ class _WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime
     request_id: str | None
     version: int
+    traceparent: str | None = None
+    tracestate: str | None = None
     payload: msgspec.Raw
 
 
@@ -139,6 +169,7 @@ class OutboxRelay:
         settings: EventSettings | None = None,
         listen: bool = True,
         sources: Sequence[EventSource] = (),
+        worker: str | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -154,6 +185,15 @@ class OutboxRelay:
         self._listen_conn: asyncpg.pool.PoolConnectionProxy | None = None
         self._task: asyncio.Task[None] | None = None
         self.health = LoopHealth("outbox relay", stale_after_s=stale_after_s(self.settings))
+        #: The worker started with it, if any (see .worker_health): it reports this relay.
+        self.joined = joining_worker()
+        if worker is None:
+            worker = self.joined.name if self.joined is not None else _worker_of(self.schemas)
+        #: The ``worker`` label of its loop's heartbeat (gateway, storage, rag-worker).
+        self.worker = worker
+        self._heartbeat = LoopHeartbeat(worker, RELAY_LOOP)
+        self._metrics = {schema: RelayMetrics(schema) for schema in self.schemas}
+        self._schema_in_pass: str | None = None
 
     # --- one pass -------------------------------------------------------------------------
 
@@ -161,6 +201,7 @@ class OutboxRelay:
         """Publish everything pending in every outbox (batch after batch); rows published."""
         total = 0
         for schema in self.schemas:
+            self._schema_in_pass = schema
             while True:
                 published = await self.publish_batch(schema)
                 total += published or 0
@@ -168,7 +209,21 @@ class OutboxRelay:
                     self.health.progressed()
                 if published is None or published < self.settings.relay_batch_size:
                     break
+            await self.measure_backlog(schema)
+        self._schema_in_pass = None
         return total
+
+    async def measure_backlog(self, schema: str) -> tuple[int, float]:
+        """Rows of ``schema``'s outbox waiting to be published, and the oldest one's age in
+        seconds (0 when none waits); sets ``xtyl_outbox_rows_waiting`` and
+        ``xtyl_outbox_oldest_age_seconds``."""
+        timeout = self.settings.db_timeout_s
+        async with self.pool.acquire(timeout=timeout) as conn:
+            row = await conn.fetchrow(_sql(_BACKLOG, schema), timeout=timeout)
+        assert row is not None  # an aggregate always has a row
+        waiting, oldest_age_s = int(row["waiting"]), float(row["oldest_age_s"])
+        self._metrics[schema].backlog(waiting, oldest_age_s)
+        return waiting, oldest_age_s
 
     async def publish_batch(self, schema: str) -> int | None:
         """Publish up to one batch of ``schema``'s outbox; None if another relay holds it."""
@@ -190,7 +245,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             try:
-                entry_ids = await self._xadd(rows)
+                entry_ids = await self._xadd(schema, rows)
             except _TRANSIENT as exc:
                 raise _PublishFailed(schema, [r["seq"] for r in rows], exc) from exc
             await conn.execute(
@@ -199,33 +254,47 @@ class OutboxRelay:
                 entry_ids,
                 timeout=s.db_timeout_s,
             )
+        self._metrics[schema].published.inc(len(rows))
         log.debug("events_published", schema=schema, count=len(rows))
         return len(rows)
 
-    async def _xadd(self, rows: Sequence[asyncpg.Record]) -> list[str]:
+    async def _xadd(self, schema: str, rows: Sequence[asyncpg.Record]) -> list[str]:
         s = self.settings
-        async with (
-            asyncio.timeout(s.redis_timeout_s),
-            self.redis.pipeline(transaction=True) as pipe,
-        ):
-            for row in rows:
-                envelope = _WireEnvelope(
-                    type=row["type"],
-                    producer=row["producer"],
-                    id=row["id"],
-                    occurred_at=row["occurred_at"],
-                    request_id=row["request_id"],
-                    version=row["version"],
-                    payload=msgspec.Raw(row["payload"].encode()),
-                )
-                pipe.xadd(
-                    stream_key(row["stream"], s.stream_prefix),
-                    {TYPE_FIELD: row["type"].encode(), EVENT_FIELD: _wire_encoder.encode(envelope)},  # pyright: ignore[reportArgumentType]
-                    maxlen=s.stream_maxlen,
-                    approximate=True,
-                )
-            results: list[bytes] = await pipe.execute()
-        return [r.decode() for r in results]
+        spans: list[tuple[Span | None, str | None]] = []
+        try:
+            async with (
+                asyncio.timeout(s.redis_timeout_s),
+                self.redis.pipeline(transaction=True) as pipe,
+            ):
+                for row in rows:
+                    stream = stream_key(row["stream"], s.stream_prefix)
+                    carrier = trace_carrier(row["traceparent"], row["tracestate"])
+                    spans.append((publish_span(row["type"], stream, schema, carrier), None))
+                    envelope = _WireEnvelope(
+                        type=row["type"],
+                        producer=row["producer"],
+                        id=row["id"],
+                        occurred_at=row["occurred_at"],
+                        request_id=row["request_id"],
+                        version=row["version"],
+                        traceparent=row["traceparent"],
+                        tracestate=row["tracestate"],
+                        payload=msgspec.Raw(row["payload"].encode()),
+                    )
+                    fields = {
+                        TYPE_FIELD: row["type"].encode(),
+                        EVENT_FIELD: _wire_encoder.encode(envelope),
+                    }
+                    pipe.xadd(stream, fields, maxlen=s.stream_maxlen, approximate=True)  # pyright: ignore[reportArgumentType]
+                results: list[bytes] = await pipe.execute()
+        except BaseException as exc:
+            end_publish_spans(spans, exc)
+            raise
+        entry_ids = [r.decode() for r in results]
+        end_publish_spans(
+            (span, entry_id) for (span, _), entry_id in zip(spans, entry_ids, strict=True)
+        )
+        return entry_ids
 
     async def _record_failure(self, failure: _PublishFailed) -> None:
         """Count the failed attempt on the rows (best effort: the database may be down too)."""
@@ -239,6 +308,12 @@ class OutboxRelay:
                 )
         except Exception as exc:
             log_failure(log, "relay_record_failure_failed", exc, expected=_TRANSIENT)
+
+    async def _measure_backlog_quietly(self, schema: str) -> None:
+        try:
+            await self.measure_backlog(schema)
+        except Exception as exc:
+            log_failure(log, "relay_backlog_not_measured", exc, expected=_TRANSIENT)
 
     async def prune(self) -> int:
         """Delete published rows older than the retention; rows deleted."""
@@ -267,40 +342,57 @@ class OutboxRelay:
         failed pass. No exception ends it: each is logged, backed off and retried."""
         s = self.settings
         backoff = Backoff(s.relay_backoff_initial_s, s.relay_backoff_max_s)
-        next_prune = time.monotonic()
         log.info("relay_started", schemas=self.schemas, stream_prefix=s.stream_prefix)
         try:
-            while not self._stopping.is_set():
-                self._wakeup.clear()
-                try:
-                    await self._ensure_listening()
-                    published = await self.publish_pending()
-                    if time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + s.prune_interval_s
-                        await self.prune()
-                    if await self.recovery.check_if_due():
-                        self._wakeup.set()  # rows Redis lost are pending again: publish now
-                except Exception as exc:
-                    delay = backoff.next_delay()
-                    self.health.failed(exc)
-                    await self._after_failure(exc, delay)
-                    await self._pause(delay)
-                    continue
-                self.health.passed()
-                backoff.reset()
-                if published:
-                    log.info("events_published", count=published)
-                await self._pause(s.relay_poll_interval_s, wake_on_notify=True)
+            with untraced():  # its polling; a row with a trace context gets a span of its own
+                await self._passes(backoff)
         finally:
             await self._drop_listener()
             log.info("relay_stopped")
+
+    async def _passes(self, backoff: Backoff) -> None:
+        s = self.settings
+        next_prune = time.monotonic()
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            try:
+                await self._ensure_listening()
+                published = await self.publish_pending()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + s.prune_interval_s
+                    await self.prune()
+                if await self.recovery.check_if_due():
+                    self._wakeup.set()  # rows Redis lost are pending again: publish now
+            except Exception as exc:
+                delay = backoff.next_delay()
+                self.health.failed(exc)
+                self._count_failure(exc)
+                await self._after_failure(exc, delay)
+                await self._pause(delay)
+                continue
+            self.health.passed()
+            self._heartbeat.beat()
+            backoff.reset()
+            if published:
+                log.info("events_published", count=published)
+            await self._pause(s.relay_poll_interval_s, wake_on_notify=True)
+
+    def _count_failure(self, exc: Exception) -> None:
+        """``xtyl_relay_failures_total`` of the outbox the pass failed on (every outbox of the
+        relay when it failed outside one: pruning, recovery)."""
+        schema = exc.schema if isinstance(exc, _PublishFailed) else self._schema_in_pass
+        self._schema_in_pass = None
+        for failed in [schema] if schema is not None else self.schemas:
+            self._metrics[failed].failures.inc()
 
     async def _after_failure(self, exc: Exception, retry_in_s: float) -> None:
         """Log a failed pass; keep what can be kept (never raises)."""
         retry = round(retry_in_s, 2)
         if isinstance(exc, _PublishFailed):
-            # Redis refused the rows: Postgres is fine, keep the LISTEN connection.
+            # Redis refused the rows: Postgres is fine, keep the LISTEN connection, and show
+            # the backlog growing meanwhile.
             await self._record_failure(exc)
+            await self._measure_backlog_quietly(exc.schema)
             log_failure(
                 log,
                 "relay_publish_failed",
@@ -318,6 +410,8 @@ class OutboxRelay:
         self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
         self.health.watch(self._task)
+        if self.joined is not None:
+            self.joined.add("outbox_relay", self.check_health, lambda: [self.state()])
         return self._task
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -432,6 +526,12 @@ class OutboxRelay:
             await self.pool.release(conn, timeout=self.settings.db_timeout_s)
         except Exception as exc:
             log_failure(log, "relay_release_failed", exc, expected=_TRANSIENT)
+
+
+def _worker_of(schemas: Sequence[str]) -> str:
+    """The ``worker`` label of a relay no worker started: its process, named after its outbox
+    (``xtyl_gateway`` -> ``gateway``, ``xtyl_storage`` -> ``storage``)."""
+    return "+".join(schema.removeprefix("xtyl_") for schema in schemas) or "relay"
 
 
 class _PublishFailed(Exception):

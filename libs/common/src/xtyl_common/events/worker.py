@@ -35,6 +35,12 @@ waits (doubling from ``poll_delay`` up to ``redis_retry_max_s``) and runs arq's 
 again, with the service's ``on_startup`` run only once. Its Redis pool gives every command a
 timeout (arq's own has none), and the service's ``on_shutdown`` runs even when Redis is down
 at exit. arq's CLI runs arq's own ``Worker`` on the same settings, without any of that.
+
+Every such process serves ``/livez``, ``/readyz`` and ``/metrics`` on ``HOST``:``HEALTH_PORT``
+(:mod:`.worker_health`; a :class:`StreamWorker` opens it before reaching Redis, arq's CLI at
+its start-up) and traces each stream handler attempt as a child of the trace the event
+carried (tracing configured by ``worker_entry``; arq's own polling is not traced, nor are the
+service's arq jobs, which run inside it).
 """
 
 from __future__ import annotations
@@ -56,15 +62,26 @@ from xtyl_common.events.contracts import Event
 from xtyl_common.events.handling import TRANSIENT, Handler
 from xtyl_common.events.serialization import deserialize_job, serialize_job
 from xtyl_common.events.settings import ENV_PREFIX, EventSettings
+from xtyl_common.events.telemetry import untraced, worker_label
+from xtyl_common.events.worker_health import (
+    HealthListenerError,
+    WorkerHealth,
+    WorkerHealthSettings,
+    starting,
+)
 from xtyl_common.logging import configure_logging
 from xtyl_common.redis_client import create_redis
 from xtyl_common.settings import BaseSettings, load_settings_or_exit
 from xtyl_common.supervise import describe
+from xtyl_common.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.stdlib.get_logger("xtyl.events.worker")
 
 #: Where the running consumer is kept in arq's ctx.
 CONSUMER_CTX_KEY = "stream_consumer"
+#: The settings' key of the worker's health (a :class:`StreamWorker` argument arq's CLI
+#: leaves out).
+WORKER_HEALTH_KEY = "worker_health"
 #: The longest wait between two runs of arq's ``main()`` while Redis fails.
 REDIS_RETRY_MAX_S = 5.0
 
@@ -90,9 +107,11 @@ class StreamWorker(Worker):
         redis_retry_max_s: float = REDIS_RETRY_MAX_S,
         on_startup: StartupShutdown | None = None,
         on_shutdown: StartupShutdown | None = None,
+        worker_health: WorkerHealth | None = None,
         **kwargs: Any,
     ) -> None:
         self.redis_url = redis_url
+        self.worker_health = worker_health
         self.redis_timeout_s = redis_timeout_s
         self.redis_retry_max_s = redis_retry_max_s
         self.service_startup = on_startup
@@ -128,7 +147,15 @@ class StreamWorker(Worker):
         )
 
     async def main(self) -> None:
-        """arq's ``main()``, run again (after a pause) whenever Redis fails under it."""
+        """The health listener first (so probes see a live process while Redis is still
+        being reached); then arq's ``main()``, run again (after a pause) whenever Redis fails
+        under it. arq's polling is not traced (a trace per poll); stream handlers are."""
+        if self.worker_health is not None:
+            await open_health_listener(self.worker_health)
+        with untraced():
+            await self._run_arq()
+
+    async def _run_arq(self) -> None:
         while True:
             try:
                 await super().main()
@@ -194,13 +221,29 @@ class StreamWorker(Worker):
             if pool is not None:
                 with contextlib.suppress(*TRANSIENT):
                     await pool.aclose(close_connection_pool=True)
+        finally:
+            if self.worker_health is not None:
+                await self.worker_health.stop_listener()
 
 
 def run_stream_worker(settings: Mapping[str, Any]) -> StreamWorker:
-    """Run a :class:`StreamWorker` built from :func:`stream_worker_settings` until a signal."""
+    """Run a :class:`StreamWorker` built from :func:`stream_worker_settings` until a signal.
+    Exit status 1 when its health listener cannot listen (logged ``health_listener_failed``)."""
     worker = StreamWorker(**settings)
-    worker.run()
+    try:
+        worker.run()
+    except HealthListenerError:
+        raise SystemExit(1) from None
     return worker
+
+
+async def open_health_listener(health: WorkerHealth) -> None:
+    """Start the worker's health listener; one log line when it cannot (then re-raised)."""
+    try:
+        await health.start_listener()
+    except HealthListenerError as exc:
+        log.error("health_listener_failed", error=str(exc))
+        raise
 
 
 class WorkerEntry(NamedTuple):
@@ -221,19 +264,31 @@ def worker_entry(
 
         __getattr__, main = worker_entry(NotifySettings, worker_settings, program=PROGRAM)
 
-    Both read the service's ``settings_type`` and the ``EVENTS_*`` :class:`EventSettings`
-    from the environment when called (a missing or malformed variable: one line naming it on
-    stderr and exit status 2, see :func:`~xtyl_common.settings.load_settings_or_exit`), then
-    configure logging from the service's settings. ``main()`` runs :func:`run_stream_worker`
-    (the script, ``python -m``); the module's ``WorkerSettings`` is for arq's CLI
+    Both read the service's ``settings_type``, the ``EVENTS_*`` :class:`EventSettings` and
+    ``HEALTH_PORT`` from the environment when called (a missing or malformed variable: one
+    line naming it on stderr and exit status 2, see
+    :func:`~xtyl_common.settings.load_settings_or_exit`), then configure logging from the
+    service's settings and tracing (on when an OTLP endpoint is set) for the worker, named
+    after the program without ``xtyl-`` (``rag-worker``: also its metrics' ``worker``
+    label). Its health listener serves on ``HOST``:``HEALTH_PORT`` (see
+    :mod:`.worker_health`). ``main()`` runs :func:`run_stream_worker` (the script,
+    ``python -m``); the module's ``WorkerSettings`` is for arq's CLI
     (``arq <module>.WorkerSettings``).
     """
 
     def settings_from_env() -> dict[str, Any]:
         settings = load_settings_or_exit(settings_type, program=program)
         events = load_settings_or_exit(EventSettings, program=program, prefix=ENV_PREFIX)
+        listener = load_settings_or_exit(WorkerHealthSettings, program=program)
         configure_logging(settings.log_level, json_logs=settings.log_json)
-        return dict(worker_settings(settings, events))
+        name = worker_label(program)
+        configure_tracing(name)
+        options = dict(worker_settings(settings, events))
+        health = options.get(WORKER_HEALTH_KEY)
+        if isinstance(health, WorkerHealth):
+            health.worker = health.worker or name
+            health.serve_on(settings.host, listener.health_port)
+        return options
 
     def module_getattr(name: str) -> Any:
         if name == "WorkerSettings":
@@ -262,33 +317,57 @@ def stream_worker_settings(
     on_startup: StartupShutdown | None = None,
     on_shutdown: StartupShutdown | None = None,
     consumer_name: str | None = None,
+    worker_name: str | None = None,
     **worker_options: Any,
 ) -> dict[str, Any]:
     """arq ``WorkerSettings`` (a dict) whose process also consumes ``group``'s streams.
 
     ``worker_options`` go to arq's ``Worker`` as they are (``max_jobs`` there is for the
-    service's own arq jobs; stream handlers use ``events.max_jobs``).
+    service's own arq jobs; stream handlers use ``events.max_jobs``). ``worker_name`` is the
+    ``worker`` label of its metrics (``worker_entry`` gives the program's name when unset).
+    The process's health (:class:`~.worker_health.WorkerHealth`, under
+    :data:`WORKER_HEALTH_KEY`) is served once ``worker_entry`` gave it an address: its
+    listener starts first, the service's ``on_startup`` runs next (an outbox relay it starts
+    joins the worker's health), then the consumer; at shutdown the consumer stops, then the
+    service's ``on_shutdown``, the listener and tracing (its last spans sent).
     """
     event_settings = events or EventSettings()
     block_s = event_settings.read_block_ms / 1000
+    health = WorkerHealth(worker_name)
 
     async def startup(ctx: dict[Any, Any]) -> None:
+        try:
+            await open_health_listener(health)  # arq's CLI; a StreamWorker opened it already
+        except HealthListenerError:
+            raise SystemExit(1) from None  # logged: arq's CLI would add a traceback
         if on_startup is not None:
-            await on_startup(ctx)
+            with starting(health):
+                await on_startup(ctx)
         redis = create_redis(redis_url, socket_timeout_s=event_settings.redis_timeout_s + block_s)
         consumer = StreamConsumer(
-            redis, group=group, handlers=handlers, settings=event_settings, name=consumer_name
+            redis,
+            group=group,
+            handlers=handlers,
+            settings=event_settings,
+            name=consumer_name,
+            worker=health.name,
         )
+        health.add("stream_consumer", consumer.check_health, consumer.state)
         await consumer.start(ctx)
         ctx[CONSUMER_CTX_KEY] = consumer
+        health.started = True
 
     async def shutdown(ctx: dict[Any, Any]) -> None:
-        consumer: StreamConsumer | None = ctx.pop(CONSUMER_CTX_KEY, None)
-        if consumer is not None:
-            await consumer.stop()
-            await consumer.redis.aclose()
-        if on_shutdown is not None:
-            await on_shutdown(ctx)
+        try:
+            consumer: StreamConsumer | None = ctx.pop(CONSUMER_CTX_KEY, None)
+            if consumer is not None:
+                await consumer.stop()
+                await consumer.redis.aclose()
+            if on_shutdown is not None:
+                await on_shutdown(ctx)
+        finally:
+            await health.stop_listener()
+            await asyncio.to_thread(shutdown_tracing)
 
     return {
         "functions": [*functions, xtyl_ping],
@@ -299,6 +378,7 @@ def stream_worker_settings(
         "redis_timeout_s": event_settings.redis_timeout_s,
         "on_startup": startup,
         "on_shutdown": shutdown,
+        WORKER_HEALTH_KEY: health,
         "job_serializer": serialize_job,
         "job_deserializer": deserialize_job,
         **worker_options,
