@@ -24,12 +24,15 @@ READERS: tuple[tuple[str, str, str], ...] = (
     ("rag, rag-worker", "xtyl_rag.settings:RagSettings", ""),
     ("notify, notify-worker", "xtyl_notify.settings:NotifySettings", ""),
     ("every service and worker", "xtyl_common.events.settings:EventSettings", "EVENTS_"),
+    ("rag-worker, notify-worker", "xtyl_common.events.worker_health:WorkerHealthSettings", ""),
 )
 
 #: What each variable means. A unit test fails when a settings field has no line here.
 DESCRIPTIONS: dict[str, str] = {
-    "HOST": "interface the HTTP server binds",
+    "HOST": "interface the HTTP server binds (a worker's health listener too)",
     "PORT": "TCP port of the HTTP server",
+    "HEALTH_PORT": "TCP port of a worker's health listener: `/livez`, `/readyz`, `/metrics`"
+    " (Kubernetes probes 8081)",
     "LOG_LEVEL": "debug, info, warning, error or critical",
     "LOG_JSON": "`true`: JSON lines; `false`: console; unset: JSON unless on a terminal",
     "XTYL_ENV": "`production` or `local` (set by `make up`)",

@@ -63,9 +63,11 @@ def start_worker_process(
     ready_log: bytes,
     timeout_s: float = 60.0,
 ) -> ManagedProcess:
-    """Start ``python -m module`` (a worker: no port) and wait until its log shows
-    ``ready_log``; the caller stops it."""
+    """Start ``python -m module`` (a worker: no port but its health listener's, a free one
+    unless ``env`` sets ``HEALTH_PORT``) and wait until its log shows ``ready_log``; the
+    caller stops it."""
     log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+    env = {"HOST": "127.0.0.1", "HEALTH_PORT": str(free_port()), **env}
     process = ManagedProcess(
         name, [sys.executable, "-m", module], env=_process_env(env), log_path=log_path
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from xtyl_devstack.auth.config import find_config
 from xtyl_devstack.errors import DevstackError
-from xtyl_devstack.ports import HOST
+from xtyl_devstack.ports import HOST, free_port
 from xtyl_devstack.stack import StackInfo
 
 
@@ -32,7 +32,9 @@ SEND_EMAIL_HOOK_PATH = "/webhooks/auth/send-email"
 #: The local Brevo stand-in: keeps every email it is sent (``/_local/emails``, emails.jsonl).
 BREVO = ServiceDef("brevo", "xtyl_devstack.brevo", 8011, "BREVO_PORT")
 
-#: arq workers started when their service is installed: (name, module).
+#: arq workers started when their service is installed: (name, module). Each serves its
+#: health listener (``/livez``, ``/readyz``, ``/metrics``) on a free port of its own
+#: (``HEALTH_PORT``): two workers on one host cannot share the production default, 8081.
 WORKERS: tuple[tuple[str, str], ...] = (
     ("rag-worker", "xtyl_rag.worker"),
     ("notify-worker", "xtyl_notify.worker"),
@@ -54,6 +56,8 @@ class ProcessSpec:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=lambda: {})
     ready_url: str | None = None
+    #: A worker's health listener (``<url>/readyz``, ``<url>/metrics``); not waited for.
+    health_url: str | None = None
 
     @property
     def base_url(self) -> str | None:
@@ -170,9 +174,21 @@ def default_services(info: StackInfo, common_env: Mapping[str, str]) -> list[Pro
         for service in SERVICES
     ]
     workers = [
-        ProcessSpec(name=name, argv=[sys.executable, "-m", module], env=common_env)
+        worker_spec(name, module, common_env, free_port())
         for name, module in WORKERS
         if importlib.util.find_spec(module.rpartition(".")[0]) is not None
         and importlib.util.find_spec(module) is not None
     ]
     return [issuer, brevo, *services, *workers]
+
+
+def worker_spec(
+    name: str, module: str, common_env: Mapping[str, str], health_port: int
+) -> ProcessSpec:
+    """A worker (``python -m module``) with its health listener on ``health_port``."""
+    return ProcessSpec(
+        name=name,
+        argv=[sys.executable, "-m", module],
+        env={**common_env, "HOST": HOST, "HEALTH_PORT": str(health_port)},
+        health_url=f"http://{HOST}:{health_port}",
+    )

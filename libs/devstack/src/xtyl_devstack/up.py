@@ -42,6 +42,7 @@ from xtyl_devstack.ports import port_is_free
 from xtyl_devstack.processes import ManagedProcess, run_checked, tail_file
 from xtyl_devstack.services import (
     SERVICES,
+    WORKERS,
     ProcessSpec,
     SpecsFactory,
     default_services,
@@ -225,6 +226,9 @@ def _summary(
             rows.append(("brevo", f"emails sent: {spec.ready_url}   (local Brevo stand-in)"))
         elif spec.base_url is not None:
             rows.append((spec.name, f"{spec.base_url}   docs {spec.base_url}/schema/swagger"))
+        elif spec.health_url is not None:
+            url = spec.health_url
+            rows.append((spec.name, f"{url}/readyz   metrics {url}/metrics   (arq worker)"))
         else:
             rows.append((spec.name, "running (arq worker fed from Redis Streams)"))
     rows += [
@@ -329,15 +333,21 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def _port_of(spec: ProcessSpec) -> int | None:
-    raw = spec.env.get("PORT", "")
+    """The port a service listens on (``PORT``), or a worker's health listener
+    (``HEALTH_PORT``)."""
+    raw = spec.env.get("PORT", "") or spec.env.get("HEALTH_PORT", "")
     return int(raw) if raw.isdigit() else None
 
 
 def _check_ports(ports: Mapping[str, int]) -> None:
+    workers = {worker for worker, _ in WORKERS}
     for name, port in ports.items():
-        if not port_is_free(port):
-            variable = next((s.port_variable for s in SERVICES if s.name == name), "PORT")
-            raise _PortTaken(f"port {port} for {name} is already in use (set {variable})")
+        if port_is_free(port):
+            continue
+        if name in workers:  # a free port drawn a moment ago
+            raise _PortTaken(f"port {port} for {name}'s health listener was taken meanwhile")
+        variable = next((s.port_variable for s in SERVICES if s.name == name), "PORT")
+        raise _PortTaken(f"port {port} for {name} is already in use (set {variable})")
 
 
 class _UpRun:
