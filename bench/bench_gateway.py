@@ -14,7 +14,15 @@ waits an exponentially distributed pause between requests, so arrivals are close
 rather than synchronised bursts) at half the direct rate compare p50 latency through the
 gateway with p50 straight to the service.
 
+Last, what metrics and tracing cost per proxied request (bare app behind): three gateways side
+by side, measured in turn for ``--rounds`` rounds, medians printed with the difference to the
+first: metrics off (bench/gateway_without_metrics.py: prometheus-client's metric classes
+replaced by no-ops before the gateway is imported; production has no such switch), as is
+(metrics on, tracing off), and metrics with tracing on (OTLP/HTTP to a sink in this process
+that answers 200); then the metric calls of one proxied request timed alone, in process.
+
     uv run python bench/bench_gateway.py [--seconds 10] [--connections 32]
+    uv run python bench/bench_gateway.py --observability-only [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,13 +38,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import aiohttp
 import asyncpg
 import psutil
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from xtyl_common import metrics
+from xtyl_common.auth.metrics import TokenMetrics
 from xtyl_common.migrate import migrate
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.processes import ManagedProcess
@@ -44,6 +58,7 @@ from xtyl_devstack.s3 import ensure_bucket, s3_client
 from xtyl_devstack.service_process import RunningService, answers, running_service_async
 from xtyl_devstack.stack import Stack, StackInfo
 from xtyl_devstack.testing import TEST_INTERNAL_SECRET
+from xtyl_gateway.adapters.metrics import RATE_LIMIT, UPSTREAM_DURATION
 
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -235,6 +250,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", help="py-spy the gateway during the proxied run, to FILE")
+    parser.add_argument(
+        "--observability-only",
+        action="store_true",
+        help="only what metrics and tracing cost per proxied request",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of that comparison")
     args = parser.parse_args()
     os.sched_setaffinity(0, {CLIENT_CORE})
     tmp = Path(tempfile.mkdtemp(prefix="xtyl-bench-gw-"))
@@ -304,36 +325,40 @@ async def bench(args: argparse.Namespace, info: StackInfo, issuer: LocalIssuer, 
     )
     await conn.close()
     token = issuer.mint(user_id=user_id, email="bench@example.com")
+    gateway_env = {
+        **common,
+        "RAG_URL": echo_url,  # /v1/search -> the bare ASGI app
+        "NOTIFY_URL": echo_url,
+        "RATE_LIMIT_REQUESTS": "100000000",
+        "RATE_LIMIT_ROUTES": "",
+        # one user drives every connection here: lift the per-user in-flight cap
+        "USER_MAX_IN_FLIGHT": "1000",
+        "UPSTREAM_POOL_SIZE": "1024",
+    }
     try:
-        async with (
-            running_service_async(
-                "xtyl_storage", storage_env, log_dir=tmp, name="storage"
-            ) as storage,
-            running_service_async(
-                "xtyl_gateway",
-                {
-                    **common,
-                    "STORAGE_URL": storage.url,  # /v1/files -> the storage service
-                    "RAG_URL": echo_url,  # /v1/search -> the bare ASGI app
-                    "NOTIFY_URL": echo_url,
-                    "RATE_LIMIT_REQUESTS": "100000000",
-                    "RATE_LIMIT_ROUTES": "",
-                    # one user drives every connection here: lift the per-user in-flight cap
-                    "USER_MAX_IN_FLIGHT": "1000",
-                    "UPSTREAM_POOL_SIZE": "1024",
-                },
-                log_dir=tmp,
-                name="gateway",
-            ) as gateway,
-        ):
-            pin(gateway.pid, SERVER_CORE)
-            upstreams = {
-                "bare": Upstream(echo.pid, echo_url + "/v1/search", gateway.url + "/v1/search"),
-                "storage": Upstream(
-                    storage.pid, storage.url + "/v1/files", gateway.url + "/v1/files"
-                ),
-            }
-            await report(args, gateway, upstreams, token, backing_servers(info))
+        if not args.observability_only:
+            async with (
+                running_service_async(
+                    "xtyl_storage", storage_env, log_dir=tmp, name="storage"
+                ) as storage,
+                running_service_async(
+                    "xtyl_gateway",
+                    # /v1/files -> the storage service
+                    {**gateway_env, "STORAGE_URL": storage.url},
+                    log_dir=tmp,
+                    name="gateway",
+                ) as gateway,
+            ):
+                pin(gateway.pid, SERVER_CORE)
+                upstreams = {
+                    "bare": Upstream(echo.pid, echo_url + "/v1/search", gateway.url + "/v1/search"),
+                    "storage": Upstream(
+                        storage.pid, storage.url + "/v1/files", gateway.url + "/v1/files"
+                    ),
+                }
+                await report(args, gateway, upstreams, token, backing_servers(info))
+        pin(echo.pid, CLIENT_CORE)  # through the gateway: the gateway is under test
+        await observability_cost(args, {**gateway_env, "STORAGE_URL": echo_url}, token, tmp)
     finally:
         echo.stop()
 
@@ -471,6 +496,131 @@ async def _paced_pair(
     )
     g["cpu_us_per_req"] = (cpu_seconds(gateway_pid) - before) / g["requests"] * 1e6
     return d, g
+
+
+@asynccontextmanager
+async def otlp_sink() -> AsyncGenerator[tuple[str, list[int]]]:
+    """An OTLP/HTTP receiver on this process's core: answers 200 to every ``POST /v1/traces``
+    and counts the spans (the list's one item); its base URL."""
+    spans = [0]
+
+    async def traces(request: web.Request) -> web.Response:
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(await request.read())
+        spans[0] += sum(
+            len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans
+        )
+        return web.Response(content_type="application/x-protobuf", body=b"")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", spans
+    finally:
+        await runner.cleanup()
+
+
+def observation_calls_alone(iterations: int = 200_000) -> tuple[float, float]:
+    """µs of the metric calls one proxied request makes, with the real objects, in this
+    process: the shared middleware's (in-flight gauge, request counter and histogram) and the
+    gateway's own (token cache, rate limiter's decision, upstream histogram)."""
+    tokens = TokenMetrics()
+    allowed = RATE_LIMIT.labels("allowed")
+    in_flight = metrics.HTTP_IN_FLIGHT.labels("bench")
+    durations = {("rag", "200"): UPSTREAM_DURATION.labels("rag", "200")}  # as UpstreamClient
+
+    def middleware() -> None:
+        in_flight.inc()
+        in_flight.dec()
+        method, route = metrics.http_labels("GET", "/v1/search")
+        labels = ("bench", route, method, "200")
+        metrics.HTTP_REQUESTS.labels(*labels).inc()
+        metrics.HTTP_DURATION.labels(*labels).observe(0.002)
+
+    def gateway() -> None:
+        tokens.cache_lookup(hit=True)
+        allowed.inc()
+        durations["rag", "200"].observe(0.001)
+
+    def timed(call: Callable[[], None]) -> float:
+        started = time.perf_counter()
+        for _ in range(iterations):
+            call()
+        return (time.perf_counter() - started) / iterations * 1e6
+
+    def nothing() -> None:
+        pass
+
+    def median_of(call: Callable[[], None]) -> float:
+        return statistics.median(timed(call) - timed(nothing) for _ in range(5))
+
+    return median_of(middleware), median_of(gateway)
+
+
+async def observability_cost(
+    args: argparse.Namespace, gateway_env: dict[str, str], token: str, tmp: Path
+) -> None:
+    s, c = args.seconds, args.connections
+    async with otlp_sink() as (sink_url, spans), AsyncExitStack() as stack:
+        variants = {
+            "metrics off (bench build)": (
+                "gateway_without_metrics",
+                {"PYTHONPATH": str(BENCH_DIR)},
+            ),
+            "as is: metrics on": ("xtyl_gateway", {}),
+            "metrics and tracing on": (
+                "xtyl_gateway",
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_SERVICE_NAME": "gateway-bench"},
+            ),
+        }
+        gateways: dict[str, RunningService] = {}
+        for n, (name, (module, extra)) in enumerate(variants.items()):
+            gateways[name] = await stack.enter_async_context(
+                running_service_async(
+                    module, {**gateway_env, **extra}, log_dir=tmp, name=f"gateway-obs{n}"
+                )
+            )
+            pin(gateways[name].pid, SERVER_CORE)
+        for gateway in gateways.values():  # warm-up
+            await closed_loop(gateway.url + "/v1/search", token, 2, c, gateway.pid)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in gateways}
+        traced_requests = 0.0
+        spans_before = spans[0]
+        for _ in range(args.rounds):
+            for name, gateway in gateways.items():
+                result = await closed_loop(gateway.url + "/v1/search", token, s, c, gateway.pid)
+                runs[name].append(result)
+                if name == "metrics and tracing on":
+                    traced_requests += result["requests"]
+        await asyncio.sleep(6)  # the last batch of spans (the SDK exports every 5 s)
+        exported = (spans[0] - spans_before) / traced_requests
+    print(
+        f"metrics and tracing per proxied request (bare app behind /v1/search; median of"
+        f" {args.rounds} runs of {s} s each, the three gateways in turn, each on core"
+        f" {SERVER_CORE}):"
+    )
+    print(f"  {'':<28} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>11}  vs metrics off")
+    base = statistics.median(r["cpu_us_per_req"] for r in next(iter(runs.values())))
+    for name, results in runs.items():
+        rps, p50, p99, cpu = (
+            statistics.median(r[key] for r in results)
+            for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
+        )
+        versus = f"{cpu - base:+6.1f} µs ({cpu / base:.3f}x)"
+        each = " / ".join(f"{r['cpu_us_per_req']:.0f}" for r in results)
+        print(
+            f"  {name:<28} {rps:8.0f} {p50:7.2f} {p99:7.2f} {cpu:11.1f}  {versus}"
+            f"  (CPU of each run: {each})"
+        )
+    print(f"  tracing on: {exported:.2f} spans exported per request (OTLP/HTTP, SDK defaults)")
+    shared, own = observation_calls_alone()
+    print(
+        f"  the metric calls of one proxied request, timed alone in process: {shared + own:.2f}"
+        f" µs ({shared:.2f} the shared HTTP middleware's, {own:.2f} the gateway's own)"
+    )
 
 
 def _start_profiler(
