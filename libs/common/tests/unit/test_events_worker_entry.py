@@ -4,9 +4,12 @@ name is an ``AttributeError`` as for any module. (The process tests run such mod
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from xtyl_common.events import EventSettings, FileUploaded, stream_worker_settings, worker_entry
 from xtyl_common.events.worker import WORKER_HEALTH_KEY
@@ -52,6 +55,27 @@ def test_a_bad_health_port_stops_the_worker_with_one_line_naming_it(
     assert len(err.splitlines()) == 1
 
 
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """``worker_entry`` configures the process's logging (JSON lines): give the test process
+    its own back afterwards, so no later test renders tracebacks the worker's way."""
+    config = structlog.get_config()
+    levels = {
+        name: logger.level
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger_level in levels.items():
+        logging.getLogger(name).setLevel(logger_level)
+
+
+@pytest.mark.usefixtures("process_logging")
 def test_the_worker_serves_its_health_on_host_and_health_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
