@@ -53,7 +53,7 @@ user: .venv/.synced ## sign a user up through the local Auth, print a token: mak
 	$(RUN) python -m xtyl_devstack user --data-dir $(DATA_DIR) --email "$(EMAIL)" --name "$(NAME)" $(if $(PASSWORD),--password "$(PASSWORD)")
 
 streams: .venv/.synced ## show each Redis stream's length, groups, lag, pending, retrying, dead letters
-	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) python -m xtyl_common.events.ops
+	@eval "$$($(RUN) python -m xtyl_devstack env --if-running 2>/dev/null)"; $(RUN) xtyl-streams
 
 # Where `make replay` re-creates events the outboxes no longer hold (see xtyl_common.events.replay).
 REPLAY_SOURCES := --source xtyl_storage.adapters.event_sources:EVENT_SOURCES \

@@ -11,7 +11,7 @@
 * :mod:`.retries`: what a failed handler's entry becomes (retried up to a horizon, or
   dead-lettered) and ``is_final_attempt(ctx)`` for handlers;
 * :mod:`.reconciler`: ``reconciler_cron`` re-emits events for stuck work;
-* :mod:`.ops`: ``python -m xtyl_common.events.ops`` prints the streams' state;
+* :mod:`.ops`: ``xtyl-streams`` (``make streams``) prints the streams' state;
 * :mod:`.telemetry`: what the relay and the consumer count and time (``docs/metrics.md``), and
   the spans that carry a request's trace through the outbox and the stream into the handler;
 * :mod:`.worker_health`: a worker's ``/livez``, ``/readyz`` and ``/metrics`` on

@@ -1,4 +1,4 @@
-"""``python -m xtyl_common.events.ops``: what the event streams hold, for people on call.
+"""``xtyl-streams`` (``make streams``): what the event streams hold, for people on call.
 
 Prints, per stream (``<EVENTS_STREAM_PREFIX>:*``, from ``REDIS_URL``): its length and dead-letter
 count, then each consumer group's consumers, pending entries (delivered, not acknowledged), lag
@@ -183,7 +183,7 @@ async def _run(url: str, prefix: str) -> list[StreamStatus]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m xtyl_common.events.ops",
+        prog="xtyl-streams",
         description="Length, groups, pending, lag, retrying entries and dead letters of each"
         " event stream (REDIS_URL, EVENTS_STREAM_PREFIX).",
     )
