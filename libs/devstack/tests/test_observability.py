@@ -20,7 +20,7 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +31,13 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.metric_catalogue import catalogue
 from xtyl_devstack.ports import free_port
 from xtyl_devstack.processes import ManagedProcess
+from xtyl_devstack.scrape import sample, scrape, series
 from xtyl_devstack.service_process import (
     RunningService,
     running_service_async,
@@ -91,7 +91,7 @@ class OtlpCollector:
                             parent_span_id=span.parent_span_id.hex(),
                             name=span.name,
                             kind=span.kind,
-                            attributes={a.key: _value(a.value) for a in span.attributes},
+                            attributes={a.key: _attribute_value(a.value) for a in span.attributes},
                         )
                     )
         return web.Response(status=200, content_type="application/x-protobuf", body=b"")
@@ -100,7 +100,7 @@ class OtlpCollector:
         return [s for s in self.spans if s.trace_id == trace_id]
 
 
-def _value(value: Any) -> Any:
+def _attribute_value(value: Any) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
 
@@ -129,9 +129,10 @@ class Stack:
     workers: dict[str, tuple[ManagedProcess, str]]  # name -> (process, health URL)
     brevo: LocalBrevo
 
-    def metrics_urls(self) -> dict[str, str]:
+    def base_urls(self) -> dict[str, str]:
+        """Where each process serves ``/metrics``: the services' port, the workers' health."""
         urls = {
-            name: f"{service.url}/metrics"
+            name: service.url
             for name, service in (
                 ("gateway", self.gateway),
                 ("storage", self.storage),
@@ -139,7 +140,7 @@ class Stack:
                 ("notify", self.notify),
             )
         }
-        urls |= {name: f"{url}/metrics" for name, (_, url) in self.workers.items()}
+        urls |= {name: url for name, (_, url) in self.workers.items()}
         return urls
 
 
@@ -249,37 +250,6 @@ async def stack(
 
 
 # --------------------------------------------------------------------------- scraping
-Scrape = dict[str, list[Sample]]
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> Scrape:
-    async with http.get(url) as resp:
-        assert resp.status == 200, (url, resp.status)
-        assert resp.content_type == "text/plain", resp.content_type
-        text = await resp.text()
-    families: Scrape = {}
-    for family in text_string_to_metric_families(text):
-        families[family.name] = list(family.samples)
-    return families
-
-
-def value(scrape: Scrape, sample_name: str, **labels: str) -> float:
-    """The sum of the samples named ``sample_name`` whose labels include ``labels``."""
-    return sum(
-        s.value
-        for samples in scrape.values()
-        for s in samples
-        if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-def series(scrape: Scrape, sample_name: str) -> Iterator[dict[str, str]]:
-    for samples in scrape.values():
-        for s in samples:
-            if s.name == sample_name:
-                yield s.labels
-
-
 async def wait_until_ready(
     http: aiohttp.ClientSession, gateway: str, headers: dict[str, str], file_id: str
 ) -> dict[str, Any]:
@@ -334,45 +304,47 @@ async def test_every_process_shows_the_work_it_did_and_one_trace_follows_an_uplo
 
     # what the operator reads
     await asyncio.sleep(1.5)  # the workers' lag gauges refresh every few seconds
-    scrapes = {name: await scrape(http, url) for name, url in stack.metrics_urls().items()}
+    scrapes = {name: await scrape(http, url) for name, url in stack.base_urls().items()}
     gw, storage, rag_worker = scrapes["gateway"], scrapes["storage"], scrapes["rag-worker"]
 
     # HTTP: counted by route template, the 1,000 ids in one series
     requests = "xtyl_http_requests_total"
-    assert value(gw, requests, service="gateway", route="/v1/files", status="404") >= DISTINCT_IDS
-    assert value(storage, requests, service="storage", status="201") >= 1
+    assert sample(gw, requests, service="gateway", route="/v1/files", status="404") >= DISTINCT_IDS
+    assert sample(storage, requests, service="storage", status="201") >= 1
     for name, scraped in scrapes.items():
         routes = {labels.get("route", "") for labels in series(scraped, requests)}
         assert len(routes) < 30, (name, routes)
         assert not any(len(part) == 36 for r in routes for part in r.split("/")), (name, routes)
-    assert value(gw, "xtyl_http_request_duration_seconds_count", service="gateway") >= 1000
+    assert sample(gw, "xtyl_http_request_duration_seconds_count", service="gateway") >= 1000
     # the gateway's own view of its upstreams and limits
     upstream = "xtyl_gateway_upstream_request_duration_seconds_count"
-    assert value(gw, upstream, upstream="storage") >= DISTINCT_IDS
-    assert value(gw, "xtyl_gateway_rate_limit_decisions_total", decision="allowed") >= DISTINCT_IDS
-    assert value(gw, "xtyl_gateway_token_verifications_total", outcome="valid") >= 1
+    assert sample(gw, upstream, upstream="storage") >= DISTINCT_IDS
+    assert sample(gw, "xtyl_gateway_rate_limit_decisions_total", decision="allowed") >= DISTINCT_IDS
+    assert sample(gw, "xtyl_gateway_token_verifications_total", outcome="valid") >= 1
     # storage: the bytes in and out, the event published
-    assert value(storage, "xtyl_storage_bytes_received_total") >= len(TEXT)
-    assert value(storage, "xtyl_storage_bytes_sent_total") >= len(TEXT)
-    assert value(storage, "xtyl_relay_published_total") >= 1
-    assert value(gw, "xtyl_relay_published_total") >= 1  # user.created
+    assert sample(storage, "xtyl_storage_bytes_received_total") >= len(TEXT)
+    assert sample(storage, "xtyl_storage_bytes_sent_total") >= len(TEXT)
+    assert sample(storage, "xtyl_relay_published_total") >= 1
+    assert sample(gw, "xtyl_relay_published_total") >= 1  # user.created
     # the rag worker: the entry handled, each ingest stage timed, the chunks embedded
-    assert value(rag_worker, "xtyl_stream_job_attempts_total", group="rag", outcome="ok") >= 1
+    assert sample(rag_worker, "xtyl_stream_job_attempts_total", group="rag", outcome="ok") >= 1
     for stage in ("download", "extract", "chunk", "embed", "store"):
-        count = value(rag_worker, "xtyl_rag_ingest_stage_duration_seconds_count", stage=stage)
+        count = sample(rag_worker, "xtyl_rag_ingest_stage_duration_seconds_count", stage=stage)
         assert count >= 1, stage
-    assert value(rag_worker, "xtyl_rag_chunks_embedded_total") >= document["chunk_count"] >= 1
+    assert sample(rag_worker, "xtyl_rag_chunks_embedded_total") >= document["chunk_count"] >= 1
     assert list(series(rag_worker, "xtyl_stream_lag")), "the rag worker reports its groups' lag"
-    assert value(rag_worker, "xtyl_stream_lag", group="rag") == 0
-    assert value(scrapes["rag"], "xtyl_rag_search_duration_seconds_count") >= 1
+    assert sample(rag_worker, "xtyl_stream_lag", group="rag") == 0
+    assert sample(scrapes["rag"], "xtyl_rag_search_duration_seconds_count") >= 1
     # notify: the welcome email
     notify_worker = scrapes["notify-worker"]
-    assert value(notify_worker, "xtyl_notify_emails_total", outcome="sent") >= 1
-    assert value(notify_worker, "xtyl_worker_healthy", worker="notify-worker") == 1
-    assert value(rag_worker, "xtyl_worker_healthy", worker="rag-worker") == 1
+    assert sample(notify_worker, "xtyl_notify_emails_total", outcome="sent") >= 1
+    assert sample(notify_worker, "xtyl_worker_healthy", worker="notify-worker") == 1
+    assert sample(rag_worker, "xtyl_worker_healthy", worker="rag-worker") == 1
 
     # every metric of the catalogue (what the alerts and the dashboard may name) is served
-    served = {name for scraped in scrapes.values() for name in scraped}
+    served = {
+        family.name for text in scrapes.values() for family in text_string_to_metric_families(text)
+    }
     missing = sorted(
         name
         for name in catalogue()

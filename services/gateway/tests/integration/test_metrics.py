@@ -12,9 +12,8 @@ import jwt
 import pytest
 
 from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.scrape import sample, scrape, series
 from xtyl_devstack.service_process import RunningService
-
-from .scrape import sample, scrape, series
 
 pytestmark = pytest.mark.integration
 

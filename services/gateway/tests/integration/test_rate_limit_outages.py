@@ -21,10 +21,9 @@ from redis.asyncio import Redis
 from xtyl_common.errors import TimedOut, Unavailable
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.redis import RedisServer
+from xtyl_devstack.scrape import sample, scrape
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
-
-from .scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,8 @@ import aiohttp
 import pytest
 
 from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.scrape import sample, scrape
 from xtyl_devstack.service_process import RunningService, running_service_async
-
-from .scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import pytest
 
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.scrape import sample, scrape
 from xtyl_devstack.service_process import RunningService, running_service_async
 
 from .conftest import WEBHOOK_SECRET, Bus, document_indexed, user_created, wait_for_status
-from .scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from xtyl_devstack.brevo import LocalBrevo
+from xtyl_devstack.scrape import sample, scrape
 from xtyl_devstack.service_process import RunningService, running_service_async
 from xtyl_notify.service import AUTH_EMAIL_SENDS, AUTH_HOOK_DEADLINE_S
-
-from .scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 

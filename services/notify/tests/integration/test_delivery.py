@@ -15,6 +15,7 @@ from xtyl_common.metrics import exposition
 from xtyl_common.settings import load_settings
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.ports import free_port
+from xtyl_devstack.scrape import sample
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.domain.addresses import Mailbox
 from xtyl_notify.domain.emails import EmailKind, EmailStatus, NewEmail, RenderedEmail
@@ -23,7 +24,6 @@ from xtyl_notify.service import EmailInFlight, NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
 from .conftest import warm_pool
-from .scrape import sample
 
 pytestmark = pytest.mark.integration
 

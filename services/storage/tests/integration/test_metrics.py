@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from xtyl_devstack.scrape import sample
+
 from .asgi import AsgiClient
 from .conftest import MIB, User, service_headers
-from .scrape import sample
 from .test_uploads import FORM_TYPE, streamed_form
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,5 @@
-"""A process's ``/metrics``, read the way Prometheus reads it (prometheus-client's parser)."""
+"""A process's ``/metrics``, read the way Prometheus reads it (prometheus-client's parser): for
+the tests of every service and of the whole stack."""
 
 from __future__ import annotations
 
