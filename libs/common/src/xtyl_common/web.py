@@ -32,6 +32,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
+from prometheus_client import Counter, Histogram
 from redis import exceptions as redis_exceptions
 
 from xtyl_common import errors, metrics
@@ -78,6 +79,8 @@ class RequestContextMiddleware(ASGIMiddleware):
     def __init__(self, service: str = "xtyl") -> None:
         self.service = service
         self.in_flight = metrics.HTTP_IN_FLIGHT.labels(service)
+        #: the request counter and duration histogram of each (route, method, status) seen
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         candidate: str | None = None
@@ -116,9 +119,16 @@ class RequestContextMiddleware(ASGIMiddleware):
                     duration_ms=round(elapsed * 1000, 2),
                 )
                 method, route = metrics.http_labels(scope.get("method"), scope.get("path_template"))
-                labels = (self.service, route, method, str(status))
-                metrics.HTTP_REQUESTS.labels(*labels).inc()
-                metrics.HTTP_DURATION.labels(*labels).observe(elapsed)
+                counted = self._series.get((route, method, status))
+                if counted is None:  # bounded: route templates x methods x statuses
+                    labels = (self.service, route, method, str(status))
+                    counted = (
+                        metrics.HTTP_REQUESTS.labels(*labels),
+                        metrics.HTTP_DURATION.labels(*labels),
+                    )
+                    self._series[(route, method, status)] = counted
+                counted[0].inc()
+                counted[1].observe(elapsed)
             structlog.contextvars.unbind_contextvars("request_id", "user_id")
 
 
