@@ -365,6 +365,10 @@ async def test_every_process_shows_the_work_it_did_and_one_trace_follows_an_uplo
     for span in trace:
         by_service[span.service].append(span)
     assert {"gateway", "storage", "rag-worker"} <= set(by_service), sorted(by_service)
+    # the relay's publish of the outbox row, in storage's process, joins the same trace
+    assert any(s.name == "publish file.uploaded" for s in by_service["storage"]), [
+        s.name for s in by_service["storage"]
+    ]
     assert any(s.attributes.get("db.system") == "postgresql" for s in by_service["rag-worker"]), [
         s.name for s in by_service["rag-worker"]
     ]
