@@ -10,6 +10,7 @@ stream job is retried later, never acknowledged as done).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,8 @@ import pytest
 from xtyl_common.events import EventSettings
 from xtyl_common.migrate import migrate
 from xtyl_common.settings import load_settings
-from xtyl_devstack.postgres import PostgresServer
+from xtyl_devstack.postgres import PostgresServer, create_database, drop_database
+from xtyl_devstack.stack import StackInfo
 from xtyl_rag.adapters.postgres import DocumentRepository
 from xtyl_rag.domain.documents import FileSource
 from xtyl_rag.service import RagService, open_service, stuck_file_finder
@@ -108,12 +110,32 @@ async def test_a_dead_runs_document_is_taken_over_when_its_lease_runs_out(
     assert events == 1
 
 
+@pytest.fixture
+async def private_service(
+    devstack: StackInfo, rag_env: dict[str, str], stream_prefix: str
+) -> AsyncIterator[RagService]:
+    """A rag service on a database of its own: no other process of the session (the workers
+    and APIs other tests started, with their reconcilers) can touch its documents."""
+    name = f"xtyl_leases_{secrets.token_hex(4)}"
+    await asyncio.to_thread(create_database, devstack.postgres_dsn, name)
+    url = devstack.dsn(name)
+    await migrate(url)
+    settings = load_settings(RagSettings, environ={**rag_env, "DATABASE_URL": url})
+    async with open_service(settings, EventSettings(stream_prefix=stream_prefix)) as opened:
+        await opened.models.ensure_index(opened.model_status.active.model, 384)
+        yield opened
+    await asyncio.to_thread(drop_database, devstack.postgres_dsn, name)
+
+
 @pytest.mark.timeout(240)
 async def test_a_live_run_keeps_its_document_and_a_redelivery_is_told_to_retry(
-    service: RagService, leased: Callable[[float], Indexer]
+    private_service: RagService,
 ) -> None:
-    lease_s = 1.0
-    live, redelivered = leased(lease_s), leased(lease_s)
+    service = private_service
+    # a short lease, renewed every third of it, on a 2-core box busy with the rest of the suite
+    lease_s = 1.5
+    live = indexer_with_lease(service, service.indexer, lease_s)
+    redelivered = indexer_with_lease(service, service.indexer, lease_s)
     data = make_text(100, seed=102)  # embedding takes several lease periods
     document = await add_file_document(service, uuid.uuid4(), "long.txt", "text/plain", data)
 
