@@ -24,6 +24,7 @@ from xtyl_common.settings import load_settings
 from xtyl_devstack.postgres import PostgresServer, create_database, drop_database
 from xtyl_devstack.stack import StackInfo
 from xtyl_rag.adapters.postgres import DocumentRepository
+from xtyl_rag.adapters.postgres.documents import Claim, NewChunks
 from xtyl_rag.domain.documents import FileSource
 from xtyl_rag.service import RagService, open_service, stuck_file_finder
 from xtyl_rag.service.indexing import DocumentBusy, Indexer
@@ -235,3 +236,31 @@ async def test_after_a_postgres_outage_the_retry_takes_the_document_over(
     chunks, ordinals, vectors, events = await chunk_rows(service, document.id)
     assert chunks == ordinals == vectors == stored.chunk_count > 60
     assert events == 1
+
+
+class SlowToReturn(DocumentRepository):
+    """complete() commits, then takes two lease periods to hand its answer back: the heartbeat
+    renews meanwhile and finds the lease cleared by that very commit."""
+
+    async def complete(self, claim: Claim, new: NewChunks, *, title: str | None = None) -> bool:
+        done = await super().complete(claim, new, title=title)
+        await asyncio.sleep(2 * self.lease_s)
+        return done
+
+
+async def test_a_run_that_completed_is_ready_though_its_heartbeat_then_finds_no_lease(
+    private_service: RagService,
+) -> None:
+    service = private_service
+    indexer = indexer_with_lease(service, service.indexer, 0.6)
+    indexer.documents = SlowToReturn(service.pool, lease_s=0.6)
+    data = make_text(2, seed=105)
+    document = await add_file_document(service, uuid.uuid4(), "done.txt", "text/plain", data)
+
+    report = await indexer.index(document.id, data=data)
+
+    assert report.outcome == "ready"  # not "gone": complete() cleared the lease, not a rival
+    stored = await service.documents.find(document.id)
+    assert stored is not None
+    assert stored.status == "ready"
+    assert stored.attempts == 1

@@ -171,6 +171,8 @@ class Indexer:
         self.policy = policy or ChunkingPolicy()
         lease_s = documents.lease_s
         #: Claims of a held document: each after the wait the lease says (its retry_after_s).
+        #: Lease ids of runs inside complete(), whose own lease check is the one that counts.
+        self._finishing: set[uuid.UUID] = set()
         self.lease_waits = RetryPolicy(
             attempts=LEASE_WAIT_TRIES,
             timeout_s=None,
@@ -289,9 +291,15 @@ class Indexer:
                 raise NoEmbedder(f"this worker cannot embed with the active model {model}")
             title = extracted.title if document.source == "file" and extracted.title else None
             with ingest_stage("store", document):
-                done = await self.documents.complete(
-                    claim, NewChunks(chunks=chunks, vectors=vectors, model=model), title=title
-                )
+                # complete() checks the lease itself and clears it in the transaction that
+                # makes the document final: from here the heartbeat's renewals prove nothing
+                self._finishing.add(claim.lease_id)
+                try:
+                    done = await self.documents.complete(
+                        claim, NewChunks(chunks=chunks, vectors=vectors, model=model), title=title
+                    )
+                finally:
+                    self._finishing.discard(claim.lease_id)
         except ExtractionFailed as exc:
             await self.documents.fail(
                 document, code=exc.reason, error=exc.detail or exc.reason, lease_id=claim.lease_id
@@ -378,6 +386,8 @@ class Indexer:
                 log_.warning("lease_renew_failed", error=type(exc).__name__, detail=str(exc)[:300])
                 continue
             if not held:
+                if claim.lease_id in self._finishing:
+                    continue  # complete() cleared the lease: the run says how it ended
                 log_.warning("lease_lost")
                 return
 
