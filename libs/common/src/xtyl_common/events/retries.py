@@ -46,6 +46,7 @@ from xtyl_common.db import DB_UNAVAILABLE_ERRORS
 from xtyl_common.errors import ClientError, DependencyError
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import retries_key
+from xtyl_common.retry import retry_after_of
 
 #: Set in a handler's ctx: True when a transient failure of this attempt is the last one
 #: (the entry's retry horizon has passed); see :func:`is_final_attempt`.
@@ -73,13 +74,6 @@ def kind_of(exc: BaseException) -> FailureKind:
     if isinstance(exc, _TRANSIENT_ERRORS):
         return FailureKind.TRANSIENT
     return FailureKind.UNEXPECTED
-
-
-def retry_after_of(exc: BaseException) -> float | None:
-    """The wait a dependency asked for, when it said (``DependencyError.retry_after_s``)."""
-    if isinstance(exc, DependencyError) and exc.retry_after_s is not None:
-        return max(0.0, exc.retry_after_s)
-    return None
 
 
 def is_final_attempt(ctx: Mapping[str, Any]) -> bool:
