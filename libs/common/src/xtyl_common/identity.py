@@ -8,6 +8,7 @@ secret, whose audience no user token can satisfy).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import structlog
@@ -21,6 +22,7 @@ from xtyl_common.auth import (
     UserPrincipal,
     bearer_token,
 )
+from xtyl_common.errors import Forbidden
 from xtyl_common.settings import BaseSettings
 
 VERIFIER_STATE_KEY = "verifier"
@@ -77,6 +79,21 @@ async def current_service(request: Request[Any, Any, Any]) -> ServicePrincipal:
     return await verifier_of(request).verify_service_token(token)
 
 
+async def acting_user(request: Request[Any, Any, Any]) -> uuid.UUID:
+    """The user an internal call is made for: a service token that names one (the gateway's
+    ``/v1/me/*`` fan-out), ``403 user_required`` for one that does not."""
+    service = await current_service(request)
+    if service.user_id is None:
+        raise Forbidden(
+            "this route answers for one user: the service token must name it", code="user_required"
+        )
+    structlog.contextvars.bind_contextvars(user_id=str(service.user_id))
+    return service.user_id
+
+
 #: ``dependencies=USER`` on a controller gives its handlers ``user: UserPrincipal``.
 USER = {"user": Provide(current_user)}
 SERVICE = {"service": Provide(current_service)}
+#: ``dependencies=ON_BEHALF`` (internal ``/internal/me/*`` routes) gives ``user_id: UUID``, the
+#: user a service token names.
+ON_BEHALF = {"user_id": Provide(acting_user)}

@@ -86,6 +86,31 @@ class UserCreated(Event, frozen=True, kw_only=True, tag="user.created"):
     payload: UserCreatedPayload
 
 
+class UserUpdatedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """The user's address or name after a change in Supabase Auth (both, whichever changed)."""
+
+    user_id: UUID
+    email: str | None = None
+    full_name: str | None = None
+
+
+class UserUpdated(Event, frozen=True, kw_only=True, tag="user.updated"):
+    domain: ClassVar[str] = USERS
+    payload: UserUpdatedPayload
+
+
+class UserDeletedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """The user is gone from ``auth.users``: every service erases what it holds for them
+    (GDPR Art. 17) and records when it finished (:mod:`xtyl_common.erasure`)."""
+
+    user_id: UUID
+
+
+class UserDeleted(Event, frozen=True, kw_only=True, tag="user.deleted"):
+    domain: ClassVar[str] = USERS
+    payload: UserDeletedPayload
+
+
 # --- files --------------------------------------------------------------------------------
 
 
@@ -144,10 +169,20 @@ class DocumentFailed(Event, frozen=True, kw_only=True, tag="document.failed"):
 
 # --- the registry and the one decoder -----------------------------------------------------
 
-AnyEvent = UserCreated | FileUploaded | FileDeleted | DocumentIndexed | DocumentFailed
+AnyEvent = (
+    UserCreated
+    | UserUpdated
+    | UserDeleted
+    | FileUploaded
+    | FileDeleted
+    | DocumentIndexed
+    | DocumentFailed
+)
 
 EVENT_CLASSES: tuple[type[Event], ...] = (
     UserCreated,
+    UserUpdated,
+    UserDeleted,
     FileUploaded,
     FileDeleted,
     DocumentIndexed,
