@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 
 import msgspec
 import structlog
@@ -32,21 +34,45 @@ from xtyl_common.auth import TokenVerifier, UserPrincipal, bearer_token
 from xtyl_common.auth.metrics import TokenMetrics
 from xtyl_common.context import current_request_id
 from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
-from xtyl_common.errors import ClientError, NotFound, RateLimited, TimedOut, Unavailable
+from xtyl_common.erasure import ErasureState
+from xtyl_common.errors import (
+    ClientError,
+    NotFound,
+    RateLimited,
+    TimedOut,
+    Unavailable,
+    XtylError,
+)
 from xtyl_common.events import EventSettings, OutboxRelay
 from xtyl_common.health import Readiness
 from xtyl_common.http import HttpConfig, create_session
+from xtyl_common.quotas import QuotaUse
 from xtyl_common.redis_client import create_redis
+from xtyl_gateway.adapters.auth_admin import AuthAdmin
 from xtyl_gateway.adapters.event_sources import EVENT_SOURCES, OUTBOX_SCHEMA
 from xtyl_gateway.adapters.metrics import RATE_LIMIT, RATE_LIMIT_DECISIONS
 from xtyl_gateway.adapters.ratelimit import Limit, RateLimiter
+from xtyl_gateway.adapters.service_calls import NotServed, ServiceCalls
 from xtyl_gateway.adapters.service_documents import ServiceDocuments
 from xtyl_gateway.adapters.upstream import ProxyConfig, UpstreamClient
 from xtyl_gateway.adapters.users import UserRepository
+from xtyl_gateway.domain.account import (
+    ERASING_SERVICES,
+    EXPORT_README,
+    DeletionProgress,
+    ExportDocument,
+    ExportFile,
+    ExportManifest,
+    Usage,
+    merge_usage,
+    without_text,
+)
 from xtyl_gateway.domain.admission import InFlightLimit
+from xtyl_gateway.domain.archive import DEFLATED, ZipStream, safe_name
 from xtyl_gateway.domain.exchange import ClientConnection, IncomingRequest
 from xtyl_gateway.domain.openapi import JsonObject, merge_public_api
 from xtyl_gateway.domain.routing import (
+    EXPORT_PATH,
     ME_PATH,
     BadRequestFraming,
     is_suspect_path,
@@ -78,6 +104,8 @@ class GatewayService:
         default_limit: Limit,
         route_limits: dict[str, Limit],
         in_flight: InFlightLimit,
+        auth_admin: AuthAdmin,
+        calls: ServiceCalls,
     ) -> None:
         self._verifier = verifier
         self._limiter = limiter
@@ -87,6 +115,8 @@ class GatewayService:
         self._default_limit = default_limit
         self._route_limits = route_limits
         self._in_flight = in_flight
+        self._auth_admin = auth_admin
+        self._calls = calls
         self._limiter_down_logged = 0.0
         self._decisions = {
             decision: RATE_LIMIT.labels(decision) for decision in RATE_LIMIT_DECISIONS
@@ -180,6 +210,149 @@ class GatewayService:
             )
         return found
 
+    # -- the account: deletion, usage, export ---------------------------------------------
+
+    async def delete_me(self, authorization: str | None) -> uuid.UUID:
+        """``DELETE /v1/me``: delete the caller from Supabase Auth. The ``auth.users`` trigger
+        records it and writes ``user.deleted``; each service then erases what it holds.
+        Asking again (or after the deletion) is no error."""
+        user = await self.admit_user(authorization, ME_PATH)
+        if await self._users.deleted_at(user.user_id) is None:
+            deleted = await self._auth_admin.delete_user(user.user_id)
+            if not deleted and await self._users.deleted_at(user.user_id) is None:
+                raise NotFound("Supabase Auth has no such user", code="user_not_found")
+            log.info("account_deletion_requested", deleted_now=deleted)
+        return user.user_id
+
+    async def deletion(self, authorization: str | None) -> DeletionProgress:
+        """``GET /v1/me/deletion``: when the deletion was asked, and each service's erasure."""
+        user = await self.admit_user(authorization, ME_PATH)
+        requested_at = await self._users.deleted_at(user.user_id)
+        if requested_at is None:
+            raise NotFound("this account has not been deleted", code="deletion_not_requested")
+        states = await asyncio.gather(
+            *(self._erasure_of(name, user.user_id) for name in ERASING_SERVICES)
+        )
+        return DeletionProgress.of(
+            user.user_id, requested_at, dict(zip(ERASING_SERVICES, states, strict=True))
+        )
+
+    async def _erasure_of(self, service: str, user_id: uuid.UUID) -> ErasureState | None:
+        try:
+            answer = await self._calls.get_json(service, "/internal/me/erasure", user_id)
+            return msgspec.convert(answer, ErasureState)
+        except (XtylError, NotServed, msgspec.ValidationError) as exc:
+            log.warning("erasure_state_unknown", service=service, error=str(exc))
+            return None
+
+    async def usage(self, authorization: str | None) -> Usage:
+        """``GET /v1/me/usage``: the caller's use of every quota, from the services that
+        enforce them (a service without quotas answers 404 and is left out)."""
+        user = await self.admit_user(authorization, ME_PATH)
+        names = self._calls.names
+        answers = await asyncio.gather(*(self._usage_of(n, user.user_id) for n in names))
+        return merge_usage(
+            {n: a for n, a in zip(names, answers, strict=True) if not isinstance(a, _NoQuotas)}
+        )
+
+    async def _usage_of(
+        self, service: str, user_id: uuid.UUID
+    ) -> dict[str, QuotaUse] | _NoQuotas | None:
+        try:
+            answer = await self._calls.get_json(service, "/internal/me/usage", user_id)
+            return msgspec.convert(answer, dict[str, QuotaUse])
+        except NotServed:
+            return _NO_QUOTAS
+        except (XtylError, msgspec.ValidationError) as exc:
+            log.warning("usage_unknown", service=service, error=str(exc))
+            return None
+
+    async def export(self, authorization: str | None) -> AsyncIterator[bytes]:
+        """``GET /v1/me/export``: admit the caller (one export at a time, its own rate-limit
+        bucket) and check there is a profile, before anything is sent; then the archive's
+        bytes as they are made (:meth:`_archive`)."""
+        user = await self.admit_user(authorization, EXPORT_PATH)
+        profile = await self._users.get(user.user_id)
+        if profile is None:
+            raise NotFound("no profile for this user", code="user_not_found")
+        release = self._in_flight.acquire(f"export:{user.user_id}", limit=1)
+        return ReleasingStream(self._archive(profile), release)
+
+    async def _archive(self, profile: UserProfile) -> AsyncGenerator[bytes]:
+        user_id = profile.id
+        manifest = ExportManifest(user_id=user_id, exported_at=datetime.now(UTC))
+        archive = ZipStream()
+        try:
+            readme = EXPORT_README.format(exported_at=manifest.exported_at.isoformat())
+            yield archive.add("README.txt", readme.encode())
+            yield archive.add("profile.json", msgspec.json.format(msgspec.json.encode(profile)))
+
+            # files: their details as storage sends them, then each one's bytes
+            files: list[ExportFile] = []
+            entry = archive.open("files.ndjson", compression=DEFLATED)
+            async for line in self._calls.lines("storage", "/internal/me/export", user_id):
+                files.append(msgspec.json.decode(line, type=ExportFile))
+                yield entry.write(line + b"\n")
+            yield entry.close()
+            for file in files:
+                async for chunk in self._file_entry(archive, user_id, file, manifest):
+                    yield chunk
+
+            # documents: each one's text in its own entry, their details together after
+            details: list[bytes] = []
+            async for line in self._calls.lines("rag", "/internal/me/export", user_id):
+                document = msgspec.json.decode(line, type=ExportDocument)
+                details.append(without_text(line))
+                yield archive.add(
+                    f"documents/{document.id}.txt",
+                    (document.text or "").encode(),
+                    when=document.created_at,
+                )
+            manifest.documents = len(details)
+            yield archive.add("documents.ndjson", b"".join(d + b"\n" for d in details))
+
+            entry = archive.open("notifications.ndjson", compression=DEFLATED)
+            async for line in self._calls.lines("notify", "/internal/me/export", user_id):
+                manifest.notification_records += 1
+                yield entry.write(line + b"\n")
+            yield entry.close()
+
+            manifest.complete = not manifest.files_missing
+            yield archive.add("manifest.json", msgspec.json.format(msgspec.json.encode(manifest)))
+            yield archive.close()
+            log.info(
+                "export_sent",
+                files=manifest.files,
+                file_bytes=manifest.file_bytes,
+                documents=manifest.documents,
+            )
+        except BaseException as exc:
+            # The answer has begun: the only honest way to fail is to cut it short, so the
+            # client's unzip sees a broken archive, never a complete-looking partial one.
+            log.warning("export_aborted", error=str(exc) or type(exc).__name__)
+            raise
+
+    async def _file_entry(
+        self, archive: ZipStream, user_id: uuid.UUID, file: ExportFile, manifest: ExportManifest
+    ) -> AsyncIterator[bytes]:
+        path = f"/internal/files/{file.id}/content"
+        name = f"files/{file.id}/{safe_name(file.name)}"
+        chunks = self._calls.chunks("storage", path, user_id)
+        try:
+            first = await anext(chunks, b"")
+        except NotServed:
+            manifest.files_missing.append(str(file.id))
+            return
+        entry = archive.open(name, size=file.size, when=file.created_at)
+        written = len(first)
+        yield entry.write(first)
+        async for chunk in chunks:
+            written += len(chunk)
+            yield entry.write(chunk)
+        yield entry.close()
+        manifest.files += 1
+        manifest.file_bytes += written
+
     async def public_api_document(self, own: JsonObject) -> bytes:
         """The whole public API as one OpenAPI document (JSON): ``own`` (the gateway's) with
         the public routes of every service that answered, cached for a minute; services that
@@ -197,6 +370,42 @@ class GatewayService:
             age = DOCUMENT_TTL_S - PARTIAL_DOCUMENT_TTL_S if missing else 0.0
             self._document = (time.monotonic() - age, body)
             return body
+
+
+class ReleasingStream:
+    """An async iterator of bytes that calls ``release`` once it ends, fails, is closed, or
+    is dropped unread (a client gone before the answer began never runs a generator's
+    ``finally``, and an export slot must not stay taken)."""
+
+    def __init__(self, inner: AsyncGenerator[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    def __aiter__(self) -> ReleasingStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._inner)
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
+
+    def __del__(self) -> None:
+        self._release()
+
+
+class _NoQuotas:
+    """``_usage_of``'s answer for a service with no quotas (404), unlike ``None`` (no answer)."""
+
+
+_NO_QUOTAS = _NoQuotas()
 
 
 @asynccontextmanager
@@ -250,6 +459,12 @@ async def open_service(
                 for prefix, count in settings.route_limits().items()
             },
             in_flight=InFlightLimit(settings.user_max_in_flight),
+            auth_admin=AuthAdmin(
+                session,
+                supabase_url=settings.supabase_url,
+                service_role_key=settings.supabase_service_role_key,
+            ),
+            calls=ServiceCalls(session, settings.upstream_urls(), settings.internal_jwt_secret),
         )
         if readiness is not None:
             readiness.add("postgres", lambda: check_postgres(pool))

@@ -33,7 +33,7 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     rate_limit_requests: int = 600
     rate_limit_window_s: float = 60.0
     #: Tighter limits for some routes, per window: ``/v1/answer=30,/v1/files=120``.
-    rate_limit_routes: str = "/v1/answer=30"
+    rate_limit_routes: str = "/v1/answer=30,/v1/me/export=10"
     #: The limiter's budget for each wait on Redis (a pooled connection, connecting, a
     #: reply); past it the request passes unlimited (fail open).
     rate_limit_redis_timeout_s: float = 0.05

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import asyncpg
 
@@ -19,3 +20,10 @@ class UserRepository:
             user_id,
         )
         return None if row is None else UserProfile(**dict(row))
+
+    async def deleted_at(self, user_id: uuid.UUID) -> datetime | None:
+        """When the user was deleted from Supabase Auth (the trigger's record), if they were."""
+        found: datetime | None = await self._pool.fetchval(
+            "select deleted_at from xtyl_gateway.user_deletions where user_id = $1", user_id
+        )
+        return found

@@ -8,7 +8,7 @@ is affected.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 
 from xtyl_common.errors import RateLimited
@@ -25,21 +25,38 @@ class InFlightLimit:
         return self._counts.get(subject, 0)
 
     @contextmanager
-    def hold(self, subject: str) -> Generator[None]:
-        """One request of ``subject`` for the duration of the block, or 429 at the cap."""
-        count = self._counts.get(subject, 0)
-        if count >= self.limit:
-            raise RateLimited(
-                1,
-                f"at most {self.limit} requests at once per caller: wait for one to finish",
-                code="too_many_in_flight",
-            )
-        self._counts[subject] = count + 1
+    def hold(self, subject: str, *, limit: int | None = None) -> Generator[None]:
+        """One request of ``subject`` for the duration of the block, or 429 at the cap (this
+        limit's, or ``limit`` for a subject of its own, e.g. one export per user)."""
+        release = self.acquire(subject, limit=limit)
         try:
             yield
         finally:
+            release()
+
+    def acquire(self, subject: str, *, limit: int | None = None) -> Callable[[], None]:
+        """Count one request of ``subject`` (429 at the cap); the function given back ends it
+        (calling it again does nothing)."""
+        cap = self.limit if limit is None else limit
+        count = self._counts.get(subject, 0)
+        if count >= cap:
+            raise RateLimited(
+                1,
+                f"at most {cap} such requests at once per caller: wait for one to finish",
+                code="too_many_in_flight",
+            )
+        self._counts[subject] = count + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             remaining = self._counts[subject] - 1
             if remaining:
                 self._counts[subject] = remaining
             else:
                 del self._counts[subject]
+
+        return release

@@ -13,6 +13,9 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/v1/documents", "rag"),
     ("/v1/search", "rag"),
     ("/v1/answer", "rag"),
+    # RFC 8058 one-click unsubscribe: the link in a mail works without signing in (notify
+    # checks the link's signature). Listed before /v1/notifications, whose routes need a user.
+    ("/v1/notifications/unsubscribe", "notify"),
     ("/v1/notifications", "notify"),
     ("/webhooks/brevo", "notify"),
     ("/webhooks/auth", "notify"),
@@ -21,11 +24,15 @@ ROUTES: tuple[tuple[str, str], ...] = (
 #: The caller's profile (``public.users``), served by the gateway itself; its rate-limit
 #: bucket has this name, as a proxied route's has its prefix.
 ME_PATH = "/v1/me"
+#: ``GET /v1/me/export`` counts against a bucket of its own (``RATE_LIMIT_ROUTES``).
+EXPORT_PATH = "/v1/me/export"
 
 #: Routes with no user behind them: the service checks its own credential (Brevo's webhook
 #: carries a shared secret, Supabase Auth's Send Email Hook a Standard Webhooks signature);
 #: the gateway rate-limits them per client address instead.
-ANONYMOUS_PREFIXES = frozenset({"/webhooks/brevo", "/webhooks/auth"})
+ANONYMOUS_PREFIXES = frozenset(
+    {"/webhooks/brevo", "/webhooks/auth", "/v1/notifications/unsubscribe"}
+)
 
 
 class Route(msgspec.Struct, frozen=True):

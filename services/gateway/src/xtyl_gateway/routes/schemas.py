@@ -27,3 +27,11 @@ class User(msgspec.Struct, frozen=True):
             created_at=profile.created_at,
             updated_at=profile.updated_at,
         )
+
+
+# DELETE /v1/me (202)
+class DeletionAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: uuid.UUID
+    status: str
+    #: Where to follow the erasure: GET this path.
+    progress: str
