@@ -145,3 +145,67 @@ async def test_user_created_reaches_the_users_stream(
             str(user_id),
         ):
             await asyncio.sleep(0.05)
+
+
+async def events_of(db: asyncpg.Connection, user_id: uuid.UUID) -> list[tuple[str, Any]]:
+    rows = await db.fetch(
+        "select type, payload::text as payload from xtyl_gateway.outbox"
+        " where payload->>'user_id' = $1 order by seq",
+        str(user_id),
+    )
+    return [(row["type"], json.loads(row["payload"])) for row in rows]
+
+
+async def test_an_email_or_name_change_is_one_user_updated_event(db: asyncpg.Connection) -> None:
+    user_id = await sign_up(db, "old@example.com", {"full_name": "Old Name"})
+    await db.execute("update auth.users set email = 'new@example.com' where id = $1", user_id)
+    await db.execute(  # a change of something else is no event
+        "update auth.users set raw_user_meta_data = raw_user_meta_data where id = $1", user_id
+    )
+    await db.execute(
+        """update auth.users set raw_user_meta_data = '{"full_name": "New Name"}' where id = $1""",
+        user_id,
+    )
+    assert await events_of(db, user_id) == [
+        (
+            "user.created",
+            {"user_id": str(user_id), "email": "old@example.com", "full_name": "Old Name"},
+        ),
+        (
+            "user.updated",
+            {"user_id": str(user_id), "email": "new@example.com", "full_name": "Old Name"},
+        ),
+        (
+            "user.updated",
+            {"user_id": str(user_id), "email": "new@example.com", "full_name": "New Name"},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("how", ["delete", "soft delete"])
+async def test_a_deletion_is_one_user_deleted_event_and_the_published_address_is_scrubbed(
+    db: asyncpg.Connection, how: str
+) -> None:
+    user_id = await sign_up(db, "gone@example.com", {"full_name": "Gone Soon"})
+    # the relay published user.created: its copy in the outbox is kept for replay until pruned
+    await db.execute(
+        "update xtyl_gateway.outbox set published_at = now() where payload->>'user_id' = $1",
+        str(user_id),
+    )
+    if how == "delete":
+        await db.execute("delete from auth.users where id = $1", user_id)
+        await db.execute("delete from auth.users where id = $1", user_id)  # nothing left: no-op
+    else:
+        await db.execute(
+            "update auth.users set deleted_at = now(), email = null where id = $1", user_id
+        )
+        await db.execute("update auth.users set email = 'x@example.com' where id = $1", user_id)
+    assert await events_of(db, user_id) == [
+        ("user.created", {"user_id": str(user_id)}),
+        ("user.deleted", {"user_id": str(user_id)}),
+    ]
+    assert await db.fetchval("select count(*) from public.users where id = $1", user_id) == 0
+    deleted_at = await db.fetchval(
+        "select deleted_at from xtyl_gateway.user_deletions where user_id = $1", user_id
+    )
+    assert deleted_at is not None
