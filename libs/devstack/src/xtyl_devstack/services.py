@@ -38,6 +38,7 @@ BREVO = ServiceDef("brevo", "xtyl_devstack.brevo", 8011, "BREVO_PORT")
 WORKERS: tuple[tuple[str, str], ...] = (
     ("rag-worker", "xtyl_rag.worker"),
     ("notify-worker", "xtyl_notify.worker"),
+    ("storage-worker", "xtyl_storage.worker"),
 )
 
 SERVICES: tuple[ServiceDef, ...] = (

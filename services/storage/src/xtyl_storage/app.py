@@ -17,7 +17,7 @@ from xtyl_common.logging import configure_logging
 from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_storage.routes.files import SERVICE_STATE_KEY, FilesController
-from xtyl_storage.routes.internal import InternalFilesController
+from xtyl_storage.routes.internal import InternalFilesController, InternalMeController
 from xtyl_storage.service import open_service
 from xtyl_storage.settings import StorageSettings
 
@@ -56,7 +56,7 @@ def create_app(
         version=VERSION,
         description="Files in R2 and who owns them. Every /v1 route takes the user's Supabase"
         " access token; /internal routes take a service token.",
-        route_handlers=[FilesController, InternalFilesController],
+        route_handlers=[FilesController, InternalFilesController, InternalMeController],
         lifespan=[lifespan],
         # Upload routes lift this and enforce MAX_UPLOAD_BYTES while streaming.
         request_max_body_size=1024 * 1024,

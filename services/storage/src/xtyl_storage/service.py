@@ -21,6 +21,13 @@ gateway never answers 504 for an upload that commits later.
 ``Idempotency-Key`` (:mod:`xtyl_storage.domain.idempotency`): the key is claimed before the
 bytes are stored and completed in the transaction that records the file; a failed upload gives
 it back, so its retry runs again, and a retry after a success gets the same file.
+
+Quotas (:mod:`xtyl_storage.domain.quotas`): an upload holds room for its bytes before any of
+them is read (:meth:`StorageService.upload_quota`), more as they arrive past it, and the
+transaction that records the file checks once more with the real size; the room is given back
+on every failure. A deleted user (:meth:`StorageService.erase_user`, on ``user.deleted``) is
+refused by every transaction that holds room or records a file (403 ``account_deleted``); an
+object written by an upload refused there is deleted before the answer.
 """
 
 from __future__ import annotations
@@ -28,28 +35,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 import structlog
 
 from xtyl_common.db import DatabaseConfig, create_pool
+from xtyl_common.erasure import AccountDeleted, ErasureLedger, ErasureState
 from xtyl_common.errors import (
     ClientError,
     Conflict,
     InvalidInput,
     NotFound,
     TimedOut,
+    Unavailable,
     UnsupportedMediaType,
     XtylError,
 )
 from xtyl_common.events.relay import OutboxRelay
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.health import HealthCheck
-from xtyl_common.pagination import Page, keyset_page
+from xtyl_common.pagination import Cursor, Page, keyset_page
+from xtyl_common.quotas import QuotaExceeded, QuotaUse
 from xtyl_common.redis_client import check_redis, create_redis
+from xtyl_storage.adapters.erasure import ErasureRepository
 from xtyl_storage.adapters.event_sources import EVENT_SOURCES
 from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
 from xtyl_storage.adapters.orphans import OrphanSweeper
@@ -63,6 +75,7 @@ from xtyl_storage.adapters.s3 import (
     open_s3_client,
 )
 from xtyl_storage.adapters.uploads import stream_to_s3
+from xtyl_storage.adapters.usage import QuotaHold, UsageRepository
 from xtyl_storage.domain.events import file_deleted, file_uploaded
 from xtyl_storage.domain.files import FileStatus, StoredFile, too_large
 from xtyl_storage.domain.idempotency import (
@@ -77,13 +90,29 @@ from xtyl_storage.domain.idempotency import (
 )
 from xtyl_storage.domain.media_types import is_allowed, normalize_media_type
 from xtyl_storage.domain.names import clean_display_name, content_disposition, object_key
+from xtyl_storage.domain.quotas import (
+    PRESIGN_HOLD_GRACE_S,
+    UPLOAD_LEASE_S,
+    StorageLimits,
+    first_hold,
+    usage_report,
+)
 from xtyl_storage.settings import StorageSettings
 
 log = structlog.stdlib.get_logger("xtyl.storage")
 
+T = TypeVar("T")
+#: The schema of storage's erasure ledger (``xtyl_storage.erasures``).
+SCHEMA = "xtyl_storage"
+
 FILE_NOT_FOUND = "file_not_found"
-#: How long a failed upload waits on Postgres to give its Idempotency-Key back.
+#: How long a failed upload waits on Postgres to give its Idempotency-Key and its room back.
 RELEASE_TIMEOUT_S = 2.0
+#: Files per page of ``GET /internal/me/export`` (one query each; memory stays flat).
+EXPORT_PAGE = 500
+#: A presigned PUT sent just before its URL expired may still be landing: an erasure looks at
+#: the bucket a last time this long (at most) after the URLs it found expired.
+PRESIGNED_PUT_MARGIN_S = 300.0
 
 
 def not_found() -> NotFound:
@@ -120,6 +149,8 @@ class StorageService:
         *,
         keys: IdempotencyKeyRepository,
         orphans: OrphanSweeper,
+        usage: UsageRepository,
+        erasures: ErasureRepository,
         readiness: Mapping[str, HealthCheck] | None = None,
     ) -> None:
         self.store = store
@@ -127,6 +158,8 @@ class StorageService:
         self.settings = settings
         self.keys = keys
         self.orphans = orphans
+        self.usage = usage
+        self.erasures = erasures
         #: What ``/readyz`` checks of the service's own dependencies.
         self.readiness: dict[str, HealthCheck] = dict(readiness or {})
         self._patterns = settings.content_type_patterns()
@@ -152,6 +185,48 @@ class StorageService:
 
     # -- upload through the service --------------------------------------------------------
 
+    @asynccontextmanager
+    async def upload_quota(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        declared: int | None = None,
+        overhead: int = 0,
+        keyed: bool = False,
+    ) -> AsyncGenerator[QuotaHold]:
+        """Room for one upload, held before a byte of it is read: ``declared`` (its
+        Content-Length, of which up to ``overhead`` may be form boundaries and headers), else
+        grown as the bytes arrive. 403 ``quota_*`` when it cannot fit, 403 ``account_deleted``
+        for a deleted user. Given back on the way out unless the upload recorded its file.
+        With an Idempotency-Key (``keyed``) a quota refusal is raised only once the request is
+        known not to be a retry of an upload that succeeded (which answers its file)."""
+        need, want = first_hold(
+            declared, overhead=overhead, max_bytes=self.settings.max_upload_bytes
+        )
+        hold_id = uuid.uuid4()
+        try:
+            granted = await self.usage.hold(
+                owner_id, hold_id, need=need, want=want, lease_s=UPLOAD_LEASE_S
+            )
+            hold = QuotaHold(self.usage, owner_id, hold_id, granted)
+        except QuotaExceeded as exc:
+            if not keyed:
+                raise
+            hold = QuotaHold(self.usage, owner_id, hold_id, 0, refused=exc)
+        try:
+            yield hold
+        finally:
+            if not hold.settled and hold.refused is None:
+                await self._release(hold)
+
+    async def _release(self, hold: QuotaHold) -> None:
+        """A failed upload's room is free again (if Postgres does not answer, the reservation
+        stops counting when its lease runs out)."""
+        try:
+            await asyncio.shield(self.usage.release(hold.id, timeout_s=RELEASE_TIMEOUT_S))
+        except (XtylError, TimeoutError) as exc:
+            log.warning("quota_release_failed", error=type(exc).__name__)
+
     async def upload(
         self,
         owner_id: uuid.UUID,
@@ -160,11 +235,42 @@ class StorageService:
         content_type: str,
         chunks: AsyncIterable[bytes],
         idempotency_key: str | None = None,
+        hold: QuotaHold | None = None,
     ) -> Upload:
         """Stream ``chunks`` into the bucket and record the file (``content_type`` is checked),
         within ``REQUEST_DEADLINE_S`` of work of our own; with an ``idempotency_key``, a retry
-        gets the first upload's file (see the module)."""
-        file_id = uuid.uuid4()
+        gets the first upload's file (see the module). ``hold``: the room
+        :meth:`upload_quota` held for it (else held here, growing with the bytes)."""
+        if hold is None:
+            async with self.upload_quota(owner_id, keyed=idempotency_key is not None) as own:
+                return await self._upload(
+                    owner_id,
+                    raw_name=raw_name,
+                    content_type=content_type,
+                    chunks=chunks,
+                    idempotency_key=idempotency_key,
+                    hold=own,
+                )
+        return await self._upload(
+            owner_id,
+            raw_name=raw_name,
+            content_type=content_type,
+            chunks=chunks,
+            idempotency_key=idempotency_key,
+            hold=hold,
+        )
+
+    async def _upload(
+        self,
+        owner_id: uuid.UUID,
+        *,
+        raw_name: str | None,
+        content_type: str,
+        chunks: AsyncIterable[bytes],
+        idempotency_key: str | None,
+        hold: QuotaHold,
+    ) -> Upload:
+        file_id = hold.id
         name = clean_display_name(raw_name)
         key = object_key(owner_id, file_id, name)
         deadline_s = self.settings.request_deadline_s
@@ -185,12 +291,14 @@ class StorageService:
                     if isinstance(held, KeyRecord):
                         return await self._replay(owner_id, held, raw_name, content_type, timed)
                     claim = held
+                if hold.refused is not None:
+                    raise hold.refused
                 async with self._holding(claim):
                     writing = True
                     stored = await stream_to_s3(
                         self.store,
                         key,
-                        _non_empty(timed),
+                        _non_empty(hold.metered(timed, max_bytes=self.settings.max_upload_bytes)),
                         content_type=content_type,
                         disposition=content_disposition(name),
                         metadata={"owner-id": str(owner_id), "file-id": str(file_id)},
@@ -215,12 +323,18 @@ class StorageService:
                     saved = await self.files.add_ready(
                         record, event=file_uploaded(record), claim=claim
                     )
+                    hold.settled = True
         except BaseException as exc:
             if claim is not None:
                 await self._give_back(claim)
-            # A client error while streaming was refused before S3 took the object (the
-            # multipart upload is aborted); anything else may leave a write S3 applies later.
-            if writing and (streamed or not isinstance(exc, ClientError)):
+            if writing and streamed and isinstance(exc, ClientError):
+                # Refused by the transaction that records the file (account deleted, quota,
+                # key taken over): rolled back, so no row points at the object S3 just took.
+                await self._discard(key)
+            elif writing and (streamed or not isinstance(exc, ClientError)):
+                # A client error while streaming was refused before S3 took the object (the
+                # multipart upload is aborted); anything else may leave a write S3 applies
+                # later.
                 self.orphans.sweep(key)
             if isinstance(exc, TimeoutError) and deadline.expired():
                 log.warning("upload_timed_out", file_id=str(file_id), deadline_s=deadline_s)
@@ -283,6 +397,20 @@ class StorageService:
                     return  # taken over: completing will fail with ClaimLost
             except (XtylError, TimeoutError) as exc:
                 log.warning("idempotency_renew_failed", error=type(exc).__name__)
+
+    async def _discard(self, key: str) -> None:
+        """Delete an object no row points at, before the answer; swept in the background when
+        S3 does not do it in one attempt's time."""
+        try:
+            async with asyncio.timeout(
+                self.settings.s3_connect_timeout_s + self.settings.s3_read_timeout_s
+            ):
+                await self.store.delete(key)
+        except (XtylError, TimeoutError):
+            self.orphans.sweep(key)
+        except asyncio.CancelledError:
+            self.orphans.sweep(key)
+            raise
 
     async def _give_back(self, claim: KeyClaim) -> None:
         """A failed upload stored nothing: its key is free for the retry (a key completed by a
@@ -389,7 +517,8 @@ class StorageService:
                 status=FileStatus.PENDING,
                 created_at=now,
                 updated_at=now,
-            )
+            ),
+            hold_s=self.settings.presign_ttl_s + PRESIGN_HOLD_GRACE_S,
         )
         return PresignedUpload(
             file=pending,
@@ -402,8 +531,16 @@ class StorageService:
         self, owner_id: uuid.UUID, file_id: uuid.UUID
     ) -> StoredFile:
         """Check the object the client PUT (HEAD: size and type; then its sha256) and record
-        it as ready with its ``file.uploaded`` event. A completed file is returned as it is."""
-        found = await self.get(owner_id, file_id)
+        it as ready with its ``file.uploaded`` event. A completed file is returned as it is.
+        For a deleted user (403 ``account_deleted``) or past the quota (403 ``quota_*``, when
+        its reservation ran out and the room was taken meanwhile) the object is deleted."""
+        found = await self.files.get(owner_id, file_id)
+        if found is None and await self.erasures.is_erased(owner_id):
+            # the erasure removed the row; a PUT may have landed since
+            await self._discard_prefix(f"{owner_id}/{file_id}/")
+            raise AccountDeleted("this account was deleted; nothing more is stored for it")
+        if found is None or found.status is FileStatus.DELETED:
+            raise not_found()
         if found.status is FileStatus.READY:
             return found
         head = await self.store.head(found.key)
@@ -421,11 +558,22 @@ class StorageService:
             )
         sha256 = await self._hash_object(found)
         uploaded = msgspec.structs.replace(found, sha256=sha256, status=FileStatus.READY)
-        ready = await self.files.mark_ready(
-            owner_id, file_id, sha256, event=file_uploaded(uploaded)
-        )
+        try:
+            ready = await self.files.mark_ready(
+                owner_id, file_id, sha256, event=file_uploaded(uploaded)
+            )
+        except (AccountDeleted, QuotaExceeded) as exc:
+            await self._discard(found.key)
+            if isinstance(exc, QuotaExceeded):
+                await self.files.remove_pending(owner_id, file_id)
+            log.info("upload_refused", file_id=str(file_id), code=exc.code, presigned=True)
+            raise
         log.info("file_uploaded", file_id=str(file_id), size=ready.size, presigned=True)
         return ready
+
+    async def _discard_prefix(self, prefix: str) -> None:
+        keys = await self._s3(self.store.list_keys(prefix, limit=1000))
+        await self._s3(self.store.delete_keys(keys))
 
     async def _hash_object(self, file: StoredFile) -> str:
         body = await self._open(file, download=False)
@@ -433,6 +581,107 @@ class StorageService:
         async for chunk in body.chunks:
             digest.update(chunk)
         return digest.hexdigest()
+
+    # -- the caller's account (the gateway's /v1/me/*, on behalf of a user) ----------------
+
+    async def usage_of(self, owner_id: uuid.UUID) -> dict[str, QuotaUse]:
+        """``{quota: QuotaUse}``: the bytes and files the user keeps, of their limits."""
+        return usage_report(await self.usage.usage(owner_id), self.usage.limits)
+
+    async def erasure_state(self, user_id: uuid.UUID) -> ErasureState:
+        return await self.erasures.state(user_id)
+
+    async def export(self, owner_id: uuid.UUID) -> AsyncIterator[StoredFile]:
+        """The owner's ready files, newest first, one page of :data:`EXPORT_PAGE` in memory."""
+        after: Cursor | None = None
+        while True:
+            page = await self.files.list_ready(owner_id, limit=EXPORT_PAGE, after=after)
+            for file in page:
+                yield file
+            if len(page) < EXPORT_PAGE:
+                return
+            after = Cursor(created_at=page[-1].created_at, id=page[-1].id)
+
+    # -- erasure (user.deleted) -------------------------------------------------------------
+
+    async def erase_user(
+        self, user_id: uuid.UUID, *, requested_at: datetime
+    ) -> dict[str, int] | None:
+        """Erase everything storage holds for a deleted user: every object under
+        ``<user id>/`` and every unfinished multipart upload there, their file rows (any
+        status), Idempotency-Keys, usage and reservations, and their published outbox rows
+        (unpublished ones go out); no event per file. The counts, or None when the erasure had
+        already completed (a redelivery).
+
+        From :meth:`ErasureRepository.begin` on, the user's writes are refused; one that was
+        in flight committed first and is erased with the rest. Resumable: every step is
+        idempotent, so a run killed anywhere is finished by the next delivery. The bucket is
+        looked at again after the rows are gone (an object an upload wrote meanwhile); while
+        presigned PUT URLs handed out to the user may still write, the erasure is not complete:
+        503 ``erasure_waiting`` with ``retry_after_s`` (the stream runs it again then).
+        """
+        ttl = float(self.settings.presign_ttl_s)
+        if not await self.erasures.begin(
+            user_id,
+            requested_at=requested_at,
+            presign_window_s=ttl + min(ttl, PRESIGNED_PUT_MARGIN_S),
+        ):
+            log.info("erasure_already_complete", user_id=str(user_id))
+            return None
+        log.info("erasure_started", user_id=str(user_id))
+        prefix = f"{user_id}/"
+        batch = self.settings.erasure_batch_size
+        await self._erase_prefix(user_id, prefix)
+        await self.erasures.delete_usage(user_id)
+        while await self.erasures.delete_keys_batch(user_id, batch):
+            pass
+        while await self.erasures.delete_files_batch(user_id, batch):
+            pass
+        while await self.erasures.delete_published_batch(user_id, batch):
+            pass
+        await self._erase_prefix(user_id, prefix)  # what an upload in flight wrote meanwhile
+        wait_until = await self.erasures.wait_until(user_id)
+        if wait_until is not None:
+            left = (wait_until - datetime.now(UTC)).total_seconds()
+            if left > 0:
+                log.info("erasure_waiting", user_id=str(user_id), wait_s=round(left, 1))
+                raise Unavailable(
+                    "presigned upload URLs handed out to this user may still write; the"
+                    " erasure looks at the bucket again once they expired",
+                    code="erasure_waiting",
+                    retry_after_s=left,
+                )
+        counts = await self.erasures.complete(user_id)
+        log.info("user_erased", user_id=str(user_id), **counts)
+        return counts
+
+    async def _erase_prefix(self, user_id: uuid.UUID, prefix: str) -> None:
+        """Abort every unfinished multipart upload under ``prefix`` (first: none completes
+        after that), then delete every object there, ``ERASURE_BATCH_SIZE`` keys per
+        DeleteObjects call, counting both as S3 confirms them."""
+        batch = self.settings.erasure_batch_size
+        while uploads := await self._s3(self.store.list_uploads(prefix, limit=batch)):
+            aborted = 0
+            for key, upload_id in uploads:
+                aborted += await self._s3(self.store.abort_upload(key, upload_id))
+            await self.erasures.count(user_id, "multipart_uploads", aborted)
+            if not aborted:
+                break  # all gone already: S3 still lists them a moment
+        previous: list[str] = []
+        while keys := await self._s3(self.store.list_keys(prefix, limit=batch)):
+            if keys == previous:
+                raise Unavailable(
+                    "file storage keeps listing objects it reported deleted; try again later",
+                    code="storage_unavailable",
+                )
+            deleted = await self._s3(self.store.delete_keys(keys))
+            await self.erasures.count(user_id, "objects", deleted)
+            previous = keys
+
+    async def _s3(self, call: Awaitable[T]) -> T:
+        """One S3 call of a background job (botocore retries it), bounded like a request's."""
+        async with asyncio.timeout(self.settings.request_deadline_s):
+            return await call
 
 
 async def excluding_client_time(
@@ -494,7 +743,11 @@ async def open_service(
             public_url=settings.r2_public_url,
             presign_ttl_s=settings.presign_ttl_s,
         )
-        files = FileRepository(pool)
+        ledger = ErasureLedger(SCHEMA)
+        limits = StorageLimits(
+            storage_bytes=settings.quota_storage_bytes, files=settings.quota_files
+        )
+        files = FileRepository(pool, ledger, limits)
         orphans = OrphanSweeper(
             store,
             files,
@@ -523,5 +776,7 @@ async def open_service(
             settings,
             keys=IdempotencyKeyRepository(pool),
             orphans=orphans,
+            usage=UsageRepository(pool, ledger, limits),
+            erasures=ErasureRepository(pool, ledger),
             readiness=readiness,
         )

@@ -12,6 +12,8 @@ from xtyl_storage.domain.parts import MAX_SINGLE_PUT_BYTES, MIB, part_size_for
 
 #: The longest a presigned URL may live: 15 minutes.
 MAX_PRESIGN_TTL_S = 900
+#: Most keys a DeleteObjects call takes (S3's limit), so the largest ERASURE_BATCH_SIZE.
+MAX_ERASURE_BATCH_SIZE = 1000
 #: Bounds of IDEMPOTENCY_KEY_TTL_S: a minute (longer than any retry loop) to a week.
 MIN_IDEMPOTENCY_TTL_S = 60
 MAX_IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -66,6 +68,15 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
     upload_part_concurrency: int = 3
     #: Lifetime of presigned GET and PUT URLs, seconds (at most 900).
     presign_ttl_s: int = 900
+    #: Bytes one user may keep stored (ready files; uploads in progress hold their share);
+    #: past it 403 ``quota_storage_bytes``.
+    quota_storage_bytes: int = 5 * 1024 * MIB
+    #: Files one user may keep (ready files and uploads in progress); past it 403
+    #: ``quota_files``.
+    quota_files: int = 10_000
+    #: Erasing a deleted user: objects per DeleteObjects call, rows per delete (each batch its
+    #: own short transaction). 1 to 1000.
+    erasure_batch_size: int = 500
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,8 +112,19 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
                 f"must be between {MIN_IDEMPOTENCY_TTL_S} and {MAX_IDEMPOTENCY_TTL_S}"
                 " (at `$.idempotency_key_ttl_s`)"
             )
+        self._check_user_limits()
         if self.r2_public_url and not self.r2_public_url.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL or empty (at `$.r2_public_url`)")
+
+    def _check_user_limits(self) -> None:
+        if self.quota_storage_bytes < 0:
+            raise ValueError("must be 0 or more (at `$.quota_storage_bytes`)")
+        if self.quota_files < 0:
+            raise ValueError("must be 0 or more (at `$.quota_files`)")
+        if not 1 <= self.erasure_batch_size <= MAX_ERASURE_BATCH_SIZE:
+            raise ValueError(
+                f"must be between 1 and {MAX_ERASURE_BATCH_SIZE} (at `$.erasure_batch_size`)"
+            )
 
     def part_bytes(self) -> int:
         return part_size_for(self.max_upload_bytes, self.upload_part_bytes)

@@ -14,6 +14,8 @@ overrides). Multipart parts sent and download bytes streamed out are counted
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -71,6 +73,16 @@ def instrument_s3() -> None:
         instrumentor.instrument()  # pyright: ignore[reportUnknownMemberType]
 
 
+def add_content_md5(request: Any, **_: Any) -> None:
+    """``Content-MD5`` on DeleteObjects: botocore >= 1.36 sends only a CRC32 checksum, which
+    some S3-compatible servers refuse there ("requires one valid Content-MD5 header"); with
+    both, every server takes it."""
+    body = request.body
+    if isinstance(body, bytes | bytearray) and "Content-MD5" not in request.headers:
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        request.headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
+
+
 @asynccontextmanager
 async def open_s3_client(settings: StorageSettings) -> AsyncGenerator[Any]:
     instrument_s3()
@@ -82,6 +94,7 @@ async def open_s3_client(settings: StorageSettings) -> AsyncGenerator[Any]:
         aws_secret_access_key=settings.r2_secret_key,
         config=client_config(settings),
     ) as client:
+        client.meta.events.register("before-sign.s3.DeleteObjects", add_content_md5)
         yield client
 
 
@@ -240,6 +253,69 @@ class ObjectStore:
             raise unavailable("delete_object", exc) from exc
         except S3_ERRORS as exc:
             raise unavailable("delete_object", exc) from exc
+
+    # -- erasing a prefix (a deleted user's objects) ----------------------------------------
+
+    async def list_keys(self, prefix: str, *, limit: int) -> list[str]:
+        """Up to ``limit`` keys under ``prefix`` (the first ones: deleting them moves on)."""
+        try:
+            response = await self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=prefix, MaxKeys=limit
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("list_objects_v2", exc) from exc
+        return [str(item["Key"]) for item in response.get("Contents", [])]
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        """Delete up to 1000 objects in one DeleteObjects call; how many S3 reports deleted
+        (a key already gone counts: S3 answers deleted). 503 when S3 failed any of them."""
+        if not keys:
+            return 0
+        try:
+            response = await self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": False},
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("delete_objects", exc) from exc
+        errors: list[Mapping[str, Any]] = response.get("Errors", [])
+        failed = [e for e in errors if str(e.get("Code", "")) not in _MISSING_CODES]
+        if failed:
+            log.warning(
+                "s3_failed",
+                operation="delete_objects",
+                error=str(failed[0].get("Code", "Unknown")),
+                failed=len(failed),
+            )
+            raise Unavailable(
+                "file storage is unavailable, try again later", code=STORAGE_UNAVAILABLE
+            )
+        return len(response.get("Deleted", [])) + len(errors)
+
+    async def list_uploads(self, prefix: str, *, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` unfinished multipart uploads under ``prefix``: ``(key, upload id)``."""
+        try:
+            response = await self.client.list_multipart_uploads(
+                Bucket=self.bucket, Prefix=prefix, MaxUploads=limit
+            )
+        except S3_ERRORS as exc:
+            raise unavailable("list_multipart_uploads", exc) from exc
+        return [(str(u["Key"]), str(u["UploadId"])) for u in response.get("Uploads", [])]
+
+    async def abort_upload(self, key: str, upload_id: str) -> bool:
+        """Abort one multipart upload: True when it was aborted, False when it was gone
+        already; 503 when S3 would not."""
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if error_code(exc) in {"NoSuchUpload", *_MISSING_CODES}:
+                return False
+            raise unavailable("abort_multipart_upload", exc) from exc
+        except S3_ERRORS as exc:
+            raise unavailable("abort_multipart_upload", exc) from exc
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 

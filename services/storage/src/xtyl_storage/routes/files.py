@@ -86,6 +86,7 @@ async def _receive_upload(
     header_type = request.headers.get("content-type", "")
     boundary = multipart_boundary(header_type) if header_type else None
     declared = request.content_length
+    keyed = idempotency_key is not None
     if boundary is None:
         service.check_declared_size(declared)
         filename = request.query_params.get("filename")
@@ -96,24 +97,33 @@ async def _receive_upload(
             )
         check_storable(filename, at="filename", source="query")
         content_type = service.accepted_content_type(header_type)
-        chunks = body.chunks(max_bytes=limit, file_limit=limit)
-    else:
-        service.check_declared_size(declared, overhead=MULTIPART_OVERHEAD_BYTES)
+        async with service.upload_quota(user.user_id, declared=declared, keyed=keyed) as hold:
+            return await service.upload(
+                user.user_id,
+                raw_name=filename,
+                content_type=content_type,
+                chunks=body.chunks(max_bytes=limit, file_limit=limit),
+                idempotency_key=idempotency_key,
+                hold=hold,
+            )
+    service.check_declared_size(declared, overhead=MULTIPART_OVERHEAD_BYTES)
+    async with service.upload_quota(
+        user.user_id, declared=declared, overhead=MULTIPART_OVERHEAD_BYTES, keyed=keyed
+    ) as hold:
         form = StreamingForm(
             body.chunks(max_bytes=limit + MULTIPART_OVERHEAD_BYTES, file_limit=limit), boundary
         )
         part = await form.file()
-        filename = part.filename
-        check_storable(filename, at="filename")
+        check_storable(part.filename, at="filename")
         content_type = service.accepted_content_type(part.content_type)
-        chunks = part.chunks()
-    return await service.upload(
-        user.user_id,
-        raw_name=filename,
-        content_type=content_type,
-        chunks=chunks,
-        idempotency_key=idempotency_key,
-    )
+        return await service.upload(
+            user.user_id,
+            raw_name=part.filename,
+            content_type=content_type,
+            chunks=part.chunks(),
+            idempotency_key=idempotency_key,
+            hold=hold,
+        )
 
 
 class FilesController(Controller):
@@ -126,7 +136,7 @@ class FilesController(Controller):
         status_code=HTTP_201_CREATED,
         request_max_body_size=None,  # enforced while streaming, from settings
         operation_class=UploadOperation,
-        problems=(400, 404, 409, 413, 415, 422),  # 404: a replay of a deleted file
+        problems=(400, 403, 404, 409, 413, 415, 422),  # 404: a replay of a deleted file
         summary="Upload a file",
         description="multipart/form-data with one part named `file`, or the raw bytes as the"
         " body with `?filename=` and the file's Content-Type. Streamed to storage; 413 past"
@@ -139,7 +149,12 @@ class FilesController(Controller):
         " while the first upload still runs, 409 `idempotency_in_progress` with `Retry-After`;"
         " a malformed key is 422 `invalid_idempotency_key`; 404 `file_not_found` when the"
         " first upload's file was deleted since. A failed upload keeps no key: its retry"
-        " uploads again. Keys are per user and expire (by default after 24 hours).",
+        " uploads again. Keys are per user and expire (by default after 24 hours).\n\n"
+        "Quotas: 403 `quota_storage_bytes` when the file does not fit in the bytes you may"
+        " keep (refused before the body is read when its Content-Length already does not"
+        " fit, else cut off when it goes past), 403 `quota_files` past the number of files;"
+        " `used` and `limit` say where you stand. 403 `account_deleted` once your account was"
+        " deleted.",
     )
     async def upload(
         self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal]
@@ -234,11 +249,13 @@ class FilesController(Controller):
 
     @post(
         "/uploads",
-        problems=(413, 415),
+        problems=(403, 413, 415),
         status_code=HTTP_201_CREATED,
         summary="Start a direct upload",
         description="For large files: answers a presigned PUT URL (content length and type"
-        " signed, valid at most 15 minutes). PUT the bytes there, then call `complete_url`.",
+        " signed, valid at most 15 minutes). PUT the bytes there, then call `complete_url`."
+        " The size is held against your quota (403 `quota_storage_bytes` / `quota_files`)"
+        " until the upload completes or its URL expired.",
     )
     async def start_upload(
         self,
@@ -261,7 +278,7 @@ class FilesController(Controller):
 
     @post(
         "/{file_id:uuid}/complete",
-        problems=(409,),
+        problems=(403, 409),
         status_code=200,
         summary="Finish a direct upload",
         description="Checks the object (size and type must match what was signed), records"

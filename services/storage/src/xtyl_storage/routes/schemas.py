@@ -158,6 +158,30 @@ class PresignOut(msgspec.Struct, frozen=True, kw_only=True):
     complete_url: str
 
 
+class ExportedFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of ``GET /internal/me/export``."""
+
+    record: str
+    id: uuid.UUID
+    name: str
+    content_type: str
+    size: int
+    sha256: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, file: StoredFile) -> ExportedFile:
+        return cls(
+            record="file",
+            id=file.id,
+            name=file.name,
+            content_type=file.content_type,
+            size=file.size,
+            sha256=file.sha256,
+            created_at=file.created_at,
+        )
+
+
 class InternalFileOut(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     owner_id: uuid.UUID
