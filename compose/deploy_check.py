@@ -59,7 +59,7 @@ PROD = ROOT / "compose" / "docker-compose.prod.yml"
 OVERRIDE = ROOT / "compose" / "docker-compose.deploy-check.yml"
 PROJECT = "xtyl-deploy-check"
 HTTP_SERVICES = ("gateway", "storage", "rag", "notify")
-WORKERS = ("rag-worker", "notify-worker")
+WORKERS = ("storage-worker", "rag-worker", "notify-worker")
 OURS = (*HTTP_SERVICES, *WORKERS)
 UID = 10001
 HEALTHY_TIMEOUT_S = 240.0
@@ -343,7 +343,7 @@ def environment(servers: HostServers, ports: Mapping[str, int], redis: str) -> d
         "REDIS_IMAGE": redis,
         "REDIS_PORT": str(ports["redis"]),
         **{f"{name.upper()}_PORT": str(ports[name]) for name in HTTP_SERVICES},
-        # the workers' health listeners (HEALTH_PORT): both on the host network, so one each
+        # the workers' health listeners (HEALTH_PORT): all on the host network, so one each
         **{health_port_variable(name): str(ports[name]) for name in WORKERS},
         "DATABASE_URL": database_url,
         "MIGRATIONS_DATABASE_URL": database_url,
