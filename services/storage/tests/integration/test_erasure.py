@@ -59,6 +59,12 @@ def uploads_under(s3_client: Any, bucket: str, prefix: str) -> list[str]:
     return [u["Key"] for u in response.get("Uploads", [])]
 
 
+async def count(db: asyncpg.Connection, sql: str, *args: object) -> int:
+    found = await db.fetchval(sql, *args)
+    assert found is not None
+    return int(found)
+
+
 async def rows_left(db: asyncpg.Connection, owner: uuid.UUID) -> dict[str, int]:
     """The owner's rows in every storage table that keeps any."""
     counts: dict[str, int] = {}
@@ -68,16 +74,19 @@ async def rows_left(db: asyncpg.Connection, owner: uuid.UUID) -> dict[str, int]:
         ("usage", "owner_id"),
         ("reservations", "owner_id"),
     ):
-        counts[table] = await db.fetchval(
+        counts[table] = await count(
+            db,
             f"select count(*) from xtyl_storage.{table} where {column} = $1",  # noqa: S608
             owner,
         )
-    counts["outbox_published"] = await db.fetchval(
+    counts["outbox_published"] = await count(
+        db,
         "select count(*) from xtyl_storage.outbox"
         " where payload->>'owner_id' = $1 and published_at is not null",
         str(owner),
     )
-    counts["outbox_unpublished"] = await db.fetchval(
+    counts["outbox_unpublished"] = await count(
+        db,
         "select count(*) from xtyl_storage.outbox"
         " where payload->>'owner_id' = $1 and published_at is null",
         str(owner),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ MB = 1000 * 1000
 
 
 @asynccontextmanager
-async def client_with(env: dict[str, str], **overrides: str) -> AsyncIterator[AsgiClient]:
+async def client_with(env: dict[str, str], **overrides: str) -> AsyncGenerator[AsgiClient]:
     settings = settings_from(env, **overrides)
     async with AsgiClient(create_app(settings, run_relay=False)) as client:
         yield client
@@ -85,10 +85,11 @@ async def usage_row(db: asyncpg.Connection, owner: uuid.UUID) -> tuple[int, int]
 
 
 async def reservations(db: asyncpg.Connection, owner: uuid.UUID) -> int:
-    found: int = await db.fetchval(
+    found = await db.fetchval(
         "select count(*) from xtyl_storage.reservations where owner_id = $1", owner
     )
-    return found
+    assert found is not None
+    return int(found)
 
 
 async def answer_without_reading(
