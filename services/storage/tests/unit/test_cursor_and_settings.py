@@ -48,6 +48,9 @@ def test_defaults() -> None:
     assert settings.presign_ttl_s == 900
     assert settings.part_bytes() == 5 * MIB
     assert settings.upload_part_concurrency == 3
+    assert settings.quota_storage_bytes == 5 * 1024 * MIB
+    assert settings.quota_files == 10_000
+    assert settings.erasure_batch_size == 500
 
 
 @pytest.mark.parametrize(
@@ -68,6 +71,10 @@ def test_missing_r2_variables_are_named(missing: str, variable: str) -> None:
         ("UPLOAD_PART_CONCURRENCY", "0", "UPLOAD_PART_CONCURRENCY"),
         ("R2_PUBLIC_URL", "pub.r2.dev", "R2_PUBLIC_URL"),
         ("MAX_UPLOAD_BYTES", "0", "MAX_UPLOAD_BYTES"),
+        ("QUOTA_STORAGE_BYTES", "-1", "QUOTA_STORAGE_BYTES"),
+        ("QUOTA_FILES", "-1", "QUOTA_FILES"),
+        ("ERASURE_BATCH_SIZE", "1001", "ERASURE_BATCH_SIZE"),
+        ("ERASURE_BATCH_SIZE", "0", "ERASURE_BATCH_SIZE"),
     ],
 )
 def test_bad_values_are_named(name: str, value: str, variable: str) -> None:
