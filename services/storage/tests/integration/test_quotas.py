@@ -324,3 +324,27 @@ async def test_a_presigned_upload_holds_its_size_until_it_completes(
         assert done.status_code == 200, done.text
     assert await usage_row(db, alice.id) == await stored(db, alice.id) == (100, 2)
     assert await reservations(db, alice.id) == 0
+
+
+async def test_a_retry_of_an_upload_that_succeeded_answers_its_file_at_the_quota(
+    storage_env: dict[str, str], alice: User
+) -> None:
+    async with client_with(storage_env, QUOTA_STORAGE_BYTES="10") as client:
+        headers = {**alice.headers, "Content-Type": "text/plain", "Idempotency-Key": "k-1"}
+        first = await client.post(
+            "/v1/files", params={"filename": "a.txt"}, headers=headers, content=b"0123456789"
+        )
+        assert first.status_code == 201, first.text
+        retry = await client.post(
+            "/v1/files", params={"filename": "a.txt"}, headers=headers, content=b"0123456789"
+        )
+        assert retry.status_code == 201, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["id"] == first.json()["id"]
+        other = await client.post(
+            "/v1/files",
+            params={"filename": "b.txt"},
+            headers={**headers, "Idempotency-Key": "k-2"},
+            content=b"x",
+        )
+        refused(other, "quota_storage_bytes")
