@@ -35,10 +35,13 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from xtyl_common.errors import Forbidden
 
 ErasureStatus = Literal["none", "erasing", "erased"]
+#: A connection of its own or one taken from a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -75,7 +78,7 @@ class ErasureLedger:
         return f"xtyl:erasure:{self.schema}:{user_id}"
 
     async def lock_user(
-        self, conn: asyncpg.Connection, user_id: uuid.UUID, *, exclusive: bool = False
+        self, conn: Connection, user_id: uuid.UUID, *, exclusive: bool = False
     ) -> None:
         """The user's lock until the transaction ends: shared for a write, exclusive for the
         erasure's start. Call inside a transaction."""
@@ -85,7 +88,7 @@ class ErasureLedger:
             self._lock_key(user_id),
         )
 
-    async def is_erased(self, conn: asyncpg.Connection, user_id: uuid.UUID) -> bool:
+    async def is_erased(self, conn: Connection, user_id: uuid.UUID) -> bool:
         """The user's erasure has begun (or ended) in this service."""
         found = await conn.fetchval(
             f"select true from {self._table} where user_id = $1",  # noqa: S608 (checked name)
@@ -93,7 +96,7 @@ class ErasureLedger:
         )
         return bool(found)
 
-    async def refuse_if_erased(self, conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    async def refuse_if_erased(self, conn: Connection, user_id: uuid.UUID) -> None:
         """Take the user's lock (shared) and raise :class:`AccountDeleted` if they were
         deleted. Call first in the transaction that writes for the user."""
         await self.lock_user(conn, user_id)
@@ -101,7 +104,7 @@ class ErasureLedger:
             raise AccountDeleted("this account was deleted; nothing more is stored for it")
 
     async def begin(
-        self, conn: asyncpg.Connection, user_id: uuid.UUID, *, requested_at: datetime
+        self, conn: Connection, user_id: uuid.UUID, *, requested_at: datetime
     ) -> bool:
         """Mark the user erased from now on (waiting for their writes in flight) and count a
         run; ``False`` when the erasure already completed (nothing to redo). Call inside a
@@ -121,20 +124,20 @@ class ErasureLedger:
         return not completed
 
     async def complete(
-        self, conn: asyncpg.Connection, user_id: uuid.UUID, erased: Mapping[str, int]
+        self, conn: Connection, user_id: uuid.UUID, erased: Mapping[str, int]
     ) -> None:
         """Record that the erasure finished, with what it removed."""
         await conn.execute(
             f"""
             update {self._table}
-            set completed_at = pg_catalog.now(), erased = $2::jsonb
+            set completed_at = pg_catalog.now(), erased = $2::text::jsonb
             where user_id = $1 and completed_at is null
             """,  # noqa: S608 (checked name)
             user_id,
             msgspec.json.encode(dict(erased)).decode(),
         )
 
-    async def state(self, conn: asyncpg.Connection, user_id: uuid.UUID) -> ErasureState:
+    async def state(self, conn: Connection, user_id: uuid.UUID) -> ErasureState:
         """Where this service is with the user's erasure (``none`` before it began)."""
         row = await conn.fetchrow(
             f"""

@@ -634,11 +634,11 @@ class StorageService:
         await self._erase_prefix(user_id, prefix)
         await self.erasures.delete_usage(user_id)
         while await self.erasures.delete_keys_batch(user_id, batch):
-            pass
+            await self._pace()
         while await self.erasures.delete_files_batch(user_id, batch):
-            pass
+            await self._pace()
         while await self.erasures.delete_published_batch(user_id, batch):
-            pass
+            await self._pace()
         await self._erase_prefix(user_id, prefix)  # what an upload in flight wrote meanwhile
         wait_until = await self.erasures.wait_until(user_id)
         if wait_until is not None:
@@ -667,6 +667,7 @@ class StorageService:
             await self.erasures.count(user_id, "multipart_uploads", aborted)
             if not aborted:
                 break  # all gone already: S3 still lists them a moment
+            await self._pace()
         previous: list[str] = []
         while keys := await self._s3(self.store.list_keys(prefix, limit=batch)):
             if keys == previous:
@@ -677,6 +678,12 @@ class StorageService:
             deleted = await self._s3(self.store.delete_keys(keys))
             await self.erasures.count(user_id, "objects", deleted)
             previous = keys
+            await self._pace()
+
+    async def _pace(self) -> None:
+        """``ERASURE_BATCH_PAUSE_S`` between two batches of an erasure."""
+        if self.settings.erasure_batch_pause_s > 0:
+            await asyncio.sleep(self.settings.erasure_batch_pause_s)
 
     async def _s3(self, call: Awaitable[T]) -> T:
         """One S3 call of a background job (botocore retries it), bounded like a request's."""

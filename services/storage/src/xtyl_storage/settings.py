@@ -77,6 +77,9 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
     #: Erasing a deleted user: objects per DeleteObjects call, rows per delete (each batch its
     #: own short transaction). 1 to 1000.
     erasure_batch_size: int = 500
+    #: Pause between two erasure batches: paces a big erasure so it does not crowd out the
+    #: requests of everyone else (Postgres, R2's request rate). 0 to 10 s.
+    erasure_batch_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,6 +124,8 @@ class StorageSettings(AuthSettings, frozen=True, kw_only=True):
             raise ValueError("must be 0 or more (at `$.quota_storage_bytes`)")
         if self.quota_files < 0:
             raise ValueError("must be 0 or more (at `$.quota_files`)")
+        if not 0 <= self.erasure_batch_pause_s <= 10:
+            raise ValueError("must be between 0 and 10 seconds (at `$.erasure_batch_pause_s`)")
         if not 1 <= self.erasure_batch_size <= MAX_ERASURE_BATCH_SIZE:
             raise ValueError(
                 f"must be between 1 and {MAX_ERASURE_BATCH_SIZE} (at `$.erasure_batch_size`)"

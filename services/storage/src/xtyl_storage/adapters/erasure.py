@@ -158,14 +158,6 @@ class ErasureRepository:
             )
             counts = {what: 0 if row is None else int(row[what]) for what in COUNTED}
             await self.ledger.complete(conn, user_id, counts)
-            # ErasureLedger.complete hands the counts over as JSON text, which the pool's
-            # jsonb codec encodes once more (a JSON string): write them as the object here
-            await conn.execute(
-                "update xtyl_storage.erasures set erased = $2 where user_id = $1",
-                user_id,
-                counts,
-                timeout=self._timeout,
-            )
         return counts
 
     async def state(self, user_id: uuid.UUID) -> ErasureState:
