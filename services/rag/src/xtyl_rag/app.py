@@ -20,6 +20,7 @@ from xtyl_common.settings import load_settings, load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_rag.routes import STATE_KEY
 from xtyl_rag.routes.documents import DocumentsController
+from xtyl_rag.routes.internal import InternalMeController
 from xtyl_rag.routes.search import SearchController
 from xtyl_rag.routes.status import StatusController
 from xtyl_rag.service import open_service
@@ -58,7 +59,12 @@ def create_app(settings: RagSettings, *, event_settings: EventSettings | None = 
         version=VERSION,
         description="Documents, chunks, embeddings, search and answers. Every /v1 route takes"
         " the user's Supabase access token and reads only the caller's documents.",
-        route_handlers=[DocumentsController, SearchController, StatusController],
+        route_handlers=[
+            DocumentsController,
+            SearchController,
+            StatusController,
+            InternalMeController,
+        ],
         lifespan=[lifespan],
         # inline documents carry their text in the body (MAX_DOCUMENT_BYTES is checked too)
         request_max_body_size=max(10 * MiB, settings.max_document_bytes + MiB),

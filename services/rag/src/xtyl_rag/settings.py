@@ -29,8 +29,11 @@ from xtyl_rag.adapters.embedders.config import (
 )
 from xtyl_rag.adapters.extraction.contracts import ExtractionLimits
 from xtyl_rag.domain.planning import SearchTuning
+from xtyl_rag.domain.quotas import UserLimits
 
 MiB = 1024 * 1024
+#: The most rows one statement of an erasure deletes (ERASURE_BATCH_SIZE).
+MAX_ERASURE_BATCH_SIZE = 10_000
 DEFAULT_LLM_URL = "https://openrouter.ai/api/v1"
 
 
@@ -111,6 +114,22 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
     #: ``EVENTS_HANDLER_TIMEOUT_S`` (a redelivered entry waits up to this for the lease).
     index_lease_s: float = 30.0
 
+    # --- a user's quotas and erasure ---
+    #: Documents one user may keep (those this quota refused are not counted); past it
+    #: ``POST /v1/documents`` is 403 ``quota_documents`` and an uploaded file's document fails
+    #: with that reason.
+    quota_documents: int = 1000
+    #: Chunks one user's documents may hold together: a document whose chunks would pass it
+    #: fails with ``quota_chunks``; once it is reached, new documents are 403 ``quota_chunks``.
+    quota_chunks: int = 200_000
+    #: ``POST /v1/answer`` per user and UTC day; past it 429 ``quota_answers_per_day`` with
+    #: ``Retry-After`` until 00:00 UTC.
+    quota_answers_per_day: int = 200
+    #: Erasing a deleted user: rows per delete statement, each its own short transaction.
+    erasure_batch_size: int = 500
+    #: Pause between two batches of an erasure (0: none), to leave the database to others.
+    erasure_batch_pause_s: float = 0.0
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_embedder()
@@ -138,6 +157,25 @@ class RagSettings(AuthSettings, frozen=True, kw_only=True):
             raise ValueError("must be at least 1 (at `$.index_lease_s`)")
         if self.search_ef_search > 1000:
             raise ValueError("must be at most 1000 (at `$.search_ef_search`)")
+        self._check_user_limits()
+
+    def _check_user_limits(self) -> None:
+        for name in ("quota_documents", "quota_chunks", "quota_answers_per_day"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"must be 0 or more (at `$.{name}`)")
+        if not 1 <= self.erasure_batch_size <= MAX_ERASURE_BATCH_SIZE:
+            raise ValueError(
+                f"must be between 1 and {MAX_ERASURE_BATCH_SIZE} (at `$.erasure_batch_size`)"
+            )
+        if not 0 <= self.erasure_batch_pause_s <= 60:
+            raise ValueError("must be between 0 and 60 (at `$.erasure_batch_pause_s`)")
+
+    def user_limits(self) -> UserLimits:
+        return UserLimits(
+            documents=self.quota_documents,
+            chunks=self.quota_chunks,
+            answers_per_day=self.quota_answers_per_day,
+        )
 
     def _check_embedder(self) -> None:
         if self.embedding_batch_size is not None and not 1 <= self.embedding_batch_size <= 2048:

@@ -1,4 +1,5 @@
-"""``rag-worker``: arq worker fed by the ``files`` stream (and the API's inline documents).
+"""``rag-worker``: arq worker fed by the ``files`` and ``users`` streams (and the API's inline
+documents).
 
     python -m xtyl_rag.worker          # or the script xtyl-rag-worker
     arq xtyl_rag.worker.WorkerSettings # arq's CLI: the same, but arq's own Worker, which
@@ -12,6 +13,9 @@ opens (:func:`~xtyl_rag.service.open_service`, with the outbox relay):
   is not ready (a worker started ahead of it, a storage restart) a file job waits for it before
   it claims the document, for up to ``STORAGE_READY_WAIT_S``, spending no try. A document held
   by a dead run is taken over once its lease runs out; one held by a live run is retried later;
+* ``user.deleted``: erase everything held for the user (``service/account.py``): in batches,
+  resumable (a worker killed half-way finishes on redelivery), a no-op once complete; from its
+  start nothing more is written for the user;
 * ``index_document`` jobs (the API enqueues inline texts) on the queue
   ``<EVENTS_STREAM_PREFIX>:rag:jobs``;
 * the outbox relay publishes ``document.indexed`` / ``document.failed``;
@@ -36,6 +40,7 @@ from xtyl_common.events import (
     EventSettings,
     FileDeleted,
     FileUploaded,
+    UserDeleted,
     reconciler_cron,
     stream_worker_settings,
     worker_entry,
@@ -71,6 +76,10 @@ async def on_file_uploaded(event: FileUploaded, ctx: dict[Any, Any]) -> None:
 
 async def on_file_deleted(event: FileDeleted, ctx: dict[Any, Any]) -> None:
     await service_of(ctx).on_file_deleted(event.payload)
+
+
+async def on_user_deleted(event: UserDeleted, ctx: dict[Any, Any]) -> None:
+    await service_of(ctx).erase_user(event.payload.user_id, event.occurred_at)
 
 
 def inline_retry_delay(tries: int, exc: BaseException) -> float:
@@ -143,7 +152,11 @@ def worker_settings(
     return stream_worker_settings(
         redis_url=settings.redis_url,
         group=GROUP,
-        handlers={FileUploaded: on_file_uploaded, FileDeleted: on_file_deleted},
+        handlers={
+            FileUploaded: on_file_uploaded,
+            FileDeleted: on_file_deleted,
+            UserDeleted: on_user_deleted,
+        },
         events=events,
         functions=[func(index_document, name=INDEX_DOCUMENT, max_tries=INLINE_JOB_TRIES)],
         cron_jobs=[

@@ -9,7 +9,10 @@ the next one starts with the last units of the previous one (up to ``overlap_tok
 
 A chunk's ``content`` is exactly ``text[char_start:char_end]`` of the normalised text
 (:func:`normalize_text`); with ``page_starts`` (offsets where each page starts), each chunk
-carries the page where it starts.
+carries the page where it starts. What no chunk covers is whitespace (between sentences and
+paragraphs, before the first and after the last): a chunk keeps the whitespace before it
+(``gap``, when there is any) and the last one what follows it (``tail``), so :func:`rejoin`
+gives the normalised text back exactly, the overlaps taken once.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 TokenCounter = Callable[[Sequence[str]], Sequence[int]]
 """Word pieces in each text, special tokens excluded; called with many texts at once."""
@@ -67,6 +71,19 @@ class Chunk:
     token_count: int
     #: ``char_start``, ``char_end`` (offsets in the normalised text) and ``page`` when known.
     metadata: Mapping[str, int]
+    #: The whitespace no chunk covers: before this chunk, and after it (the last chunk only);
+    #: kept in the chunk's metadata as ``gap`` and ``tail`` when not empty.
+    gap: str = ""
+    tail: str = ""
+
+    def stored_metadata(self) -> dict[str, int | str]:
+        """The metadata kept with the chunk: its own, and ``gap`` / ``tail`` when not empty."""
+        stored: dict[str, int | str] = dict(self.metadata)
+        if self.gap:
+            stored["gap"] = self.gap
+        if self.tail:
+            stored["tail"] = self.tail
+        return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +115,51 @@ def chunk_text(
     contents = [normalised[start:end] for start, end in spans]
     counts = count_tokens(contents) if contents else []
     chunks: list[Chunk] = []
+    covered = 0  # the normalised text up to here is in a chunk (or a gap) already
     for ordinal, ((start, end), content, tokens) in enumerate(
         zip(spans, contents, counts, strict=True)
     ):
         metadata = {"char_start": start, "char_end": end}
         if page_starts:
             metadata["page"] = max(1, bisect_right(page_starts, start))
-        chunks.append(Chunk(ordinal, content, int(tokens), metadata))
+        gap = normalised[covered:start]
+        tail = normalised[end:] if ordinal == len(spans) - 1 else ""
+        covered = max(covered, end)
+        chunks.append(Chunk(ordinal, content, int(tokens), metadata, gap=gap, tail=tail))
     return chunks
+
+
+def rejoin(chunks: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterator[str]:
+    """The text ``chunks`` (``(content, metadata)`` in ordinal order) were cut from, in pieces:
+    each chunk's content past what the one before it covered (the overlap taken once), with
+    the whitespace between them. Exact for chunks of :func:`chunk_text` (the normalised text);
+    chunks without ``gap`` (written before it was kept) get a guess of the same length's
+    whitespace between them, a space or a paragraph break, and no leading or trailing one."""
+    covered = 0
+    tail: object = None
+    first = True
+    for content, metadata in chunks:
+        start, end = metadata.get("char_start"), metadata.get("char_end")
+        if not (isinstance(start, int) and isinstance(end, int) and end - start == len(content)):
+            # no offsets to go by: the chunk whole, a paragraph break before it
+            yield content if first else "\n\n" + content
+        elif end <= covered:
+            continue  # nothing new (never cut so by chunk_text)
+        elif start >= covered:
+            gap = metadata.get("gap")
+            if isinstance(gap, str) and len(gap) == start - covered:
+                yield gap
+            elif not first and start > covered:
+                yield " " if start - covered == 1 else "\n\n"
+            yield content
+        else:
+            yield content[covered - start :]
+        if isinstance(end, int):
+            covered = max(covered, end)
+        tail = metadata.get("tail")
+        first = False
+    if isinstance(tail, str):
+        yield tail
 
 
 def _units(text: str, count_tokens: TokenCounter, max_tokens: int) -> list[_Unit]:

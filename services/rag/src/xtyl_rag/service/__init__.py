@@ -5,6 +5,7 @@
 * :mod:`.indexing`: a document to chunks and vectors (leases, failures, the reconciler's query);
 * :mod:`.retrieval`: search and answers over one user's chunks;
 * :mod:`.reembed`: a change of embedding model, resumable;
+* :mod:`.account`: a user's erasure, quotas and export;
 * :mod:`.wiring`: ``open_service``, the one composition root.
 """
 

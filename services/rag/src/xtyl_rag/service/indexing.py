@@ -4,8 +4,8 @@ r"""Indexing: a document's bytes or text to chunks and vectors, status visible a
                                                    \-> failed (error_code, error)
 
 Failures are of two kinds. The document's fault (it cannot be read, is too large, has no
-text; see ``adapters.extraction.REASONS``, plus ``file_not_found``, ``embedder_unavailable``
-and ``too_many_attempts``) ends
+text; see ``adapters.extraction.REASONS``, plus ``file_not_found``, ``embedder_unavailable``,
+``too_many_attempts`` and ``quota_chunks``: its chunks would take the owner past the quota) ends
 ``failed`` with ``document.failed`` at once: retrying cannot help. A dependency's fault
 (storage, the embeddings endpoint or Postgres down) gives the lease back, keeps the error on
 the document and raises, so the job is retried with backoff (storage that is not ready yet is
@@ -13,6 +13,11 @@ waited for before the document is claimed, up to ``STORAGE_READY_WAIT_S``, costi
 if every try fails, the reconciler re-emits the document later, and after
 ``max_index_attempts`` runs it fails with ``too_many_attempts`` instead of looping. Nothing
 stays in a working state silently.
+
+An owner whose erasure began (``user.deleted``) gets nothing more: a ``file.uploaded`` of
+theirs is skipped, a run of theirs stops where it is and writes nothing (every transaction that
+writes for them refuses them first, see ``DocumentRepository``), and the erasure removes the
+rest.
 
 Idempotent: a repeated ``file.uploaded`` for a file whose chunks already come from the same
 content (sha256) and model changes nothing.
@@ -48,8 +53,10 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 from structlog.stdlib import BoundLogger
 
+from xtyl_common.erasure import AccountDeleted
 from xtyl_common.errors import NotFound, Unavailable
 from xtyl_common.events import FileDeletedPayload, FileUploaded, FileUploadedPayload
+from xtyl_common.quotas import QuotaExceeded
 from xtyl_common.retry import RetryPolicy
 from xtyl_common.tracing import tracer
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter, Vectors
@@ -73,6 +80,7 @@ from xtyl_rag.adapters.storage import FileTooLarge, StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
 from xtyl_rag.domain.documents import Document, FileSource, should_index, title_from_filename
+from xtyl_rag.domain.quotas import DOCUMENTS_REFUSED
 
 log = structlog.stdlib.get_logger("xtyl.rag.indexing")
 _tracer = tracer("xtyl.rag.indexing")
@@ -196,7 +204,16 @@ class Indexer:
             size=payload.size,
             sha256=payload.sha256,
         )
-        document = await self.documents.upsert_file(source, title=title_from_filename(source.name))
+        try:
+            document = await self.documents.upsert_file(
+                source, title=title_from_filename(source.name), record_refusal=True
+            )
+        except AccountDeleted:
+            log.info("file_skipped", file_id=str(payload.file_id), reason="account_deleted")
+            return IndexReport("skipped", error_code="account_deleted")
+        if document.status == "failed" and document.error_code == DOCUMENTS_REFUSED:
+            log.info("document_failed", document_id=str(document.id), reason=DOCUMENTS_REFUSED)
+            return IndexReport("failed", error_code=DOCUMENTS_REFUSED)
         return await self.index(document.id)
 
     async def on_file_deleted(self, payload: FileDeletedPayload) -> int:
@@ -209,7 +226,15 @@ class Indexer:
     async def index(self, document_id: uuid.UUID, *, data: bytes | None = None) -> IndexReport:
         """Index one document. ``data``: the file's bytes when the caller has them already
         (tests, tools); otherwise they come from storage. Raises (for a later retry) when a
-        dependency fails or a live run elsewhere holds the document (:class:`DocumentBusy`)."""
+        dependency fails or a live run elsewhere holds the document (:class:`DocumentBusy`).
+        A document whose owner's erasure began is ``gone``: nothing of the run is written."""
+        try:
+            return await self._index(document_id, data=data)
+        except AccountDeleted:
+            log.info("document_lost", document_id=str(document_id), reason="account_deleted")
+            return IndexReport("gone")
+
+    async def _index(self, document_id: uuid.UUID, *, data: bytes | None) -> IndexReport:
         started = time.perf_counter()
         document = await self.documents.find(document_id)
         if document is None:
@@ -272,6 +297,9 @@ class Indexer:
         """Extract, chunk, embed and write one claimed document."""
         document = claim.document
         try:
+            # an owner at the chunks quota: no extraction nor embedding is spent on it
+            if refusal := await self.documents.chunk_room_refusal(document, 1):
+                raise refusal
             extracted = await self._extract(claim, data)
             await self.documents.set_status(claim, "chunking")
             with ingest_stage("chunk", document):
@@ -284,6 +312,8 @@ class Indexer:
                 )
             if not chunks:
                 raise ExtractionFailed("no_text", "the document has no text to index")
+            if refusal := await self.documents.chunk_room_refusal(document, len(chunks)):
+                raise refusal
             await self.documents.set_status(claim, "embedding")
             with ingest_stage("embed", document):
                 vectors = await self._embed(chunks, [(m.model, m.dimension) for m in writable])
@@ -308,6 +338,15 @@ class Indexer:
             return IndexReport(
                 "failed", seconds=time.perf_counter() - started, error_code=exc.reason
             )
+        except QuotaExceeded as exc:
+            # the document's own fault, as far as retrying goes: it fails, the user is told
+            await self.documents.fail(
+                document, code=exc.code, error=exc.detail or exc.code, lease_id=claim.lease_id
+            )
+            log_.info("document_failed", reason=exc.code, detail=exc.detail)
+            return IndexReport("failed", seconds=time.perf_counter() - started, error_code=exc.code)
+        except AccountDeleted:
+            raise  # the owner's erasure began: nothing more is written for them
         except (NotFound, NoEmbedder) as exc:
             code = "file_not_found" if isinstance(exc, NotFound) else "embedder_unavailable"
             await self.documents.fail(document, code=code, error=str(exc), lease_id=claim.lease_id)

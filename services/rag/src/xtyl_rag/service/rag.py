@@ -12,18 +12,22 @@ answers exactly like one that does not exist (404 ``document_not_found``).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
 from xtyl_common.db import check_postgres
+from xtyl_common.erasure import ErasureState
 from xtyl_common.errors import NotFound, PayloadTooLarge
 from xtyl_common.events import FileDeletedPayload, FileUploadedPayload
 from xtyl_common.pagination import Page, keyset_page
+from xtyl_common.quotas import QuotaUse
 from xtyl_common.retry import RetryPolicy
 from xtyl_rag.adapters.jobs import JobQueue
 from xtyl_rag.adapters.postgres import (
@@ -39,6 +43,7 @@ from xtyl_rag.adapters.vector_spaces import Embedders
 from xtyl_rag.domain.answers import Passage
 from xtyl_rag.domain.documents import Document, clip_title, sha256_text, title_from_filename
 from xtyl_rag.domain.search import SearchFilters, SearchMode
+from xtyl_rag.service.account import Accounts, ExportedDocument
 from xtyl_rag.service.indexing import Indexer, IndexReport
 from xtyl_rag.service.reembed import reembed
 from xtyl_rag.service.retrieval import AnswerEvent, Retriever, SearchResult
@@ -86,6 +91,7 @@ class RagService:
         jobs: JobQueue,
         indexer: Indexer,
         retriever: Retriever,
+        accounts: Accounts,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -99,6 +105,7 @@ class RagService:
         self.jobs = jobs
         self.indexer = indexer
         self.retriever = retriever
+        self.accounts = accounts
 
     # --- health ---------------------------------------------------------------------------
 
@@ -113,7 +120,9 @@ class RagService:
     async def add_text(
         self, owner_id: uuid.UUID, *, title: str, text: str, metadata: dict[str, Any]
     ) -> Document:
-        """A document of inline text, ``pending`` and queued for indexing."""
+        """A document of inline text, ``pending`` and queued for indexing (403
+        ``quota_documents`` / ``quota_chunks`` past the user's quotas, 403
+        ``account_deleted`` for a deleted user)."""
         limit = self.settings.max_document_bytes
         if len(text.encode("utf-8", "surrogatepass")) > limit:
             raise PayloadTooLarge(
@@ -206,8 +215,21 @@ class RagService:
         mode: SearchMode,
         filters: SearchFilters,
     ) -> tuple[list[Passage], AsyncIterator[AnswerEvent]]:
-        """Retrieval first (its errors come before the stream starts), then the answer's events."""
-        return await self.retriever.answer(owner_id, question, k=k, mode=mode, filters=filters)
+        """Retrieval first (its errors come before the stream starts), then the answer's
+        events. Counted against the user's answers of the day (429 ``quota_answers_per_day``
+        past it) before anything is spent; an answer that fails before it starts is not."""
+        day = await self.accounts.usage.count_answer(owner_id)
+        try:
+            return await self.retriever.answer(owner_id, question, k=k, mode=mode, filters=filters)
+        except BaseException:
+            await asyncio.shield(self._refund_answer(owner_id, day))
+            raise
+
+    async def _refund_answer(self, owner_id: uuid.UUID, day: date) -> None:
+        try:
+            await self.accounts.usage.refund_answer(owner_id, day)
+        except Exception as exc:  # logged: the answer's own error is the one to report
+            log.warning("answer_refund_failed", error=type(exc).__name__, detail=str(exc)[:300])
 
     async def prewarm(self) -> None:
         """Read the active model's HNSW index ahead of the first searches (logged, never raised)."""
@@ -238,6 +260,22 @@ class RagService:
         if inline:
             log.info("inline_documents_requeued", count=len(inline))
         return len(inline)
+
+    # --- the user's account: erasure, quotas, export ---------------------------------------
+
+    async def erase_user(self, user_id: uuid.UUID, requested_at: datetime) -> dict[str, int] | None:
+        """``user.deleted``: everything held for the user, in batches (see
+        :mod:`.account`); the totals, or None when an earlier run finished it."""
+        return await self.accounts.erase(user_id, requested_at=requested_at)
+
+    async def erasure_state(self, user_id: uuid.UUID) -> ErasureState:
+        return await self.accounts.erasure_state(user_id)
+
+    async def usage(self, owner_id: uuid.UUID) -> dict[str, QuotaUse]:
+        return await self.accounts.usage_of(owner_id)
+
+    def export(self, owner_id: uuid.UUID) -> AsyncIterator[ExportedDocument]:
+        return self.accounts.export(owner_id)
 
     # --- a change of embedding model ------------------------------------------------------
 

@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 
 from xtyl_common.db import DatabaseConfig, create_pool
+from xtyl_common.erasure import ErasureLedger
 from xtyl_common.events import EventSettings, OutboxRelay
 from xtyl_common.http import create_session
 from xtyl_common.redis_client import create_redis
@@ -29,8 +30,12 @@ from xtyl_rag.adapters.jobs import open_job_queue, queue_name
 from xtyl_rag.adapters.llm import ChatClient
 from xtyl_rag.adapters.postgres import ChunkSearch, DocumentRepository, ModelRegistry, ModelStatus
 from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA
+from xtyl_rag.adapters.postgres.erasure import ErasureRepository
+from xtyl_rag.adapters.postgres.export import ExportReader
+from xtyl_rag.adapters.postgres.usage import UsageRepository
 from xtyl_rag.adapters.storage import StorageClient
 from xtyl_rag.adapters.vector_spaces import Embedders
+from xtyl_rag.service.account import Accounts
 from xtyl_rag.service.indexing import Indexer
 from xtyl_rag.service.rag import RagService
 from xtyl_rag.service.retrieval import Retriever
@@ -97,7 +102,19 @@ async def open_service(
         stack.push_async_callback(jobs.aclose)
         extractor = ExtractorPool(settings.extraction_limits(), size=settings.extraction_workers)
         stack.push_async_callback(extractor.aclose)
-        documents = DocumentRepository(pool, lease_s=settings.index_lease_s)
+        ledger = ErasureLedger(OUTBOX_SCHEMA)
+        limits = settings.user_limits()
+        documents = DocumentRepository(
+            pool, lease_s=settings.index_lease_s, ledger=ledger, limits=limits
+        )
+        accounts = Accounts(
+            documents=documents,
+            erasures=ErasureRepository(pool, ledger),
+            usage=UsageRepository(pool, ledger=ledger, limits=limits),
+            reader=ExportReader(pool),
+            batch_size=settings.erasure_batch_size,
+            pause_s=settings.erasure_batch_pause_s,
+        )
         chunks = ChunkSearch(pool)
         storage = StorageClient(
             session,
@@ -141,4 +158,5 @@ async def open_service(
             jobs=jobs,
             indexer=indexer,
             retriever=retriever,
+            accounts=accounts,
         )

@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from xtyl_common.erasure import ErasureLedger
 from xtyl_common.events import (
     DocumentFailed,
     DocumentFailedPayload,
@@ -29,13 +30,28 @@ from xtyl_common.events import (
     add_event,
 )
 from xtyl_common.pagination import Cursor, keyset_sql
+from xtyl_common.quotas import QuotaExceeded
 from xtyl_rag.adapters.embedders import Vectors
+from xtyl_rag.adapters.postgres.usage import (
+    chunks_used,
+    documents_used,
+    ledger_conn,
+    lock_owner_quotas,
+)
 from xtyl_rag.domain.chunking import Chunk
 from xtyl_rag.domain.documents import Document, DocumentStatus, FileSource
+from xtyl_rag.domain.quotas import (
+    DOCUMENTS_REFUSED,
+    UserLimits,
+    chunks_exceeded,
+    documents_exceeded,
+)
 
 #: The schema whose outbox holds our events (migration 0003).
 OUTBOX_SCHEMA = "xtyl_rag"
 PRODUCER = "rag"
+#: Documents of users whose erasure has begun are not worked on (their rows are going).
+_NOT_ERASED = "not exists (select 1 from xtyl_rag.erasures e where e.user_id = {owner})"
 
 _COLUMNS = (
     "id, owner_id, source, title, status, content_sha256, chunk_count, attempts, created_at,"
@@ -70,18 +86,39 @@ class NewChunks:
 
 
 class DocumentRepository:
-    def __init__(self, pool: asyncpg.Pool, *, lease_s: float = 30.0) -> None:
+    """Every transaction that writes new data for a user (a document, its chunks, an event
+    naming them) first takes the user's erasure lock and refuses an erased user
+    (``ErasureLedger.refuse_if_erased``, ``403 account_deleted``), then, where it adds
+    documents or chunks, the user's quota lock (:func:`lock_owner_quotas`) before counting."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        lease_s: float = 30.0,
+        ledger: ErasureLedger | None = None,
+        limits: UserLimits | None = None,
+    ) -> None:
         self._pool = pool
         #: How long a claim or a renewal holds a document (``INDEX_LEASE_S``).
         self.lease_s = lease_s
         self._lease = timedelta(seconds=lease_s)
+        self.ledger = ledger or ErasureLedger(OUTBOX_SCHEMA)
+        self.limits = limits or UserLimits()
 
     # --- the API -------------------------------------------------------------------------
 
     async def create_inline(
         self, owner_id: uuid.UUID, *, title: str, text: str, sha256: str, metadata: dict[str, Any]
     ) -> Document:
+        """A new ``pending`` inline document; ``QuotaExceeded`` (documents, or chunks already
+        at their limit), ``AccountDeleted``."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await self.ledger.refuse_if_erased(ledger_conn(conn), owner_id)
+            await lock_owner_quotas(conn, owner_id)
+            refusal = await self._new_document_refusal(conn, owner_id)
+            if refusal is not None:
+                raise refusal
             row = await conn.fetchrow(
                 "insert into xtyl_rag.documents (owner_id, source, title, metadata,"  # noqa: S608
                 " content_sha256, size_bytes) values ($1, 'inline', $2, $3::jsonb, $4, $5)"
@@ -107,11 +144,117 @@ class DocumentRepository:
         title: str,
         metadata: dict[str, Any] | None = None,
         retry_failed: bool = False,
+        record_refusal: bool = False,
     ) -> Document:
         """The file's document, created ``pending`` if new. A known file keeps its row; it is
         queued again (``pending``, attempts reset) when its content changed, or when it had
-        failed and ``retry_failed`` (an explicit ``POST /v1/documents``) asks for it."""
-        row = await self._pool.fetchrow(
+        failed and ``retry_failed`` (an explicit ``POST /v1/documents``) asks for it.
+
+        A new document past the user's quotas (documents; chunks already at their limit)
+        raises ``QuotaExceeded``; with ``record_refusal`` (an upload's ``file.uploaded``: the
+        user is not waiting on an answer) it is stored ``failed`` with the quota's code and
+        ``document.failed`` instead, so they are told, and nothing retries it. A document the
+        documents quota refused is not counted; it is admitted (``pending``) when there is
+        room and its upload is asked again or changed. ``AccountDeleted`` for an erased user."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self.ledger.refuse_if_erased(ledger_conn(conn), source.owner_id)
+            await lock_owner_quotas(conn, source.owner_id)
+            known = await conn.fetchrow(
+                "select status, error_code, chunk_count, content_sha256 from xtyl_rag.documents"
+                " where owner_id = $1 and file_id = $2 for update",
+                source.owner_id,
+                source.file_id,
+            )
+            refused = known is not None and known["error_code"] == DOCUMENTS_REFUSED
+            queued = (
+                known is None
+                or (known["status"] == "failed" and retry_failed)
+                or known["content_sha256"] != source.sha256
+            )
+            refusal = None
+            if known is None or (refused and queued):
+                refusal = await self._new_document_refusal(conn, source.owner_id)
+            elif queued and not record_refusal and int(known["chunk_count"]) == 0:
+                refusal = chunks_exceeded(await chunks_used(conn, source.owner_id), 1, self.limits)
+            if refusal is not None and not record_refusal:
+                raise refusal
+            if refusal is not None:
+                return await self._refused_file(conn, source, title, metadata, refusal)
+            return await self._upsert_file(
+                conn, source, title, metadata, retry_failed=retry_failed, admit=refused and queued
+            )
+
+    async def _new_document_refusal(self, conn: Any, owner_id: uuid.UUID) -> QuotaExceeded | None:
+        """Why one more document of the owner is refused (under their quota lock), or None."""
+        documents = await documents_used(conn, owner_id)
+        chunks = await chunks_used(conn, owner_id)
+        return documents_exceeded(documents, self.limits) or chunks_exceeded(chunks, 1, self.limits)
+
+    async def _refused_file(
+        self,
+        conn: Any,
+        source: FileSource,
+        title: str,
+        metadata: dict[str, Any] | None,
+        refusal: QuotaExceeded,
+    ) -> Document:
+        """The file's document ``failed`` with the quota's code, and ``document.failed`` when
+        the row is new; a known one (refused before) stays as it is."""
+        row = await conn.fetchrow(
+            "insert into xtyl_rag.documents (owner_id, source, file_id, file_key, file_name,"  # noqa: S608
+            " content_type, size_bytes, title, metadata, content_sha256, status, error_code,"
+            " error) values ($1, 'file', $2, $3, $4, $5, $6, $7,"
+            " coalesce($8::jsonb, '{}'::jsonb), $9, 'failed', $10, $11)"
+            " on conflict (owner_id, file_id) where file_id is not null do nothing"
+            f" returning {_COLUMNS}",
+            source.owner_id,
+            source.file_id,
+            source.key,
+            source.name,
+            source.content_type,
+            source.size,
+            title,
+            metadata,
+            source.sha256,
+            refusal.code,
+            (refusal.detail or refusal.code)[:2000],
+        )
+        if row is None:
+            row = await conn.fetchrow(
+                f"select {_COLUMNS} from xtyl_rag.documents"  # noqa: S608
+                " where owner_id = $1 and file_id = $2",
+                source.owner_id,
+                source.file_id,
+            )
+            assert row is not None
+            return _document(row)
+        document = _document(row)
+        await add_event(
+            conn,
+            DocumentFailed(
+                producer=PRODUCER,
+                payload=DocumentFailedPayload(
+                    document_id=document.id,
+                    owner_id=document.owner_id,
+                    reason=refusal.code,
+                    file_id=document.file_id,
+                ),
+            ),
+            schema=OUTBOX_SCHEMA,
+        )
+        return document
+
+    async def _upsert_file(
+        self,
+        conn: Any,
+        source: FileSource,
+        title: str,
+        metadata: dict[str, Any] | None,
+        *,
+        retry_failed: bool,
+        admit: bool,
+    ) -> Document:
+        row = await conn.fetchrow(
             "insert into xtyl_rag.documents as d (owner_id, source, file_id, file_key, file_name,"  # noqa: S608
             " content_type, size_bytes, title, metadata, content_sha256)"
             " values ($1, 'file', $2, $3, $4, $5, $6, $7, coalesce($8::jsonb, '{}'::jsonb), $9)"
@@ -121,14 +264,16 @@ class DocumentRepository:
             " metadata = case when $8::jsonb is null then d.metadata else excluded.metadata end,"
             " content_sha256 = excluded.content_sha256,"
             " status = case when d.content_sha256 <> excluded.content_sha256"
-            "   or ($10 and d.status = 'failed') then 'pending' else d.status end,"
+            "   or ($10 and d.status = 'failed') or $11::boolean then 'pending' else d.status end,"
             " attempts = case when d.content_sha256 <> excluded.content_sha256"
-            "   or ($10 and d.status = 'failed') then 0 else d.attempts end,"
-            " error_code = case when ($10 and d.status = 'failed') then null else d.error_code end,"
-            " error = case when ($10 and d.status = 'failed') then null else d.error end,"
+            "   or ($10 and d.status = 'failed') or $11::boolean then 0 else d.attempts end,"
+            " error_code = case when ($10 and d.status = 'failed') or $11::boolean then null"
+            "   else d.error_code end,"
+            " error = case when ($10 and d.status = 'failed') or $11::boolean then null"
+            "   else d.error end,"
             # a repeated event changes nothing, so it must not look like progress (the
             # reconciler finds stuck documents by an old updated_at)
-            " updated_at = case when ($10 and d.status = 'failed')"
+            " updated_at = case when ($10 and d.status = 'failed') or $11::boolean"
             "   or (d.file_key, d.file_name, d.content_type, d.size_bytes, d.content_sha256)"
             "   is distinct from (excluded.file_key, excluded.file_name, excluded.content_type,"
             "   excluded.size_bytes, excluded.content_sha256)"
@@ -145,6 +290,7 @@ class DocumentRepository:
             metadata,
             source.sha256,
             retry_failed,
+            admit,
         )
         assert row is not None
         return _document(row)
@@ -221,6 +367,7 @@ class DocumentRepository:
             " lease_id = $2, lease_until = now() + $3, updated_at = now()"
             " where id = $1 and status not in ('ready', 'failed')"
             " and (lease_until is null or lease_until < now())"
+            f" and {_NOT_ERASED.format(owner='documents.owner_id')}"
             f" returning {_COLUMNS}",
             document_id,
             lease_id,
@@ -286,8 +433,10 @@ class DocumentRepository:
         self, document: Document, *, code: str, error: str, lease_id: uuid.UUID | None
     ) -> bool:
         """``failed`` with the reason, and ``document.failed``, in one transaction. With a
-        ``lease_id`` only while the run still holds the document."""
+        ``lease_id`` only while the run still holds the document. ``AccountDeleted`` once the
+        owner's erasure began (no event names them any more)."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await self.ledger.refuse_if_erased(ledger_conn(conn), document.owner_id)
             row = await conn.fetchrow(
                 "update xtyl_rag.documents set status = 'failed', error_code = $2, error = $3,"
                 " lease_id = null, lease_until = null, updated_at = now()"
@@ -316,9 +465,15 @@ class DocumentRepository:
 
     async def complete(self, claim: Claim, new: NewChunks, *, title: str | None = None) -> bool:
         """Replace the document's chunks and vectors, mark it ``ready`` and emit
-        ``document.indexed``, in one transaction; False if the run no longer holds it."""
+        ``document.indexed``, in one transaction; False if the run no longer holds it.
+        ``AccountDeleted`` once the owner's erasure began (a run finishing meanwhile writes
+        nothing: it either committed before the erasure started, which then removes it, or
+        is refused); ``QuotaExceeded`` when the chunks would take the owner past the quota
+        (counted under the owner's quota lock, so runs finishing together cannot both)."""
         document = claim.document
         async with self._pool.acquire() as conn, conn.transaction():
+            await self.ledger.refuse_if_erased(ledger_conn(conn), document.owner_id)
+            await lock_owner_quotas(conn, document.owner_id)
             held = await conn.fetchrow(
                 "select chunk_count from xtyl_rag.documents where id = $1 and lease_id = $2"
                 " for update",
@@ -327,6 +482,10 @@ class DocumentRepository:
             )
             if held is None:
                 return False
+            others = await chunks_used(conn, document.owner_id) - int(held["chunk_count"])
+            refusal = chunks_exceeded(others, len(new.chunks), self.limits)
+            if refusal is not None:
+                raise refusal
             writable = {
                 row["model"]
                 for row in await conn.fetch(
@@ -347,7 +506,10 @@ class DocumentRepository:
                 [chunk.ordinal for chunk in new.chunks],
                 [chunk.content for chunk in new.chunks],
                 [chunk.token_count for chunk in new.chunks],
-                [_metadata_encoder.encode(dict(chunk.metadata)).decode() for chunk in new.chunks],
+                [
+                    _metadata_encoder.encode(chunk.stored_metadata()).decode()
+                    for chunk in new.chunks
+                ],
             )
             for model, vectors in new.vectors.items():
                 if model not in writable:
@@ -398,11 +560,18 @@ class DocumentRepository:
             f"select {_COLUMNS} from xtyl_rag.documents"  # noqa: S608
             " where status not in ('ready', 'failed') and updated_at < now() - $1::interval"
             " and (lease_until is null or lease_until < now())"
+            f" and {_NOT_ERASED.format(owner='documents.owner_id')}"
             " order by updated_at limit $2",
             timedelta(seconds=older_than_s),
             limit,
         )
         return [_document(row) for row in rows]
+
+    async def chunk_room_refusal(self, document: Document, adding: int) -> QuotaExceeded | None:
+        """Whether ``adding`` chunks in place of the document's own would take its owner past
+        the chunks quota (a check ahead of the work; :meth:`complete` checks again)."""
+        used = await chunks_used(self._pool, document.owner_id)
+        return chunks_exceeded(used - document.chunk_count, adding, self.limits)
 
 
 async def stuck_files(
@@ -413,10 +582,11 @@ async def stuck_files(
     storage metadata does not give it). On the caller's connection (the reconciler's
     transaction)."""
     rows = await conn.fetch(
-        "select owner_id, file_id, file_key, file_name, content_type, size_bytes,"
+        "select owner_id, file_id, file_key, file_name, content_type, size_bytes,"  # noqa: S608
         " content_sha256 from xtyl_rag.documents where source = 'file'"
         " and status not in ('ready', 'failed') and updated_at < now() - $1::interval"
-        " and (lease_until is null or lease_until < now()) order by updated_at limit $2",
+        " and (lease_until is null or lease_until < now())"
+        f" and {_NOT_ERASED.format(owner='documents.owner_id')} order by updated_at limit $2",
         timedelta(seconds=older_than_s),
         limit,
     )
@@ -440,7 +610,17 @@ async def _forget_chunks(conn: Any, rows: Sequence[asyncpg.Record]) -> None:
 
 
 async def _add_owner_chunks(conn: Any, owner_id: uuid.UUID, delta: int) -> None:
+    """The owner's chunk count moved by ``delta``: chunks removed only lower a row there is
+    (a delete racing an erasure must not bring back the row the erasure removed)."""
     if delta == 0:
+        return
+    if delta < 0:
+        await conn.execute(
+            "update xtyl_rag.owner_stats set chunk_count = greatest(chunk_count + $2, 0)"
+            " where owner_id = $1",
+            owner_id,
+            delta,
+        )
         return
     await conn.execute(
         "insert into xtyl_rag.owner_stats as s (owner_id, chunk_count) values ($1, greatest($2, 0))"
