@@ -365,6 +365,8 @@ def environment(servers: HostServers, ports: Mapping[str, int], redis: str) -> d
         "EMAIL_SENDER": "xtyl <no-reply@example.com>",
         "SEND_EMAIL_HOOK_SECRET": "v1,whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "APP_URL": "https://app.example.com",
+        "PUBLIC_API_URL": f"http://127.0.0.1:{ports['gateway']}",
+        "EMAIL_HASH_PEPPER": secrets.token_hex(32),
         "LOG_JSON": "true",
     }
 
