@@ -17,10 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from xtyl_common.auth import issue_service_token
 from xtyl_common.events import EventSettings
+from xtyl_common.migrate import migrate
 from xtyl_common.settings import load_settings
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.ports import free_port
+from xtyl_devstack.postgres import create_database, drop_database
 from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.service_process import (
     RunningService,
@@ -217,3 +220,20 @@ async def documents_by_file(
 ) -> dict[str, dict[str, Any]]:
     async with http.get(f"{rag.url}/v1/documents?limit=100", headers=user.headers) as resp:
         return {item["file_id"]: item for item in (await resp.json())["items"]}
+
+
+def gateway_headers(rag_env: dict[str, str], user_id: uuid.UUID | None) -> dict[str, str]:
+    """What the gateway sends to ``/internal/me/*``: a service token naming the user."""
+    token = issue_service_token(rag_env["INTERNAL_JWT_SECRET"], service="gateway", user_id=user_id)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def private_database_url(devstack: StackInfo) -> AsyncIterator[str]:
+    """A migrated database of this test's own: no other process of the session (workers, APIs,
+    their reconcilers) touches its rows, so every row in it is this test's."""
+    name = f"xtyl_rag_{secrets.token_hex(4)}"
+    await asyncio.to_thread(create_database, devstack.postgres_dsn, name)
+    await migrate(devstack.dsn(name))
+    yield devstack.dsn(name)
+    await asyncio.to_thread(drop_database, devstack.postgres_dsn, name)

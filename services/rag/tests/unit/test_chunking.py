@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from xtyl_rag.adapters.embedders import MiniLMTokenCounter
-from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text
+from xtyl_rag.domain.chunking import Chunk, ChunkingPolicy, chunk_text, normalize_text, rejoin
 
 ZEN = codecs.decode(this.s, "rot13")
 
@@ -160,3 +160,35 @@ def test_blank_text_gives_no_chunks(text: str) -> None:
 def test_policy_rejects_overlap_that_could_not_progress() -> None:
     with pytest.raises(ValueError, match="overlap"):
         ChunkingPolicy(max_tokens=100, overlap_tokens=60)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ChunkingPolicy(max_tokens=64, overlap_tokens=10),  # overlapping chunks
+        ChunkingPolicy(max_tokens=40, overlap_tokens=0),  # whitespace between chunks
+        ChunkingPolicy(),
+    ],
+)
+def test_the_chunks_give_the_text_back_exactly(
+    count_pieces: MiniLMTokenCounter, policy: ChunkingPolicy
+) -> None:
+    text = normalize_text("  \n" + document().replace("\n\n", "\n \t\n", 3) + "\n\n  ")
+
+    chunks = chunk_text(text, count_pieces, policy)
+
+    assert len(chunks) > 3
+    assert "".join(rejoin((c.content, c.stored_metadata()) for c in chunks)) == text
+    stored = [c.stored_metadata() for c in chunks]
+    assert stored[0]["gap"] == "  \n"
+    assert stored[-1]["tail"] == "\n\n  "
+    assert all("tail" not in m for m in stored[:-1])
+
+
+def test_chunks_written_before_they_kept_their_whitespace_join_with_a_guess() -> None:
+    text = "One sentence here. Two sentence here.\n\nThree sentence here."
+    chunks = chunk_text(text, count_words, ChunkingPolicy(max_tokens=8, overlap_tokens=0))
+    old = [(c.content, dict(c.metadata)) for c in chunks]  # offsets only
+
+    assert "".join(rejoin(old)) == text  # a space, then a paragraph break
+    assert "".join(rejoin([("first", {}), ("second", {})])) == "first\n\nsecond"

@@ -8,6 +8,7 @@ import pytest
 from xtyl_common.retry import RetryPolicy
 from xtyl_common.settings import SettingsError, load_settings
 from xtyl_rag.adapters.embedders import EmbeddingEndpoint
+from xtyl_rag.domain.quotas import UserLimits
 from xtyl_rag.settings import RagSettings
 
 BASE = {
@@ -25,6 +26,25 @@ def test_defaults_and_embedder_config() -> None:
     assert config.endpoint is None  # no key and a remote default URL: only the local model
     assert settings.llm_enabled is False
     assert settings.search_tuning().exact_max_chunks == settings.search_exact_max_chunks
+
+
+def test_the_quota_and_erasure_variables() -> None:
+    assert load_settings(RagSettings, environ=BASE).user_limits() == UserLimits(
+        documents=1000, chunks=200_000, answers_per_day=200
+    )
+    settings = load_settings(
+        RagSettings,
+        environ={
+            **BASE,
+            "QUOTA_DOCUMENTS": "5",
+            "QUOTA_CHUNKS": "0",
+            "QUOTA_ANSWERS_PER_DAY": "7",
+            "ERASURE_BATCH_SIZE": "50",
+            "ERASURE_BATCH_PAUSE_S": "0.5",
+        },
+    )
+    assert settings.user_limits() == UserLimits(documents=5, chunks=0, answers_per_day=7)
+    assert (settings.erasure_batch_size, settings.erasure_batch_pause_s) == (50, 0.5)
 
 
 def test_the_embedder_variables_make_the_embedder_config() -> None:
@@ -84,6 +104,11 @@ def test_a_local_embedder_with_a_key_can_still_reach_the_endpoint() -> None:
         ({"MAX_DOCUMENT_BYTES": "0"}, "MAX_DOCUMENT_BYTES"),
         ({"INDEX_LEASE_S": "0.5"}, "INDEX_LEASE_S"),
         ({"STORAGE_READY_WAIT_S": "-1"}, "STORAGE_READY_WAIT_S"),
+        ({"QUOTA_DOCUMENTS": "-1"}, "QUOTA_DOCUMENTS"),
+        ({"QUOTA_CHUNKS": "-5"}, "QUOTA_CHUNKS"),
+        ({"QUOTA_ANSWERS_PER_DAY": "-1"}, "QUOTA_ANSWERS_PER_DAY"),
+        ({"ERASURE_BATCH_SIZE": "0"}, "ERASURE_BATCH_SIZE"),
+        ({"ERASURE_BATCH_PAUSE_S": "-0.1"}, "ERASURE_BATCH_PAUSE_S"),
     ],
 )
 def test_bad_values_name_the_variable(extra: dict[str, str], variable: str) -> None:
