@@ -39,7 +39,6 @@ from xtyl_devstack.processes import ManagedProcess
 from xtyl_devstack.service_process import RunningService
 from xtyl_rag.adapters.postgres import DocumentRepository
 from xtyl_rag.adapters.postgres.documents import Claim, NewChunks
-from xtyl_rag.adapters.postgres.usage import ledger_conn
 from xtyl_rag.domain.documents import Document, sha256_text
 from xtyl_rag.domain.search import SearchFilters
 from xtyl_rag.service import RagService, open_service
@@ -285,7 +284,7 @@ async def test_a_write_racing_the_start_is_erased_with_the_rest_and_later_ones_r
         writing = conn.transaction()
         await writing.start()
         # a write for alice is in flight: it checked she is not erased and holds her lock
-        await ledger.refuse_if_erased(ledger_conn(conn), alice)
+        await ledger.refuse_if_erased(conn, alice)
         await conn.execute(
             "insert into xtyl_rag.documents (owner_id, source, title, content_sha256)"
             " values ($1, 'inline', 'in flight', repeat('0', 64))",

@@ -35,7 +35,6 @@ from xtyl_rag.adapters.embedders import Vectors
 from xtyl_rag.adapters.postgres.usage import (
     chunks_used,
     documents_used,
-    ledger_conn,
     lock_owner_quotas,
 )
 from xtyl_rag.domain.chunking import Chunk
@@ -114,7 +113,7 @@ class DocumentRepository:
         """A new ``pending`` inline document; ``QuotaExceeded`` (documents, or chunks already
         at their limit), ``AccountDeleted``."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await self.ledger.refuse_if_erased(ledger_conn(conn), owner_id)
+            await self.ledger.refuse_if_erased(conn, owner_id)
             await lock_owner_quotas(conn, owner_id)
             refusal = await self._new_document_refusal(conn, owner_id)
             if refusal is not None:
@@ -157,7 +156,7 @@ class DocumentRepository:
         documents quota refused is not counted; it is admitted (``pending``) when there is
         room and its upload is asked again or changed. ``AccountDeleted`` for an erased user."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await self.ledger.refuse_if_erased(ledger_conn(conn), source.owner_id)
+            await self.ledger.refuse_if_erased(conn, source.owner_id)
             await lock_owner_quotas(conn, source.owner_id)
             known = await conn.fetchrow(
                 "select status, error_code, chunk_count, content_sha256 from xtyl_rag.documents"
@@ -436,7 +435,7 @@ class DocumentRepository:
         ``lease_id`` only while the run still holds the document. ``AccountDeleted`` once the
         owner's erasure began (no event names them any more)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await self.ledger.refuse_if_erased(ledger_conn(conn), document.owner_id)
+            await self.ledger.refuse_if_erased(conn, document.owner_id)
             row = await conn.fetchrow(
                 "update xtyl_rag.documents set status = 'failed', error_code = $2, error = $3,"
                 " lease_id = null, lease_until = null, updated_at = now()"
@@ -472,7 +471,7 @@ class DocumentRepository:
         (counted under the owner's quota lock, so runs finishing together cannot both)."""
         document = claim.document
         async with self._pool.acquire() as conn, conn.transaction():
-            await self.ledger.refuse_if_erased(ledger_conn(conn), document.owner_id)
+            await self.ledger.refuse_if_erased(conn, document.owner_id)
             await lock_owner_quotas(conn, document.owner_id)
             held = await conn.fetchrow(
                 "select chunk_count from xtyl_rag.documents where id = $1 and lease_id = $2"

@@ -27,7 +27,6 @@ import asyncpg
 
 from xtyl_common.erasure import ErasureLedger, ErasureState
 from xtyl_rag.adapters.postgres.documents import OUTBOX_SCHEMA
-from xtyl_rag.adapters.postgres.usage import ledger_conn
 
 Counted = Literal["documents", "chunks"]
 
@@ -77,7 +76,7 @@ class ErasureRepository:
         """Mark the user erased, in a transaction of its own (their writes in flight finish
         first, later ones are refused); False when their erasure already completed."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await self.ledger.begin(ledger_conn(conn), user_id, requested_at=requested_at)
+            return await self.ledger.begin(conn, user_id, requested_at=requested_at)
 
     async def delete_chunks(self, user_id: uuid.UUID, limit: int) -> int:
         """Up to ``limit`` of the user's chunks (their vectors and word counts with them),
@@ -132,9 +131,9 @@ class ErasureRepository:
                 "documents": int(row["documents"]) if row else 0,
                 "chunks": int(row["chunks"]) if row else 0,
             }
-            await self.ledger.complete(ledger_conn(conn), user_id, counts)
+            await self.ledger.complete(conn, user_id, counts)
         return counts
 
     async def state(self, user_id: uuid.UUID) -> ErasureState:
         async with self._pool.acquire() as conn:
-            return await self.ledger.state(ledger_conn(conn), user_id)
+            return await self.ledger.state(conn, user_id)

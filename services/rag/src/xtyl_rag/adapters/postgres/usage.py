@@ -15,19 +15,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
 from xtyl_common.erasure import ErasureLedger
 from xtyl_rag.domain.quotas import DOCUMENTS_REFUSED, Usage, UserLimits, answers_exceeded
-
-
-def ledger_conn(conn: Any) -> asyncpg.Connection:
-    """A pooled connection for the erasure ledger, whose methods are typed for a plain
-    ``asyncpg.Connection`` (a pool's proxy behaves the same)."""
-    return cast(asyncpg.Connection, conn)
-
 
 _QUOTA_LOCK = (
     "select pg_catalog.pg_advisory_xact_lock("
@@ -93,7 +86,7 @@ class UsageRepository:
         counter row the erasure removed and nothing may bring back)."""
         limit = self.limits.answers_per_day
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._ledger.refuse_if_erased(ledger_conn(conn), owner_id)
+            await self._ledger.refuse_if_erased(conn, owner_id)
             day: date | None = None
             if limit > 0:
                 day = await conn.fetchval(_COUNT_ANSWER, owner_id, limit)
