@@ -17,7 +17,9 @@ from xtyl_common.redis_client import check_redis, create_redis
 from xtyl_common.settings import load_settings_or_exit
 from xtyl_common.web import build_service_app
 from xtyl_notify.routes.auth_hook import WEBHOOKS_STATE_KEY, hook_verifiers, send_email_hook
+from xtyl_notify.routes.internal import InternalMeController
 from xtyl_notify.routes.notifications import SERVICE_STATE_KEY, NotificationsController
+from xtyl_notify.routes.unsubscribe import UnsubscribeController
 from xtyl_notify.routes.webhooks import brevo_webhook
 from xtyl_notify.service import open_service
 from xtyl_notify.settings import NotifySettings
@@ -49,11 +51,18 @@ def create_app(settings: NotifySettings) -> Litestar:
     return build_service_app(
         title="xtyl notify service",
         version=VERSION,
-        description="Transactional email through Brevo: the user's email log under"
-        " /v1/notifications (the user's Supabase access token), Brevo's webhooks at"
-        " /webhooks/brevo (BREVO_WEBHOOK_SECRET), Supabase Auth's emails at"
+        description="Transactional email through Brevo: the user's email log and email"
+        " preferences under /v1/notifications (the user's Supabase access token), the signed"
+        " one-click unsubscribe link at /v1/notifications/unsubscribe (no sign-in), Brevo's"
+        " webhooks at /webhooks/brevo (BREVO_WEBHOOK_SECRET), Supabase Auth's emails at"
         " /webhooks/auth/send-email (SEND_EMAIL_HOOK_SECRET).",
-        route_handlers=[NotificationsController, brevo_webhook, send_email_hook],
+        route_handlers=[
+            NotificationsController,
+            UnsubscribeController,
+            InternalMeController,
+            brevo_webhook,
+            send_email_hook,
+        ],
         lifespan=[lifespan],
         request_max_body_size=1024 * 1024,
         state={

@@ -1,11 +1,14 @@
 """The notify service's settings (API and notify-worker), read once from the environment.
 
-See the README's table. ``BREVO_API_KEY`` and ``APP_URL`` are required unless ``XTYL_ENV=local``
-(where the Brevo stand-in takes any key and links point at a local frontend).
+See the README's table. ``BREVO_API_KEY``, ``APP_URL``, ``PUBLIC_API_URL`` and
+``EMAIL_HASH_PEPPER`` are required unless ``XTYL_ENV=local`` (where the Brevo stand-in takes
+any key, links point at a local frontend and gateway, and a fixed pepper does).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 
 from xtyl_common.identity import AuthSettings
@@ -14,7 +17,15 @@ from xtyl_notify.domain.addresses import Mailbox, parse_mailbox
 LOCAL_ENV = "local"
 LOCAL_BREVO_API_KEY = "xtyl-local-brevo-key"
 LOCAL_APP_URL = "http://localhost:3000"
+#: The gateway of ``make up`` (its default port).
+LOCAL_PUBLIC_API_URL = "http://127.0.0.1:8000"
+#: Only for XTYL_ENV=local: local data is not worth a secret.
+LOCAL_EMAIL_HASH_PEPPER = "xtyl-local-email-hash-pepper-not-a-secret"
 MIN_WEBHOOK_SECRET_CHARS = 16
+MIN_SECRET_CHARS = 32
+#: The label that derives the unsubscribe links' key from INTERNAL_JWT_SECRET when
+#: UNSUBSCRIBE_SECRET is unset (domain separation: that key signs nothing else).
+UNSUBSCRIBE_KEY_LABEL = b"xtyl:notify:unsubscribe-link:v1"
 #: Supabase Auth's email_action_types notify renders (and may send as Brevo templates).
 AUTH_EMAIL_ACTIONS = (
     "signup",
@@ -55,6 +66,26 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
     #: Brevo templates for Supabase Auth's emails, ``action=template id`` comma-separated
     #: (``recovery=12,signup=13``); an action without one is rendered by notify.
     brevo_auth_templates: str | None = None
+    #: The gateway's public base URL (``https://api.xtyl.app``): where the one-click
+    #: unsubscribe links of emails point. Required unless XTYL_ENV=local.
+    public_api_url: str | None = None
+    #: Keys the address hashes of suppressions and of a deleted user's email log
+    #: (HMAC-SHA256), at least 32 characters, kept out of the database. Never change it:
+    #: hashes made with another pepper match nothing. Required unless XTYL_ENV=local.
+    email_hash_pepper: str | None = None
+    #: Signs the one-click unsubscribe links (HS256), at least 32 characters; several joined
+    #: by ``|`` while rotating (the first signs, all verify). Unset: derived from
+    #: INTERNAL_JWT_SECRET (HMAC with a label of its own), so links stop working when that
+    #: secret rotates; set it to keep them apart.
+    unsubscribe_secret: str | None = None
+    #: At most one document email per user per window: the first event of a quiet user is
+    #: sent at once, the later ones together when the window ends.
+    document_email_window_s: float = 600.0
+    #: How often notify-worker looks for digests that are due (and digests to try again).
+    digest_poll_interval_s: float = 5.0
+    #: An erasure's email rows per transaction, and the pause between two batches.
+    erasure_batch_size: int = 500
+    erasure_batch_pause_s: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +119,38 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
                 "must be > 0, at least BREVO_CONNECT_TIMEOUT_S and at most 120"
                 " (at `$.brevo_timeout_s`)"
             )
+        self._check_lifecycle(local=local)
+
+    def _check_lifecycle(self, *, local: bool) -> None:
+        """The settings of users' lifecycle: links, address hashes, digests, erasure."""
+        if self.public_api_url is None and not local:
+            raise ValueError("is required unless XTYL_ENV=local (at `$.public_api_url`)")
+        if self.public_api_url is not None:
+            _http_url(self.public_api_url, "public_api_url")
+        if self.email_hash_pepper is None and not local:
+            raise ValueError("is required unless XTYL_ENV=local (at `$.email_hash_pepper`)")
+        if self.email_hash_pepper is not None and len(self.email_hash_pepper) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_SECRET_CHARS} characters (at `$.email_hash_pepper`)"
+            )
+        if self.unsubscribe_secret is not None and (
+            not self.unsubscribe_secrets
+            or any(len(secret) < MIN_SECRET_CHARS for secret in self.unsubscribe_secrets)
+        ):
+            raise ValueError(
+                f"each secret must be at least {MIN_SECRET_CHARS} characters"
+                " (at `$.unsubscribe_secret`)"
+            )
+        if not 1 <= self.document_email_window_s <= 7 * 86_400:
+            raise ValueError(
+                "must be between 1 and 604800 seconds (at `$.document_email_window_s`)"
+            )
+        if not 0.05 <= self.digest_poll_interval_s <= 300:
+            raise ValueError("must be between 0.05 and 300 seconds (at `$.digest_poll_interval_s`)")
+        if not 1 <= self.erasure_batch_size <= 10_000:
+            raise ValueError("must be between 1 and 10000 (at `$.erasure_batch_size`)")
+        if not 0 <= self.erasure_batch_pause_s <= 60:
+            raise ValueError("must be between 0 and 60 seconds (at `$.erasure_batch_pause_s`)")
 
     @property
     def send_email_hook_secrets(self) -> tuple[str, ...]:
@@ -110,6 +173,24 @@ class NotifySettings(AuthSettings, frozen=True, kw_only=True):
                 )
             templates[action] = int(raw_id)
         return templates
+
+    @property
+    def unsubscribe_secrets(self) -> tuple[str, ...]:
+        """The keys of unsubscribe links: the first signs, every one verifies."""
+        if self.unsubscribe_secret is None:
+            derived = hmac.new(
+                self.internal_jwt_secret.encode(), UNSUBSCRIBE_KEY_LABEL, hashlib.sha256
+            )
+            return (derived.hexdigest(),)
+        return tuple(part.strip() for part in self.unsubscribe_secret.split("|") if part.strip())
+
+    @property
+    def address_pepper(self) -> str:
+        return self.email_hash_pepper or LOCAL_EMAIL_HASH_PEPPER
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.public_api_url or LOCAL_PUBLIC_API_URL).rstrip("/")
 
     @property
     def sender(self) -> Mailbox:

@@ -7,8 +7,17 @@
 
 * ``user.created``: remember the user's address and name (``xtyl_notify.recipients``, filled
   only from events: no reads of other services' tables), send the welcome email;
+* ``user.updated``: the new address and name (later emails go there; an update delivered
+  before its user's ``user.created`` is kept, and that older event changes nothing);
+* ``user.deleted``: erase the user (:mod:`xtyl_notify.service.accounts`): pending emails
+  cancelled, the email log anonymised, recipient, preferences and document notices deleted,
+  recorded in ``xtyl_notify.erasures``; idempotent and resumable;
 * ``document.indexed`` / ``document.failed``: "your document is ready" / "we could not
-  process your document" to the owner; owners with no recipient row are skipped (logged).
+  process your document" to the owner, coalesced: at most one email per
+  ``DOCUMENT_EMAIL_WINDOW_S`` per user, the events after the first sent together as one
+  digest when the window ends, by the worker's digest loop (every
+  ``DIGEST_POLL_INTERVAL_S``, a supervised task that joins the worker's ``/readyz``); owners
+  with no recipient row, or who turned the kind off, are skipped (logged).
 
 Each handler is one call into :class:`~xtyl_notify.service.NotifyService` (opened at start-up
 by :func:`~xtyl_notify.service.open_service`), and idempotent. Brevo down, slow or rate
@@ -33,11 +42,14 @@ from xtyl_common.events import (
     DocumentIndexed,
     EventSettings,
     UserCreated,
+    UserDeleted,
+    UserUpdated,
     stream_worker_settings,
     worker_entry,
 )
 from xtyl_common.events.retries import is_final_attempt
-from xtyl_notify.service import NotifyService, open_service
+from xtyl_common.events.worker_health import joining_worker
+from xtyl_notify.service import DigestLoop, NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
 log = structlog.stdlib.get_logger("xtyl.notify.worker")
@@ -57,6 +69,14 @@ def service_of(ctx: dict[Any, Any]) -> NotifyService:
 
 async def on_user_created(event: UserCreated, ctx: dict[Any, Any]) -> None:
     await service_of(ctx).on_user_created(event, final_attempt=is_final_attempt(ctx))
+
+
+async def on_user_updated(event: UserUpdated, ctx: dict[Any, Any]) -> None:
+    await service_of(ctx).on_user_updated(event)
+
+
+async def on_user_deleted(event: UserDeleted, ctx: dict[Any, Any]) -> None:
+    await service_of(ctx).on_user_deleted(event)
 
 
 async def on_document_indexed(event: DocumentIndexed, ctx: dict[Any, Any]) -> None:
@@ -85,15 +105,23 @@ def worker_settings(
         stack = AsyncExitStack()
         ctx["notify_stack"] = stack
         try:
-            ctx[SERVICE_CTX_KEY] = await stack.enter_async_context(open_service(settings))
+            service = await stack.enter_async_context(open_service(settings, events))
+            digests = DigestLoop(service.documents, interval_s=settings.digest_poll_interval_s)
+            digests.start()
+            stack.push_async_callback(digests.stop)
         except BaseException:
             await stack.aclose()
             raise
+        ctx[SERVICE_CTX_KEY] = service
+        health = joining_worker()  # the worker whose start-up this is: it reports the loop
+        if health is not None:
+            health.add("digest_sender", digests.check_health, digests.states)
         log.info(
             "notify_worker_started",
             brevo_api_url=settings.brevo_api_url,
             sender=settings.sender.email,
             max_jobs=events.max_jobs,
+            document_email_window_s=settings.document_email_window_s,
         )
 
     async def shutdown(ctx: dict[Any, Any]) -> None:
@@ -106,6 +134,8 @@ def worker_settings(
         group=GROUP,
         handlers={
             UserCreated: on_user_created,
+            UserUpdated: on_user_updated,
+            UserDeleted: on_user_deleted,
             DocumentIndexed: on_document_indexed,
             DocumentFailed: on_document_failed,
         },

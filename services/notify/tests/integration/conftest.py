@@ -8,7 +8,7 @@ import asyncio
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,19 @@ from xtyl_devstack.service_process import (
     start_worker_process,
 )
 from xtyl_devstack.testing import eventually
+from xtyl_notify.domain.addresses import AddressHasher
 from xtyl_notify.service import NotifyService
 
 GROUP = "notify"
 BREVO_KEY = "test-brevo-api-key"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 APP_URL = "https://app.example.test"
+#: The gateway's public URL: where unsubscribe links point.
+PUBLIC_API_URL = "https://api.example.test"
+EMAIL_HASH_PEPPER = "test-email-hash-pepper-0123456789abcdef"
+UNSUBSCRIBE_SECRET = "test-unsubscribe-secret-0123456789abcdef"
+#: The session worker's document window: one document email per user per window.
+DOCUMENT_WINDOW_S = 5.0
 MAX_TRIES = 3
 #: The session worker's retry horizon: Brevo failing longer than this fails the email.
 RETRY_HORIZON_S = 4.0
@@ -79,6 +86,11 @@ def notify_env(
         "BREVO_TIMEOUT_S": "5",
         "EMAIL_SENDER": "xtyl tests <no-reply@xtyl.test>",
         "APP_URL": APP_URL,
+        "PUBLIC_API_URL": PUBLIC_API_URL,
+        "EMAIL_HASH_PEPPER": EMAIL_HASH_PEPPER,
+        "UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+        "DOCUMENT_EMAIL_WINDOW_S": str(DOCUMENT_WINDOW_S),
+        "DIGEST_POLL_INTERVAL_S": "0.2",
         "BREVO_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "EVENTS_STREAM_PREFIX": stream_prefix,
         "EVENTS_READ_BLOCK_MS": "200",
@@ -143,6 +155,16 @@ class Bus:
             {b"type": event.type.encode(), b"event": encode_event(event)},
         )
 
+    async def publish_all(self, events: Sequence[Event]) -> None:
+        """Publish ``events`` in order, in one round trip (a burst, as a busy relay sends)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(  # pyright: ignore[reportUnknownMemberType]
+                    stream_key(event.domain, self.prefix),
+                    {b"type": event.type.encode(), b"event": encode_event(event)},
+                )
+            await pipe.execute()
+
     async def dead_letters(self, domain: str) -> list[dict[bytes, bytes]]:
         """The entries the ``notify`` group moved to ``<stream>:dead``."""
         dead = await self.redis.xrange(dead_letter_key(stream_key(domain, self.prefix)))
@@ -193,6 +215,11 @@ def document_failed(owner_id: uuid.UUID, reason: str = "encrypted") -> DocumentF
         producer="test",
         payload=DocumentFailedPayload(document_id=uuid.uuid4(), owner_id=owner_id, reason=reason),
     )
+
+
+def address_hash(address: str) -> str:
+    """How the session's notify keeps ``address`` in suppressions (and an erased log)."""
+    return AddressHasher(EMAIL_HASH_PEPPER).hash(address)
 
 
 async def email_rows(db: asyncpg.Pool, dedupe_key: str) -> list[dict[str, Any]]:

@@ -15,7 +15,14 @@ from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.scrape import sample, scrape
 from xtyl_devstack.service_process import RunningService, running_service_async
 
-from .conftest import WEBHOOK_SECRET, Bus, document_indexed, user_created, wait_for_status
+from .conftest import (
+    WEBHOOK_SECRET,
+    Bus,
+    address_hash,
+    document_indexed,
+    user_created,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +156,8 @@ async def test_webhook_without_the_secret_is_refused(
         assert (await resp.json())["code"] == "webhook_unauthorized"
     assert (
         await db.fetchval(
-            "select count(*) from xtyl_notify.suppressions where address = $1", address
+            "select count(*) from xtyl_notify.suppressions where address = any($1)",
+            [address, address_hash(address)],
         )
         == 0
     )
@@ -186,13 +194,15 @@ async def test_webhook_suppresses_and_the_address_gets_no_more_email(
         assert await resp.json() == {"received": 1, "suppressed": 0}
     rows = await db.fetch(
         "select address, reason from xtyl_notify.suppressions where address = any($1)",
-        [bounced.lower(), spam, unsubscribed],
+        [address_hash(a) for a in (bounced, spam, unsubscribed)] + [bounced.lower()],
     )
+    # kept as the address's hash (keyed with EMAIL_HASH_PEPPER), never the address
     assert {r["address"]: r["reason"] for r in rows} == {
-        bounced.lower(): "hard_bounce",
-        spam: "spam",
-        unsubscribed: "unsubscribed",
+        address_hash(bounced): "hard_bounce",
+        address_hash(spam): "spam",
+        address_hash(unsubscribed): "unsubscribed",
     }
+    assert address_hash(bounced) == address_hash(bounced.lower())
 
     event = user_created(email=bounced)
     await bus.publish(event)

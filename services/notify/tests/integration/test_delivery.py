@@ -21,6 +21,7 @@ from xtyl_notify.domain.addresses import Mailbox
 from xtyl_notify.domain.emails import EmailKind, EmailStatus, NewEmail, RenderedEmail
 from xtyl_notify.domain.webhooks import BrevoWebhookEvent
 from xtyl_notify.service import EmailInFlight, NotifyService, open_service
+from xtyl_notify.service.sending import Sender
 from xtyl_notify.settings import NotifySettings
 
 from .conftest import warm_pool
@@ -70,7 +71,7 @@ async def test_an_email_held_by_a_dead_worker_is_sent_once_its_lease_ends(
     address = unique_address()
     email = new_email(address)
     repository = service.repository
-    short_lease = NotifyService(repository, service.brevo, app_url="https://x.test", lease_s=0.3)
+    short_lease = Sender(repository, service.brevo, lease_s=0.3, addresses=service.addresses)
     record = await repository.log_email(email)
     # The dead worker claimed it and Brevo accepted its send; then it died before recording it.
     assert await repository.claim(record.id, lease_s=0.3) is not None

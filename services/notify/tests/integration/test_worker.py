@@ -16,8 +16,10 @@ from xtyl_devstack.testing import eventually
 
 from .conftest import (
     APP_URL,
+    DOCUMENT_WINDOW_S,
     GROUP,
     MAX_TRIES,
+    PUBLIC_API_URL,
     RETRY_HORIZON_S,
     Bus,
     document_failed,
@@ -177,21 +179,38 @@ async def test_document_events_email_the_owner_known_from_user_created(
     await bus.publish(indexed)
     await bus.publish(indexed)
     await bus.publish(failed)
-    emails = await brevo.wait_for_emails(address, 3)
+    # the first document email goes at once; the failure, in its window, comes as the digest
+    emails = await brevo.wait_for_emails(address, 3, timeout_s=DOCUMENT_WINDOW_S + 15)
     await bus.drained("documents")
 
-    assert len(brevo.emails_to(address)) == 3
-    by_subject = {email["subject"]: email for email in emails}
-    ready = by_subject["Your document is ready: Q3 <b>numbers</b>.pdf"]
+    welcome, ready, digest = emails
+    assert welcome["subject"] == "Welcome to xtyl"
+    assert "List-Unsubscribe" not in welcome["headers"]  # sent once: nothing to stop
+    assert ready["subject"] == "Your document is ready: Q3 <b>numbers</b>.pdf"
     assert "<strong>Q3 &lt;b&gt;numbers&lt;/b&gt;.pdf</strong>" in ready["htmlContent"]
     assert f"{APP_URL}/documents/{indexed.payload.document_id}" in ready["textContent"]
     assert ready["tags"] == ["document_ready"]
-    not_processed = by_subject["We could not process your document"]
-    assert "password-protected" in not_processed["textContent"]
-    assert not_processed["textContent"].startswith("Hi Grace,")
+    assert ready["headers"]["List-Unsubscribe"].startswith(
+        f"<{PUBLIC_API_URL}/v1/notifications/unsubscribe?token="
+    )
+    assert ready["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert digest["subject"] == "Your documents: 1 document could not be processed"
+    assert "password-protected" in digest["textContent"]
+    assert digest["textContent"].startswith("Hi Grace,")
+    assert f"{APP_URL}/documents/{failed.payload.document_id}" in digest["textContent"]
+    assert digest["tags"] == ["document_digest"]
+    assert "List-Unsubscribe" in digest["headers"]
     row = await wait_for_status(db, f"document.indexed:{indexed.payload.document_id}", "sent")
     assert row["user_id"] == owner
     assert row["kind"] == "document_ready"
+    assert (
+        await db.fetchval(
+            "select count(*) from xtyl_notify.emails where user_id = $1 and kind = $2",
+            owner,
+            "document_digest",
+        )
+        == 1
+    )
 
 
 async def test_document_event_for_an_unknown_user_sends_nothing(bus: Bus, db: asyncpg.Pool) -> None:

@@ -18,6 +18,8 @@ BASE = {
     "INTERNAL_JWT_SECRET": "i" * 40,
     "BREVO_API_KEY": "xkeysib-123",
     "APP_URL": "https://app.xtyl.app",
+    "PUBLIC_API_URL": "https://api.xtyl.app",
+    "EMAIL_HASH_PEPPER": "p" * 32,
 }
 SECRET = "v1,whsec_" + "c2VjcmV0LW9mLXRoZS1zZW5kLWVtYWlsLWhvb2stMDEy"
 

@@ -14,7 +14,10 @@ decides who retries a send (:mod:`xtyl_notify.service`). Outcomes, as errors of
 
 Every request carries ``headers.idempotencyKey`` (the email's id, a UUID): Brevo processes a
 key once within its TTL, so a retry after a lost answer does not send the email twice. The same
-id goes in ``X-Mailin-custom``, which Brevo echoes in its webhooks.
+id goes in ``X-Mailin-custom``, which Brevo echoes in its webhooks. An email's own headers
+(RFC 8058's ``List-Unsubscribe`` and ``List-Unsubscribe-Post``) go in the same ``headers``
+member, which Brevo adds to the message ("custom headers ... sent along the mail headers",
+names in ``This-Case-Only``, as these are).
 """
 
 from __future__ import annotations
@@ -166,14 +169,15 @@ class BrevoClient:
         html: str,
         text: str,
         tags: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
         template_id: int | None = None,
         params: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> str:
         """Send one email; Brevo's message id, or :class:`BrevoUnavailable` /
         :class:`BrevoRejected`. With ``template_id``, Brevo renders that template with
-        ``params`` (subject and bodies are then ignored). ``timeout_s`` shortens the request's
-        timeout (never lengthens it)."""
+        ``params`` (subject and bodies are then ignored). ``headers``: the email's own mail
+        headers. ``timeout_s`` shortens the request's timeout (never lengthens it)."""
         body = _encoder.encode(
             _SendRequest(
                 sender=self._sender,
@@ -181,7 +185,11 @@ class BrevoClient:
                 subject=subject,
                 html_content=html,
                 text_content=text,
-                headers={"idempotencyKey": str(email_id), "X-Mailin-custom": str(email_id)},
+                headers={
+                    **(headers or {}),
+                    "idempotencyKey": str(email_id),
+                    "X-Mailin-custom": str(email_id),
+                },
                 tags=list(tags),
                 template_id=template_id,
                 params=None if params is None else dict(params),

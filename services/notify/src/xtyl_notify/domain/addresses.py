@@ -7,6 +7,8 @@ recipient's server, and Brevo's bounce webhooks tell us about it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from email.utils import parseaddr
 
@@ -40,8 +42,41 @@ def is_valid_email(address: str) -> bool:
 
 
 def suppression_key(address: str) -> str:
-    """How an address is compared against suppressions: trimmed and lower-cased."""
+    """An address as suppressions written before address hashes hold it: trimmed and
+    lower-cased."""
     return address.strip().lower()
+
+
+#: What an address hash starts with (``sha256:<64 hex digits>``).
+ADDRESS_HASH_PREFIX = "sha256:"
+
+
+class AddressHasher:
+    """Addresses as notify keeps them where the address itself must not stay: suppressions (for
+    everyone) and the email log of a deleted user. ``sha256:`` + the hex HMAC-SHA256 of the
+    trimmed, lower-cased address, keyed with ``EMAIL_HASH_PEPPER``.
+
+    Keyed, because a plain SHA-256 of an address is no pseudonym: anyone holding a copy of the
+    table and a list of addresses (a leak, a guess) finds who is in it. With the pepper kept
+    out of the database (a secret of the deployment), a dump or a backup alone says nothing
+    about any address. The pepper must never change: hashes made with another one match
+    nothing, and suppressed addresses would be written to again."""
+
+    def __init__(self, pepper: str) -> None:
+        self._key = pepper.encode()
+
+    def hash(self, address: str) -> str:
+        digest = hmac.new(self._key, suppression_key(address).encode(), hashlib.sha256)
+        return ADDRESS_HASH_PREFIX + digest.hexdigest()
+
+    def suppression_keys(self, address: str) -> list[str]:
+        """Every form a suppression of ``address`` may have: its hash, and the lower-cased
+        address of rows written before hashes."""
+        return [self.hash(address), suppression_key(address)]
+
+
+def is_address_hash(value: str) -> bool:
+    return value.startswith(ADDRESS_HASH_PREFIX)
 
 
 def parse_mailbox(text: str) -> Mailbox:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 import msgspec
 
@@ -14,6 +15,8 @@ class EmailKind(StrEnum):
     WELCOME = "welcome"
     DOCUMENT_READY = "document_ready"
     DOCUMENT_FAILED = "document_failed"
+    #: Several document events of one user, told in one email at the end of their window.
+    DOCUMENT_DIGEST = "document_digest"
     #: Supabase Auth's emails (Send Email Hook), one kind per email_action_type.
     AUTH_SIGNUP = "auth_signup"
     AUTH_RECOVERY = "auth_recovery"
@@ -32,9 +35,17 @@ class EmailStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+    #: Never sent: the user was deleted while it waited.
+    CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = frozenset({EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.SUPPRESSED})
+FINAL_STATUSES = frozenset(
+    {EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.SUPPRESSED, EmailStatus.CANCELLED}
+)
+#: The kinds a user can turn off (preferences, one-click unsubscribe); every other kind is
+#: transactional (the welcome email, sent once per account, and Supabase Auth's emails).
+DocumentKind = Literal["document_ready", "document_failed"]
+DOCUMENT_KINDS: tuple[DocumentKind, ...] = ("document_ready", "document_failed")
 
 
 class RenderedEmail(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +76,8 @@ class NewEmail(msgspec.Struct, frozen=True, kw_only=True):
     content: RenderedEmail
     #: Brevo renders this template instead (``templateId`` and ``params``), when set.
     template: BrevoTemplate | None = None
+    #: Extra mail headers (``List-Unsubscribe`` ...), logged with the row and sent with it.
+    headers: dict[str, str] = msgspec.field(default_factory=dict[str, str])
 
 
 class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,10 +85,12 @@ class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):
     user_id: uuid.UUID | None
     kind: EmailKind
     to_address: str
+    to_name: str | None
     subject: str
     html_body: str
     text_body: str
     tags: list[str]
+    headers: dict[str, str]
     dedupe_key: str
     status: EmailStatus
     brevo_message_id: str | None
@@ -84,6 +99,10 @@ class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    #: A digest's retries (no stream entry retries it): when its first send failed, and when
+    #: the next attempt is due.
+    first_failed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
 
     @property
     def is_final(self) -> bool:
@@ -91,11 +110,19 @@ class EmailRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Recipient(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``user.created`` told us about a user: where their email goes."""
+    """What ``user.created`` / ``user.updated`` told us about a user: where their email goes
+    (``None``: the user has no address, nothing is sent)."""
 
     user_id: uuid.UUID
-    email: str
+    email: str | None
     full_name: str | None
+
+
+class RecipientRecord(Recipient, frozen=True, kw_only=True):
+    """A recipient as the user's export shows it."""
+
+    created_at: datetime
+    updated_at: datetime
 
 
 def dedupe_key(event_type: str, entity_id: uuid.UUID) -> str:

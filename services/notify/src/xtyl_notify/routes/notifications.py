@@ -1,17 +1,18 @@
-"""``/v1/notifications``: the caller's own email log. Every handler takes the verified user."""
+"""``/v1/notifications``: the caller's own email log and email preferences. Every handler takes
+the verified user (the one-click unsubscribe link, which has none, is :mod:`.unsubscribe`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from xtyl_common.auth import UserPrincipal
 from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from xtyl_notify.routes.schemas import NotificationListOut, NotificationOut
+from xtyl_notify.routes.schemas import NotificationListOut, NotificationOut, PreferencesBody
 from xtyl_notify.service import NotifyService
 
 #: Where the app's lifespan keeps the service.
@@ -46,3 +47,30 @@ class NotificationsController(Controller):
             items=[NotificationOut.of(item) for item in page.items],
             next_cursor=page.next_cursor,
         )
+
+    @get(
+        "/preferences",
+        summary="Your email preferences",
+        description="Which kinds of email you get. Transactional emails (the welcome email,"
+        " sign-in and recovery emails) are not listed: they cannot be turned off.",
+    )
+    async def get_preferences(
+        self, request: Request[Any, Any, Any], user: NamedDependency[UserPrincipal]
+    ) -> PreferencesBody:
+        return PreferencesBody.of(await service_of(request).preferences(user.user_id))
+
+    @put(
+        "/preferences",
+        summary="Set your email preferences",
+        description="Both kinds, true to get them. A kind turned off is sent no more, and"
+        " left out of the document digests; both off, no digest is sent at all.",
+        problems=(403, 422),
+    )
+    async def put_preferences(
+        self,
+        request: Request[Any, Any, Any],
+        user: NamedDependency[UserPrincipal],
+        data: PreferencesBody,
+    ) -> PreferencesBody:
+        stored = await service_of(request).set_preferences(user.user_id, data.to_preferences())
+        return PreferencesBody.of(stored)

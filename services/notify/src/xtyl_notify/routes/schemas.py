@@ -7,18 +7,20 @@ from datetime import datetime
 
 import msgspec
 
-from xtyl_notify.domain.emails import EmailKind, EmailRecord, EmailStatus
+from xtyl_notify.domain.emails import DocumentKind, EmailKind, EmailRecord, EmailStatus
+from xtyl_notify.domain.preferences import Preferences
 
 
 class NotificationOut(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
-    #: ``welcome``, ``document_ready`` or ``document_failed``.
+    #: ``welcome``, ``document_ready``, ``document_failed``, ``document_digest`` (several
+    #: documents in one email), ``auth_*`` (Supabase Auth's emails).
     kind: EmailKind
     to_address: str
     subject: str
     #: ``queued`` (not sent yet), ``retrying`` (a send failed for a passing reason, such as
     #: Brevo being down; it is tried again), ``sent``, ``failed``, ``suppressed`` (the address
-    #: bounced, complained or unsubscribed before).
+    #: bounced, complained or unsubscribed before), ``cancelled`` (never sent).
     status: EmailStatus
     created_at: datetime
     updated_at: datetime
@@ -49,3 +51,74 @@ class WebhookReceipt(msgspec.Struct, frozen=True, kw_only=True):
     received: int
     #: Addresses newly suppressed by them.
     suppressed: int
+
+
+class PreferencesBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which emails you want, besides those you cannot do without (sign-in, recovery...)."""
+
+    #: "Your document is ready" emails (and ready documents in digests).
+    document_ready: bool
+    #: "We could not process your document" emails (and failed documents in digests).
+    document_failed: bool
+
+    @classmethod
+    def of(cls, preferences: Preferences) -> PreferencesBody:
+        return cls(
+            document_ready=preferences.document_ready,
+            document_failed=preferences.document_failed,
+        )
+
+    def to_preferences(self) -> Preferences:
+        return Preferences(document_ready=self.document_ready, document_failed=self.document_failed)
+
+
+class UnsubscribedOut(msgspec.Struct, frozen=True, kw_only=True):
+    #: The kinds of email now turned off by the link.
+    unsubscribed: list[DocumentKind]
+
+
+# --- the export (``/internal/me/export``): one object a line, ``record`` names its kind -----
+
+
+class ExportedRecipient(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="record", tag="recipient"
+):
+    """Where your email goes."""
+
+    email: str | None
+    full_name: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ExportedPreferences(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="record", tag="preferences"
+):
+    document_ready: bool
+    document_failed: bool
+    #: ``None``: never changed (the defaults).
+    updated_at: datetime | None
+
+
+class ExportedEmail(msgspec.Struct, frozen=True, kw_only=True, tag_field="record", tag="email"):
+    id: uuid.UUID
+    kind: EmailKind
+    subject: str
+    status: EmailStatus
+    created_at: datetime
+    sent_at: datetime | None
+    to_address: str
+    text_body: str
+
+    @classmethod
+    def of(cls, email: EmailRecord) -> ExportedEmail:
+        return cls(
+            id=email.id,
+            kind=email.kind,
+            subject=email.subject,
+            status=email.status,
+            created_at=email.created_at,
+            sent_at=email.sent_at,
+            to_address=email.to_address,
+            text_body=email.text_body,
+        )

@@ -1,0 +1,76 @@
+"""``/internal/me/*``: the account of the user a service token names (the gateway's
+``/v1/me/*``); user tokens are refused, and a service token naming no user is ``403
+user_required``.
+
+* ``GET /internal/me/erasure``: notify's erasure of the user (:class:`ErasureState`);
+* ``GET /internal/me/export``: ``application/x-ndjson``, streamed: ``{"record": "recipient",
+  ...}`` (when notify knows the user), ``{"record": "preferences", ...}``, then one
+  ``{"record": "email", id, kind, subject, status, created_at, sent_at, to_address,
+  text_body}`` per email, newest first, read a page at a time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from xtyl_common.erasure import ErasureState
+from xtyl_common.identity import ON_BEHALF
+from xtyl_notify.domain.emails import RecipientRecord
+from xtyl_notify.domain.preferences import PreferencesRecord
+from xtyl_notify.routes.notifications import service_of
+from xtyl_notify.routes.schemas import ExportedEmail, ExportedPreferences, ExportedRecipient
+from xtyl_notify.service import NotifyService
+
+NDJSON = "application/x-ndjson"
+_encoder = msgspec.json.Encoder()
+
+
+class InternalMeController(Controller):
+    path = "/internal/me"
+    tags = ["internal"]
+    dependencies = ON_BEHALF
+    include_in_schema = False
+
+    @get("/erasure", summary="Where notify is with erasing the user")
+    async def erasure(
+        self, request: Request[Any, Any, Any], user_id: NamedDependency[uuid.UUID]
+    ) -> ErasureState:
+        return await service_of(request).erasure_state(user_id)
+
+    @get("/export", summary="What notify holds about the user, one JSON object a line")
+    async def export(
+        self, request: Request[Any, Any, Any], user_id: NamedDependency[uuid.UUID]
+    ) -> Stream:
+        return Stream(
+            _export_lines(service_of(request), user_id),
+            media_type=NDJSON,
+            headers={"Cache-Control": "private, no-store"},
+        )
+
+
+async def _export_lines(service: NotifyService, user_id: uuid.UUID) -> AsyncIterator[bytes]:
+    async for item in service.export(user_id):
+        line: ExportedRecipient | ExportedPreferences | ExportedEmail
+        if isinstance(item, RecipientRecord):
+            line = ExportedRecipient(
+                email=item.email,
+                full_name=item.full_name,
+                created_at=item.created_at,
+                updated_at=item.updated_at,
+            )
+        elif isinstance(item, PreferencesRecord):
+            line = ExportedPreferences(
+                document_ready=item.document_ready,
+                document_failed=item.document_failed,
+                updated_at=item.updated_at,
+            )
+        else:
+            line = ExportedEmail.of(item)
+        yield _encoder.encode(line) + b"\n"

@@ -1,0 +1,161 @@
+"""A user's account in notify: preferences, one-click unsubscribe, erasure and export.
+
+Erasure (``user.deleted``, GDPR Art. 17), :meth:`Accounts.erase_user`:
+
+1. the ledger marks the user (``xtyl_notify.erasures``); from that commit on, every write path
+   refuses them: no recipient from a late ``user.created`` or ``user.updated``, no new email,
+   no preference;
+2. the user's emails not sent yet are ``cancelled`` (final: no worker takes them again); an
+   email a worker is sending right now is waited for (the erasure is retried once its lease
+   ends: :class:`~xtyl_notify.service.sending.EmailInFlight`), so nothing leaves after this;
+3. suppressions of the user's addresses still held as the address (rows from before hashes)
+   become the address's hash: a bounced address stays suppressed if it signs up again;
+4. the email log is made anonymous, in batches of ``ERASURE_BATCH_SIZE``: no user id, the
+   address as its hash, subject, bodies, name, headers and errors cleared, the dedupe key
+   (``user.created:<user id>``...) replaced. The rows stay, as the counts of what was sent;
+5. the recipient, the preferences, the document notices and window are deleted;
+6. the ledger records the totals. Each step is idempotent: a worker killed half-way finishes
+   on redelivery; a redelivery after completion does nothing. Afterwards no row of
+   ``xtyl_notify`` holds the user's id or address, but the ledger's own row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import structlog
+
+from xtyl_common.erasure import ErasureState
+from xtyl_common.pagination import Cursor
+from xtyl_notify.adapters.accounts import AccountRepository
+from xtyl_notify.domain.addresses import AddressHasher, suppression_key
+from xtyl_notify.domain.emails import EmailRecord, RecipientRecord
+from xtyl_notify.domain.preferences import (
+    Preferences,
+    PreferencesRecord,
+    UnsubscribeLinks,
+    UnsubscribeRequest,
+)
+from xtyl_notify.service.sending import EmailInFlight
+
+log = structlog.stdlib.get_logger("xtyl.notify.accounts")
+
+#: Emails per page of the export (bodies included).
+EXPORT_PAGE = 50
+#: The shortest wait asked for when an email of the user is being sent as the erasure starts.
+MIN_IN_FLIGHT_WAIT_S = 1.0
+
+ExportItem = RecipientRecord | PreferencesRecord | EmailRecord
+
+
+class Accounts:
+    def __init__(
+        self,
+        repository: AccountRepository,
+        links: UnsubscribeLinks,
+        addresses: AddressHasher,
+        *,
+        batch_size: int = 500,
+        batch_pause_s: float = 0.0,
+    ) -> None:
+        self.repository = repository
+        self.links = links
+        self.addresses = addresses
+        self.batch_size = batch_size
+        self.batch_pause_s = batch_pause_s
+
+    # --- preferences ----------------------------------------------------------------------
+
+    async def preferences(self, user_id: uuid.UUID) -> Preferences:
+        record = await self.repository.preferences(user_id)
+        return Preferences(
+            document_ready=record.document_ready, document_failed=record.document_failed
+        )
+
+    async def set_preferences(self, user_id: uuid.UUID, wanted: Preferences) -> Preferences:
+        """``403 account_deleted`` for a deleted user."""
+        stored = await self.repository.set_preferences(user_id, wanted)
+        log.info(
+            "preferences_changed",
+            document_ready=stored.document_ready,
+            document_failed=stored.document_failed,
+        )
+        return stored
+
+    async def unsubscribe(self, token: str | None) -> UnsubscribeRequest:
+        """A one-click unsubscribe: the link's kinds turned off for its user (again: nothing
+        changes). ``400 unsubscribe_link_invalid`` for a link notify did not sign, and then
+        nothing changes."""
+        request = self.links.verify(token)
+        live = await self.repository.turn_off(request.user_id, request.kinds)
+        log.info(
+            "unsubscribed",
+            user_id=str(request.user_id),
+            kinds=list(request.kinds),
+            account_deleted=not live,
+        )
+        return request
+
+    # --- erasure --------------------------------------------------------------------------
+
+    async def erasure_state(self, user_id: uuid.UUID) -> ErasureState:
+        return await self.repository.erasure_state(user_id)
+
+    async def erase_user(self, user_id: uuid.UUID, *, requested_at: datetime) -> None:
+        """Erase what notify holds for the user (see the module docstring)."""
+        repo = self.repository
+        bound = log.bind(user_id=str(user_id))
+        if not await repo.begin_erasure(user_id, requested_at=requested_at):
+            bound.info("erasure_skipped", reason="already erased")
+            return
+        bound.info("erasure_started")
+        cancelled, in_flight_s = await repo.cancel_open_emails(user_id)
+        if in_flight_s is not None:
+            bound.info("erasure_waits", reason="an email is being sent", wait_s=in_flight_s)
+            raise EmailInFlight(
+                "an email of the user is being sent; the erasure goes on once it is done",
+                retry_after_s=max(in_flight_s, MIN_IN_FLIGHT_WAIT_S),
+            )
+        addresses = await repo.addresses_of(user_id)
+        hashed = await repo.hash_suppressions(
+            user_id,
+            {suppression_key(a): self.addresses.hash(a) for a in addresses},
+        )
+        anonymised = 0
+        while n := await repo.anonymise_emails(
+            user_id, self.addresses.hash, batch_size=self.batch_size
+        ):
+            anonymised += n
+            if self.batch_pause_s:
+                await asyncio.sleep(self.batch_pause_s)
+        await repo.delete_user_rows(user_id)
+        totals = await repo.complete_erasure(user_id)
+        bound.info(
+            "erasure_completed",
+            cancelled=cancelled,
+            anonymised=anonymised,
+            suppressions_hashed=hashed,
+            **{k: v for k, v in totals.items() if k in ("recipients", "document_notices")},
+        )
+
+    # --- export ---------------------------------------------------------------------------
+
+    async def export(self, user_id: uuid.UUID) -> AsyncIterator[ExportItem]:
+        """Everything notify holds about the user: the recipient (if any), the preferences,
+        then every email, newest first, a page at a time (memory stays flat)."""
+        recipient = await self.repository.recipient_record(user_id)
+        if recipient is not None:
+            yield recipient
+        yield await self.repository.preferences(user_id)
+        after: Cursor | None = None
+        while True:
+            page = await self.repository.emails_page(user_id, limit=EXPORT_PAGE, after=after)
+            for email in page:
+                yield email
+            if len(page) < EXPORT_PAGE:
+                return
+            last = page[-1]
+            after = Cursor(created_at=last.created_at, id=last.id)
