@@ -45,8 +45,10 @@ log = structlog.stdlib.get_logger("xtyl.notify.accounts")
 
 #: Emails per page of the export (bodies included).
 EXPORT_PAGE = 50
-#: The shortest wait asked for when an email of the user is being sent as the erasure starts.
-MIN_IN_FLIGHT_WAIT_S = 1.0
+#: When an email of the user is being sent as the erasure starts, the erasure looks again
+#: this soon (a send takes milliseconds; its lease, up to BREVO_TIMEOUT_S + 10 s, is only the
+#: bound) and at the latest when the lease ends.
+IN_FLIGHT_RECHECK_S = 1.0
 
 ExportItem = RecipientRecord | PreferencesRecord | EmailRecord
 
@@ -117,7 +119,7 @@ class Accounts:
             bound.info("erasure_waits", reason="an email is being sent", wait_s=in_flight_s)
             raise EmailInFlight(
                 "an email of the user is being sent; the erasure goes on once it is done",
-                retry_after_s=max(in_flight_s, MIN_IN_FLIGHT_WAIT_S),
+                retry_after_s=max(0.1, min(in_flight_s, IN_FLIGHT_RECHECK_S)),
             )
         addresses = await repo.addresses_of(user_id)
         hashed = await repo.hash_suppressions(

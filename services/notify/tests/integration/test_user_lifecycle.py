@@ -1,0 +1,422 @@
+"""A user's life in notify, through the real worker and API: an address change moves their
+email; their deletion cancels what was still to go, anonymises the log and leaves no row with
+their id or address in any table of ``xtyl_notify``; a late ``user.created`` brings nothing
+back; their export is everything notify holds about them, and only theirs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+import pytest
+
+from xtyl_common.auth import issue_service_token
+from xtyl_common.erasure import AccountDeleted
+from xtyl_common.events import UserDeleted, UserDeletedPayload, UserUpdated, UserUpdatedPayload
+from xtyl_common.settings import load_settings
+from xtyl_devstack.brevo import LocalBrevo
+from xtyl_devstack.issuer import LocalIssuer
+from xtyl_devstack.service_process import RunningService
+from xtyl_devstack.testing import TEST_INTERNAL_SECRET, eventually
+from xtyl_notify.domain.emails import EmailKind, NewEmail, RenderedEmail
+from xtyl_notify.service import EmailInFlight, NotifyService, open_service
+from xtyl_notify.settings import NotifySettings
+
+from .conftest import (
+    Bus,
+    address_hash,
+    document_failed,
+    document_indexed,
+    user_created,
+    wait_for_status,
+    warm_pool,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def user_updated(
+    user_id: uuid.UUID, email: str, full_name: str | None = None, *, at: datetime | None = None
+) -> UserUpdated:
+    return UserUpdated(
+        producer="test",
+        occurred_at=at or datetime.now(UTC),
+        payload=UserUpdatedPayload(user_id=user_id, email=email, full_name=full_name),
+    )
+
+
+def user_deleted(user_id: uuid.UUID) -> UserDeleted:
+    return UserDeleted(producer="test", payload=UserDeletedPayload(user_id=user_id))
+
+
+def on_behalf(user_id: uuid.UUID) -> dict[str, str]:
+    """The gateway's service token naming the user (its /v1/me/* calls)."""
+    token = issue_service_token(TEST_INTERNAL_SECRET, service="gateway", user_id=user_id)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def traces(db: asyncpg.Pool, *needles: str) -> dict[str, int]:
+    """Rows holding any of ``needles`` (anywhere in the row, any case) in every table of
+    ``xtyl_notify`` as the catalogue lists them, but the erasure ledger (the proof)."""
+    tables = await db.fetch(
+        "select table_name from information_schema.tables"
+        " where table_schema = 'xtyl_notify' and table_type = 'BASE TABLE'"
+    )
+    assert len(tables) >= 8  # recipients, emails, suppressions, ... read from the catalogue
+    found: dict[str, int] = {}
+    for row in tables:
+        if row["table_name"] == "erasures":
+            continue
+        table = f'xtyl_notify."{row["table_name"]}"'  # a name from the catalogue
+        count = await db.fetchval(
+            f"select count(*) from {table} t"  # noqa: S608
+            " where exists (select 1 from unnest($1::text[]) n"
+            " where t::text ilike '%' || n || '%')",
+            list(needles),
+        )
+        if count:
+            found[row["table_name"]] = count
+    return found
+
+
+async def test_user_updated_moves_the_next_email_to_the_new_address(
+    bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    created = user_created(full_name="Ada")
+    old = created.payload.email
+    assert old is not None
+    user_id = created.payload.user_id
+    new = f"new-{uuid.uuid4().hex[:10]}@example.com"
+    await bus.publish(created)
+    await brevo.wait_for_emails(old)
+    await bus.publish(user_updated(user_id, new, "Ada Lovelace"))
+    await bus.drained("users")
+    indexed = document_indexed(user_id, title="Notes.pdf")
+    await bus.publish(indexed)
+
+    [email] = await brevo.wait_for_emails(new)
+    assert email["to"] == [{"email": new, "name": "Ada Lovelace"}]
+    assert email["textContent"].startswith("Hi Ada Lovelace,")
+    assert [e["subject"] for e in brevo.emails_to(old)] == ["Welcome to xtyl"]
+    row = await wait_for_status(db, f"document.indexed:{indexed.payload.document_id}", "sent")
+    assert row["to_address"] == new
+
+
+async def test_an_update_delivered_before_its_user_created_is_not_lost(
+    bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    user_id = uuid.uuid4()
+    old = f"old-{uuid.uuid4().hex[:10]}@example.com"
+    new = f"new-{uuid.uuid4().hex[:10]}@example.com"
+    created = user_created(user_id, email=old, full_name="Grace")
+    created = msgspec.structs.replace(created, occurred_at=datetime.now(UTC) - timedelta(minutes=1))
+    await bus.publish(user_updated(user_id, new, "Grace Hopper"))  # the newer event, first
+    await bus.drained("users")
+    await bus.publish(created)
+    await bus.drained("users")
+
+    [welcome] = await brevo.wait_for_emails(new)
+    assert welcome["to"] == [{"email": new, "name": "Grace Hopper"}]
+    assert brevo.emails_to(old) == []
+    recipient = await db.fetchrow(
+        "select email, full_name from xtyl_notify.recipients where user_id = $1", user_id
+    )
+    assert recipient is not None
+    assert (recipient["email"], recipient["full_name"]) == (new, "Grace Hopper")
+
+
+@pytest.mark.timeout(180)
+async def test_erasure_cancels_what_waits_and_leaves_no_trace_of_the_user(
+    bus: Bus,
+    brevo: LocalBrevo,
+    db: asyncpg.Pool,
+    notify_api: RunningService,
+    http: aiohttp.ClientSession,
+    issuer: LocalIssuer,
+) -> None:
+    created = user_created(full_name="Alan Turing")
+    user_id = created.payload.user_id
+    old = created.payload.email
+    assert old is not None
+    new = f"Turing.{uuid.uuid4().hex[:8]}@Example.com"
+    await bus.publish(created)
+    await brevo.wait_for_emails(old)
+    await bus.publish(user_updated(user_id, new, "Alan M. Turing"))
+    await bus.drained("users")
+    token = issuer.mint(user_id=user_id, email=new)
+    async with http.put(
+        f"{notify_api.url}/v1/notifications/preferences",
+        json={"document_ready": True, "document_failed": True},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 200
+    # the old address bounced long ago (a suppression from before hashes: the address itself)
+    await db.execute(
+        "insert into xtyl_notify.suppressions (address, reason) values ($1, 'hard_bounce')",
+        old.lower(),
+    )
+    # Brevo is down for the new address: the first document email waits, retrying; the next
+    # documents wait for their digest
+    brevo.fail_next(503, to=new, times=10_000)
+    first = document_indexed(user_id, title="Private diary.pdf")
+    await bus.publish(first)
+    waiting = await wait_for_status(db, f"document.indexed:{first.payload.document_id}", "retrying")
+    await bus.publish_all([document_indexed(user_id), document_failed(user_id)])
+    await eventually(lambda: pending_notices(db, user_id, expected=2))
+    # another user's digest falls due after the one the erased user was waiting for: once it
+    # is sent, the digest loop has been past that time
+    control = user_created(full_name="Control")
+    assert control.payload.email is not None
+    await bus.publish(control)
+    await brevo.wait_for_emails(control.payload.email)
+    await bus.publish_all([document_indexed(control.payload.user_id) for _ in range(2)])
+    await eventually(lambda: pending_notices(db, control.payload.user_id, expected=1))
+    ids = [
+        r["id"]
+        for r in await db.fetch("select id from xtyl_notify.emails where user_id = $1", user_id)
+    ]
+    assert len(ids) == 2  # the welcome email and the one waiting
+
+    await bus.publish(user_deleted(user_id))
+    await bus.drained("users", timeout_s=30)
+    brevo.failures.clear()
+    await bus.drained("documents", timeout_s=30)  # the waiting email's entry gave up on it
+
+    # nothing of the user is left, but the ledger's row
+    assert await traces(db, str(user_id), old, new) == {}
+    ledger = await db.fetch("select * from xtyl_notify.erasures where user_id = $1", user_id)
+    assert len(ledger) == 1
+    assert ledger[0]["completed_at"] is not None
+    # the log keeps its rows for the counts: anonymous, the address as its hash
+    rows = await db.fetch(
+        "select id, user_id, to_address, to_name, subject, html_body, text_body, status,"
+        " dedupe_key, headers from xtyl_notify.emails where id = any($1) order by created_at",
+        ids,
+    )
+    assert [r["status"] for r in rows] == ["sent", "cancelled"]
+    assert [r["id"] for r in rows if r["status"] == "cancelled"] == [waiting["id"]]
+    assert {r["to_address"] for r in rows} == {address_hash(old), address_hash(new)}
+    for r in rows:
+        assert (r["user_id"], r["to_name"]) == (None, None)
+        assert (r["subject"], r["html_body"], r["text_body"], r["headers"]) == ("", "", "", "{}")
+        assert r["dedupe_key"] == f"erased:{r['id']}"
+    # the cancelled email never left, nor did the digest that waited
+    await brevo.wait_for_emails(control.payload.email, 3, timeout_s=30)
+    assert 201 not in brevo.requests_to(new)
+    assert brevo.emails_to(new) == []
+    # the bounced address stays suppressed, as its hash
+    assert (
+        await db.fetchval(
+            "select reason from xtyl_notify.suppressions where address = $1", address_hash(old)
+        )
+        == "hard_bounce"
+    )
+
+    async with http.get(
+        f"{notify_api.url}/internal/me/erasure", headers=on_behalf(user_id)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        state: dict[str, Any] = await resp.json()
+    assert state["status"] == "erased"
+    assert state["erased"] == {
+        "emails_cancelled": 1,
+        "emails_anonymised": 2,
+        "suppressions_hashed": 1,
+        "recipients": 1,
+        "preferences": 1,
+        "document_notices": 3,
+    }
+
+    # a second user.deleted: nothing more; late events of the user: nothing comes back
+    mails_before = len(brevo.emails)
+    await bus.publish_all(
+        [
+            user_deleted(user_id),
+            created,
+            user_updated(user_id, new, "Alan"),
+        ]
+    )
+    await bus.publish(document_indexed(user_id))
+    await bus.drained("users")
+    await bus.drained("documents")
+    again = await db.fetchrow("select * from xtyl_notify.erasures where user_id = $1", user_id)
+    assert again == ledger[0]
+    assert await traces(db, str(user_id), old, new) == {}
+    assert len(brevo.emails) == mails_before
+    async with http.put(
+        f"{notify_api.url}/v1/notifications/preferences",
+        json={"document_ready": False, "document_failed": False},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["code"] == "account_deleted"
+    assert await traces(db, str(user_id)) == {}
+
+    # someone signing up again with the bounced address is still not written to
+    again_created = user_created(email=old)
+    await bus.publish(again_created)
+    row = await wait_for_status(db, f"user.created:{again_created.payload.user_id}", "suppressed")
+    assert row["last_error"] == "suppressed: hard_bounce"
+
+
+async def pending_notices(db: asyncpg.Pool, user_id: uuid.UUID, *, expected: int) -> bool:
+    count = await db.fetchval(
+        "select count(*) from xtyl_notify.document_notices"
+        " where user_id = $1 and status = 'pending'",
+        user_id,
+    )
+    return count == expected
+
+
+async def test_export_is_everything_notify_holds_about_the_caller_only(
+    bus: Bus,
+    brevo: LocalBrevo,
+    db: asyncpg.Pool,
+    notify_api: RunningService,
+    http: aiohttp.ClientSession,
+    issuer: LocalIssuer,
+) -> None:
+    alice, bob = user_created(full_name="Alice"), user_created(full_name="Bob")
+    assert alice.payload.email is not None
+    assert bob.payload.email is not None
+    user_id = alice.payload.user_id
+    await bus.publish_all([alice, bob])
+    await brevo.wait_for_emails(alice.payload.email)
+    await brevo.wait_for_emails(bob.payload.email)
+    # a long history: more emails than one page of the export
+    await db.execute(
+        "insert into xtyl_notify.emails (id, user_id, kind, to_address, subject, html_body,"
+        " text_body, dedupe_key, status, brevo_message_id, created_at, sent_at)"
+        " select gen_random_uuid(), $1, 'document_ready', $2, 'Old ' || i, '<p>x</p>',"
+        " 'Old email ' || i, 'test:' || gen_random_uuid(), 'sent', '<m>',"
+        " now() - make_interval(days => i), now() - make_interval(days => i)"
+        " from generate_series(1, 120) i",
+        user_id,
+        alice.payload.email,
+    )
+    token = issuer.mint(user_id=user_id, email=alice.payload.email)
+    async with http.put(
+        f"{notify_api.url}/v1/notifications/preferences",
+        json={"document_ready": False, "document_failed": True},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 200
+
+    async with http.get(f"{notify_api.url}/internal/me/export", headers=on_behalf(user_id)) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.content_type == "application/x-ndjson"
+        lines = [msgspec.json.decode(line) for line in (await resp.read()).splitlines()]
+    recipient, preferences, *emails = lines
+    assert recipient["record"] == "recipient"
+    assert (recipient["email"], recipient["full_name"]) == (alice.payload.email, "Alice")
+    assert preferences["record"] == "preferences"
+    assert (preferences["document_ready"], preferences["document_failed"]) == (False, True)
+    assert len(emails) == 121
+    assert {e["record"] for e in emails} == {"email"}
+    assert len({e["id"] for e in emails}) == 121
+    assert emails[0]["subject"] == "Welcome to xtyl"  # newest first
+    assert [e["subject"] for e in emails[1:4]] == ["Old 1", "Old 2", "Old 3"]
+    assert {e["to_address"] for e in emails} == {alice.payload.email}
+    assert set(emails[0]) == {
+        "record",
+        "id",
+        "kind",
+        "subject",
+        "status",
+        "created_at",
+        "sent_at",
+        "to_address",
+        "text_body",
+    }
+    assert emails[0]["text_body"].startswith("Hi Alice,")
+
+    # only the gateway's token naming a user: not a user's own token, not one naming nobody
+    async with http.get(
+        f"{notify_api.url}/internal/me/export", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 401
+    nobody = issue_service_token(TEST_INTERNAL_SECRET, service="gateway")
+    async with http.get(
+        f"{notify_api.url}/internal/me/erasure", headers={"Authorization": f"Bearer {nobody}"}
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["code"] == "user_required"
+    async with http.get(
+        f"{notify_api.url}/internal/me/erasure", headers=on_behalf(user_id)
+    ) as resp:
+        assert (await resp.json())["status"] == "none"
+
+
+# --- in process: the erasure's waits and resumption -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def service(notify_env: dict[str, str]) -> AsyncIterator[NotifyService]:
+    settings = load_settings(NotifySettings, environ={**notify_env, "ERASURE_BATCH_SIZE": "2"})
+    async with open_service(settings) as opened:
+        await warm_pool(opened)
+        yield opened
+
+
+def an_email(user_id: uuid.UUID, address: str) -> NewEmail:
+    return NewEmail(
+        kind=EmailKind.WELCOME,
+        dedupe_key=f"test:{uuid.uuid4()}",
+        user_id=user_id,
+        to_address=address,
+        to_name="Kurt",
+        content=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi"),
+    )
+
+
+async def test_an_erasure_waits_for_an_email_being_sent_and_one_cut_short_finishes(
+    service: NotifyService, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    user_id = uuid.uuid4()
+    address = f"{uuid.uuid4().hex[:10]}@example.com"
+    repo, accounts = service.repository, service.accounts
+    emails = [await repo.log_email(an_email(user_id, address)) for _ in range(5)]
+    # a worker is sending the first one right now (it holds its lease)
+    assert await repo.claim(emails[0].id, lease_s=30) is not None
+    requested = datetime.now(UTC)
+
+    with pytest.raises(EmailInFlight) as waiting:
+        await accounts.erase_user(user_id, requested_at=requested)
+    assert 0 < (waiting.value.retry_after_s or 0) <= 1.0
+    # from now on nothing new is written for the user, and the others can never be sent
+    with pytest.raises(AccountDeleted):
+        await repo.log_email(an_email(user_id, address))
+    assert [await repo.claim(e.id, lease_s=30) for e in emails[1:]] == [None] * 4
+    # the send in flight ends: Brevo took it
+    await repo.mark_sent(emails[0].id, "<sent@brevo>")
+
+    # the next run is killed after one batch of the log; the one after finishes
+    assert await repo_cancel_then_one_batch(service, user_id) == 2
+    await accounts.erase_user(user_id, requested_at=requested)
+
+    state = await accounts.erasure_state(user_id)
+    assert state.status == "erased"
+    assert state.attempts == 3
+    assert state.erased["emails_cancelled"] == 4
+    assert state.erased["emails_anonymised"] == 5
+    statuses = await db.fetch(
+        "select status from xtyl_notify.emails where id = any($1)", [e.id for e in emails]
+    )
+    assert sorted(r["status"] for r in statuses) == ["cancelled"] * 4 + ["sent"]
+    assert await traces(db, str(user_id), address) == {}
+    await accounts.erase_user(user_id, requested_at=requested)  # once more: nothing to do
+    assert (await accounts.erasure_state(user_id)).attempts == 3
+    assert brevo.emails_to(address) == []
+
+
+async def repo_cancel_then_one_batch(service: NotifyService, user_id: uuid.UUID) -> int:
+    """What a run killed after its first batch of the log did."""
+    repo = service.accounts.repository
+    assert await repo.begin_erasure(user_id, requested_at=datetime.now(UTC))
+    await repo.cancel_open_emails(user_id)
+    return await repo.anonymise_emails(user_id, service.addresses.hash, batch_size=2)
