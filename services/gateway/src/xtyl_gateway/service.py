@@ -59,13 +59,14 @@ from xtyl_gateway.adapters.users import UserRepository
 from xtyl_gateway.domain.account import (
     ERASING_SERVICES,
     EXPORT_README,
+    TEXT_SLICE,
     DeletionProgress,
-    ExportDocument,
     ExportFile,
     ExportManifest,
     Usage,
     merge_usage,
-    without_text,
+    record_id,
+    split_document,
 )
 from xtyl_gateway.domain.admission import InFlightLimit
 from xtyl_gateway.domain.archive import DEFLATED, ZipStream, safe_name
@@ -284,12 +285,14 @@ class GatewayService:
         archive = ZipStream()
         try:
             readme = EXPORT_README.format(exported_at=manifest.exported_at.isoformat())
-            yield archive.add("README.txt", readme.encode())
-            yield archive.add("profile.json", msgspec.json.format(msgspec.json.encode(profile)))
+            now = manifest.exported_at
+            yield archive.add("README.txt", readme.encode(), when=now)
+            profile_json = msgspec.json.format(msgspec.json.encode(profile))
+            yield archive.add("profile.json", profile_json, when=now)
 
             # files: their details as storage sends them, then each one's bytes
             files: list[ExportFile] = []
-            entry = archive.open("files.ndjson", compression=DEFLATED)
+            entry = archive.open("files.ndjson", compression=DEFLATED, when=now)
             async for line in self._calls.lines("storage", "/internal/me/export", user_id):
                 files.append(msgspec.json.decode(line, type=ExportFile))
                 yield entry.write(line + b"\n")
@@ -301,24 +304,28 @@ class GatewayService:
             # documents: each one's text in its own entry, their details together after
             details: list[bytes] = []
             async for line in self._calls.lines("rag", "/internal/me/export", user_id):
-                document = msgspec.json.decode(line, type=ExportDocument)
-                details.append(without_text(line))
-                yield archive.add(
-                    f"documents/{document.id}.txt",
-                    (document.text or "").encode(),
-                    when=document.created_at,
+                record, text, created_at = split_document(line)
+                del line  # the record and its text are all that is kept of the line
+                details.append(record)
+                entry = archive.open(
+                    f"documents/{record_id(record)}.txt", when=created_at, compression=DEFLATED
                 )
+                for start in range(0, len(text), TEXT_SLICE):
+                    yield entry.write(text[start : start + TEXT_SLICE].encode())
+                del text
+                yield entry.close()
             manifest.documents = len(details)
-            yield archive.add("documents.ndjson", b"".join(d + b"\n" for d in details))
+            yield archive.add("documents.ndjson", b"".join(d + b"\n" for d in details), when=now)
 
-            entry = archive.open("notifications.ndjson", compression=DEFLATED)
+            entry = archive.open("notifications.ndjson", compression=DEFLATED, when=now)
             async for line in self._calls.lines("notify", "/internal/me/export", user_id):
                 manifest.notification_records += 1
                 yield entry.write(line + b"\n")
             yield entry.close()
 
             manifest.complete = not manifest.files_missing
-            yield archive.add("manifest.json", msgspec.json.format(msgspec.json.encode(manifest)))
+            manifest_json = msgspec.json.format(msgspec.json.encode(manifest))
+            yield archive.add("manifest.json", manifest_json, when=now)
             yield archive.close()
             log.info(
                 "export_sent",

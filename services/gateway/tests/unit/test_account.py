@@ -12,7 +12,7 @@ import pytest
 from xtyl_common.erasure import ErasureState
 from xtyl_common.errors import RateLimited
 from xtyl_common.quotas import QuotaUse
-from xtyl_gateway.domain.account import DeletionProgress, merge_usage
+from xtyl_gateway.domain.account import DeletionProgress, merge_usage, record_id, split_document
 from xtyl_gateway.domain.admission import InFlightLimit
 from xtyl_gateway.service import ReleasingStream
 
@@ -69,3 +69,18 @@ def test_the_export_slot_is_given_back_when_the_stream_is_never_read() -> None:
     stream = ReleasingStream(_chunks(False), limit.acquire("export:u", limit=1))
     del stream
     assert limit.in_flight("export:u") == 0
+
+
+def test_a_document_record_is_split_into_its_details_and_its_text() -> None:
+
+    document_id = uuid.uuid4()
+    line = (
+        f'{{"record": "document", "id": "{document_id}", "title": "t",'
+        f' "created_at": "2026-12-07T10:00:00Z", "text": "ünïcode text"}}'
+    ).encode()
+    record, text, created_at = split_document(line)
+    assert text == "ünïcode text"
+    assert b"text" not in record.replace(b'"title"', b"")
+    assert record_id(record) == document_id
+    assert created_at == datetime(2026, 12, 7, 10, tzinfo=UTC)
+    assert split_document(b'{"id": "%s", "text": null}' % str(document_id).encode())[1] == ""

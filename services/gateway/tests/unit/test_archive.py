@@ -62,3 +62,13 @@ def test_a_long_name_keeps_its_extension() -> None:
     cut = safe_name("x" * 500 + ".docx")
     assert len(cut) == MAX_NAME_CHARS
     assert cut.endswith(".docx")
+
+
+def test_an_entry_of_unknown_size_has_no_zip64_records() -> None:
+    """Readers that stream (no central directory) refuse Zip64 descriptors of small entries."""
+    archive = ZipStream()
+    entry = archive.open("files.ndjson")
+    out = entry.write(b'{"record": "file"}\n') + entry.close() + archive.close()
+    info = zipfile.ZipFile(io.BytesIO(out)).getinfo("files.ndjson")
+    assert info.extra == b""  # no Zip64 extra field
+    assert info.file_size == 19

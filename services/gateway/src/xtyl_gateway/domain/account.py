@@ -124,14 +124,31 @@ class ExportFile(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime | None = None
 
 
-class ExportDocument(msgspec.Struct, frozen=True, kw_only=True):
-    id: uuid.UUID
-    text: str | None = None
-    created_at: datetime | None = None
+#: A document's text goes into the archive this many characters at a time.
+TEXT_SLICE = 64 * 1024
 
 
-def without_text(line: bytes) -> bytes:
-    """A rag ``document`` record without its ``text`` member (that goes to its own entry)."""
+def split_document(line: bytes) -> tuple[bytes, str, datetime | None]:
+    """A rag ``document`` record: its details without the text (for documents.ndjson), the
+    text (its own entry) and when it was made. The line is decoded once: besides the line,
+    one copy of the text is held."""
     record: dict[str, Any] = msgspec.json.decode(line)
-    record.pop("text", None)
-    return msgspec.json.encode(record)
+    text = record.pop("text", None)
+    created_at = _created_at(record.get("created_at"))
+    return msgspec.json.encode(record), text if isinstance(text, str) else "", created_at
+
+
+def record_id(record: bytes) -> uuid.UUID:
+    """The ``id`` of an encoded record (a UUID: never a path of the archive's choosing)."""
+    return msgspec.json.decode(record, type=_Identified).id
+
+
+class _Identified(msgspec.Struct):
+    id: uuid.UUID
+
+
+def _created_at(value: object) -> datetime | None:
+    try:
+        return msgspec.convert(value, datetime | None)
+    except msgspec.ValidationError:
+        return None

@@ -124,11 +124,14 @@ class ZipStream:
         when: datetime | None = None,
         compression: int = STORED,
     ) -> Entry:
-        """An entry to stream into; ``size`` (when known) picks Zip64 only where needed."""
+        """An entry to stream into. Zip64 records only where a size needs them: ``size`` when
+        known; an entry of unknown size (the NDJSON ones) must stay under 2 GiB (zipfile
+        refuses past it). Readers that stream without the central directory (Java's
+        ``ZipInputStream``) trip on Zip64 descriptors they did not need."""
         info = self._info(name, when, compression)
         if size is not None:
             info.file_size = size
-        force_zip64 = size is None or size >= zipfile.ZIP64_LIMIT
+        force_zip64 = size is not None and size >= zipfile.ZIP64_LIMIT
         handle = self._zip.open(info, "w", force_zip64=force_zip64)
         return Entry(self._sink, handle)
 
