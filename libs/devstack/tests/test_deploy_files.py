@@ -51,6 +51,10 @@ Struct = type[msgspec.Struct]
 PROCESSES: dict[str, tuple[str, tuple[tuple[Struct, str], ...]]] = {
     "xtyl-gateway": ("xtyl-gateway", ((GatewaySettings, ""), (EventSettings, EVENTS_PREFIX))),
     "xtyl-storage": ("xtyl-storage", ((StorageSettings, ""), (EventSettings, EVENTS_PREFIX))),
+    "xtyl-storage-worker": (
+        "xtyl-storage",
+        ((StorageSettings, ""), (EventSettings, EVENTS_PREFIX)),
+    ),
     "xtyl-rag": ("xtyl-rag", ((RagSettings, ""), (EventSettings, EVENTS_PREFIX))),
     "xtyl-rag-worker": ("xtyl-rag", ((RagSettings, ""), (EventSettings, EVENTS_PREFIX))),
     "xtyl-notify": ("xtyl-notify", ((NotifySettings, ""), (EventSettings, EVENTS_PREFIX))),
@@ -464,8 +468,13 @@ def test_k8s_scaling_disruption_and_network_rules_cover_every_deployment() -> No
 def test_keda_scalers_read_the_streams_and_groups_the_workers_consume() -> None:
     from xtyl_notify.worker import GROUP as NOTIFY_GROUP  # worker modules import a lot
     from xtyl_rag.worker import GROUP as RAG_GROUP
+    from xtyl_storage.worker import GROUP as STORAGE_GROUP
 
-    groups = {"rag-worker": RAG_GROUP, "notify-worker": NOTIFY_GROUP}
+    groups = {
+        "storage-worker": STORAGE_GROUP,
+        "rag-worker": RAG_GROUP,
+        "notify-worker": NOTIFY_GROUP,
+    }
     streams = {stream_key(domain) for domain in DOMAINS}
     scaled = [
         d

@@ -45,10 +45,11 @@ PROCESSES = {
     "storage": 8000,
     "rag": 8000,
     "notify": 8000,
+    "storage-worker": 8081,
     "rag-worker": 8081,
     "notify-worker": 8081,
 }
-WORKERS = {"rag-worker", "notify-worker"}
+WORKERS = {"storage-worker", "rag-worker", "notify-worker"}
 #: Series Prometheus makes itself, with the labels a query may use on them.
 BUILTIN_METRICS = {"up": frozenset[str]()}
 #: Labels Prometheus adds to every series of a target (k8s monitors and compose's jobs).

@@ -1,5 +1,5 @@
-"""``make up`` runs rag-worker and notify-worker on one host: each gets a health listener port
-of its own (never both the production default, 8081), and the summary shows where."""
+"""``make up`` runs storage-worker, rag-worker and notify-worker on one host: each gets a health
+listener port of its own (never the production default, 8081), and the summary shows where."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def test_each_worker_gets_its_own_health_port_and_the_summary_shows_its_urls(
     specs = default_services(info, {"HOST": "127.0.0.1"})
     workers = [spec for spec in specs if spec.name in {name for name, _ in WORKERS}]
 
-    assert {spec.name for spec in workers} == {"rag-worker", "notify-worker"}
+    assert {spec.name for spec in workers} == {"storage-worker", "rag-worker", "notify-worker"}
     ports = [_port_of(spec) for spec in workers]
     assert None not in ports
-    assert len(set(ports)) == 2
+    assert len(set(ports)) == 3
     assert 8081 not in ports
     summary = _summary(info, specs, tmp_path, 1.0)
     for spec, port in zip(workers, ports, strict=True):

@@ -111,6 +111,8 @@ def stack_environment(
         "R2_PUBLIC_URL": "",
         "HOST": HOST,
         "GATEWAY_URL": url("gateway"),
+        # where the links in emails point (notify's one-click unsubscribe): the gateway
+        "PUBLIC_API_URL": url("gateway"),
         "STORAGE_URL": url("storage"),
         "RAG_URL": url("rag"),
         "NOTIFY_URL": url("notify"),
