@@ -4,8 +4,11 @@ unsubscribe link on every one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -13,9 +16,14 @@ import asyncpg
 import pytest
 
 from xtyl_common.events import Event
+from xtyl_common.settings import load_settings
 from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService
+from xtyl_devstack.testing import eventually
+from xtyl_notify.adapters.documents import DocumentNotice, Outcome
+from xtyl_notify.service import NotifyService, open_service
+from xtyl_notify.settings import NotifySettings
 
 from .conftest import (
     APP_URL,
@@ -25,6 +33,7 @@ from .conftest import (
     document_failed,
     document_indexed,
     user_created,
+    warm_pool,
 )
 
 pytestmark = pytest.mark.integration
@@ -220,3 +229,63 @@ async def test_a_digest_waits_out_brevo_and_is_sent_once(
     assert row["last_error"].startswith("too_many_requests")
     assert row["first_failed_at"] is not None
     assert len(brevo.emails_to(address)) == 3
+
+
+@pytest.fixture(scope="module")
+async def service(notify_env: dict[str, str]) -> AsyncIterator[NotifyService]:
+    async with open_service(load_settings(NotifySettings, environ=notify_env)) as opened:
+        await warm_pool(opened)
+        yield opened
+
+
+async def test_concurrent_workers_send_one_first_email_and_one_digest(
+    service: NotifyService, bus: Bus, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    """Events of one user handled at once by many consumers: one of them is the window's
+    first email; a due window seen by several digest passes at once (this process's, and the
+    session's worker's loop): one digest, sent once."""
+    user_id, address = await signed_up(bus, brevo, "Leslie")
+    notices = [
+        DocumentNotice(
+            user_id=user_id,
+            document_id=uuid.uuid4(),
+            kind="document_ready",
+            occurred_at=datetime.now(UTC),
+            title=f"Paper {i}.pdf",
+        )
+        for i in range(20)
+    ]
+    decisions = await asyncio.gather(
+        *(
+            service.documents.notices.record(
+                notice, email_key=f"document.indexed:{notice.document_id}", window_s=600
+            )
+            for notice in notices
+        )
+    )
+    outcomes = [decision.outcome for decision in decisions]
+    assert outcomes.count(Outcome.SEND_NOW) == 1
+    assert outcomes.count(Outcome.PENDING) == 19
+
+    # the window ends now (its clock moved on): every digest pass looks at once
+    await db.execute(
+        "update xtyl_notify.document_windows set due_at = now() where user_id = $1", user_id
+    )
+    await asyncio.gather(*(service.documents.send_due() for _ in range(3)))
+
+    async def sent() -> bool:
+        return (
+            await db.fetchval(
+                "select status from xtyl_notify.emails"
+                " where user_id = $1 and kind = 'document_digest'",
+                user_id,
+            )
+            == "sent"
+        )
+
+    await eventually(sent)
+    await nothing_pending(db, user_id)
+    digests = [e for e in brevo.emails_to(address) if e["tags"] == ["document_digest"]]
+    assert len(digests) == 1
+    assert digests[0]["subject"] == "Your documents: 19 documents are ready"
+    assert brevo.requests_to(address) == [201, 201]  # the welcome email and the digest

@@ -195,10 +195,6 @@ class NotifyService:
     ) -> EmailStatus | None:
         return await self.documents.on_failed(event, final_attempt=final_attempt)
 
-    async def send_due_digests(self) -> int:
-        """One pass of the digest loop (see :mod:`.documents`); digests sent."""
-        return await self.documents.send_due()
-
     # --- Supabase Auth's emails (the Send Email Hook) -------------------------------------
 
     async def send_auth_emails(self, webhook_id: str, hook: SendEmailHook) -> list[EmailStatus]:
