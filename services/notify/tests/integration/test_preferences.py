@@ -52,6 +52,7 @@ async def mailed_link(bus: Bus, brevo: LocalBrevo) -> tuple[uuid.UUID, str, str]
     address = created.payload.email
     assert address is not None
     await bus.publish(created)
+    await brevo.wait_for_emails(address)  # notify knows the user
     await bus.publish(document_indexed(created.payload.user_id, title="Mine.pdf"))
     _, email = await brevo.wait_for_emails(address, 2)
     header = email["headers"]["List-Unsubscribe"]
