@@ -94,6 +94,8 @@ async def notify(
         **services_env,
         "BREVO_API_URL": brevo.url,
         "BREVO_API_KEY": "test-brevo-key",
+        "EMAIL_HASH_PEPPER": "test-email-hash-pepper-0123456789abcdef",
+        "PUBLIC_API_URL": "http://127.0.0.1:9",
         "APP_URL": SITE_URL,
         "SEND_EMAIL_HOOK_SECRET": HOOK_SECRET,
     }

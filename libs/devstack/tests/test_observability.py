@@ -182,6 +182,8 @@ async def stack(
         notify_env = common | {
             "BREVO_API_URL": brevo.url,
             "BREVO_API_KEY": "observability",
+            "EMAIL_HASH_PEPPER": "test-email-hash-pepper-0123456789abcdef",
+            "PUBLIC_API_URL": "http://127.0.0.1:9",
             "APP_URL": "http://localhost:3000",
         }
         storage, notify = await asyncio.gather(

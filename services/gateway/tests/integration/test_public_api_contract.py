@@ -80,6 +80,8 @@ async def public_api(
                     {
                         **common,
                         "BREVO_API_KEY": "contract-test",
+                        "EMAIL_HASH_PEPPER": "test-email-hash-pepper-0123456789abcdef",
+                        "PUBLIC_API_URL": "http://127.0.0.1:9",
                         # set, so the webhooks answer their real 401s, not the 404 of "off"
                         "BREVO_WEBHOOK_SECRET": secrets.token_urlsafe(32),
                         "SEND_EMAIL_HOOK_SECRET": "v1,whsec_"

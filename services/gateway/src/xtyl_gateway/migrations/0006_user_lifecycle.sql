@@ -4,8 +4,8 @@
 --   * a deletion (Supabase's admin API deletes the row; a soft delete sets deleted_at) writes
 --     user.deleted (user_id): every service erases what it holds for the user. The gateway
 --     keeps the user's id and the time in xtyl_gateway.user_deletions (no other data), so
---     GET /v1/me/deletion can say when it was asked, and scrubs the address and name from the
---     user's events it already published (they stay in the outbox for replay until pruned).
+--     GET /v1/me/deletion can say when it was asked, and deletes the user's earlier events
+--     from its outbox (they carry the address and name).
 -- All in the transaction that changes auth.users, so an event is written if and only if the
 -- change commits. Same form as 0005: security definer, empty search_path, qualified names.
 
@@ -45,10 +45,10 @@ begin
             pg_catalog.jsonb_build_object('user_id', deleted_id),
             'gateway'
         );
-        update xtyl_gateway.outbox
-        set payload = pg_catalog.jsonb_build_object('user_id', deleted_id)
+        -- the user's earlier events carry their address and name: gone with them (published
+        -- or not: a deleted user is not announced; consumers take a late one for a no-op)
+        delete from xtyl_gateway.outbox
         where type in ('user.created', 'user.updated')
-          and published_at is not null
           and payload ->> 'user_id' = deleted_id::text;
     end if;
 end;
