@@ -24,10 +24,13 @@ from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService
 from xtyl_devstack.testing import TEST_INTERNAL_SECRET, eventually
 from xtyl_notify.domain.emails import EmailKind, NewEmail, RenderedEmail
+from xtyl_notify.domain.preferences import UnsubscribeLinks
 from xtyl_notify.service import EmailInFlight, NotifyService, open_service
 from xtyl_notify.settings import NotifySettings
 
 from .conftest import (
+    PUBLIC_API_URL,
+    UNSUBSCRIBE_SECRET,
     Bus,
     address_hash,
     document_failed,
@@ -255,6 +258,14 @@ async def test_erasure_cancels_what_waits_and_leaves_no_trace_of_the_user(
     ) as resp:
         assert resp.status == 403
         assert (await resp.json())["code"] == "account_deleted"
+    link = UnsubscribeLinks([UNSUBSCRIBE_SECRET], PUBLIC_API_URL).token(user_id, ["document_ready"])
+    async with http.post(
+        f"{notify_api.url}/v1/notifications/unsubscribe",
+        params={"token": link},
+        data=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as resp:
+        assert resp.status == 200  # an old email's link still answers; nothing is stored
     assert await traces(db, str(user_id)) == {}
 
     # someone signing up again with the bounced address is still not written to

@@ -96,7 +96,8 @@ class UnsubscribeController(Controller):
             wanted = service_of(request).accounts.links.verify(token)
         except UnsubscribeLinkInvalid as exc:
             return _invalid_page(exc)
-        action = html.escape(f"unsubscribe?token={token}", quote=True)
+        # the gateway serves this path as it is: the form posts back to the same URL
+        action = html.escape(f"{UNSUBSCRIBE_PATH}?token={token}", quote=True)
         name, value = ONE_CLICK.split("=")
         return _page(
             "Stop these emails?",
