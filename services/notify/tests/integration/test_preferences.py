@@ -199,6 +199,7 @@ def forged_links(user_id: uuid.UUID, genuine: str) -> dict[str, str]:
             {**claims, "kinds": ["welcome"]}, UNSUBSCRIBE_SECRET, algorithm="HS256"
         ),
         "cut short": genuine[:-10],
+        "too long": genuine + "A" * 3000,
         "not a token": "hello",
         "empty": "",
     }

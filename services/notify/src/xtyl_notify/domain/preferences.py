@@ -32,6 +32,8 @@ UNSUBSCRIBE_PATH = "/v1/notifications/unsubscribe"
 #: RFC 8058's body of the one-click POST, and the header that announces it.
 ONE_CLICK = "List-Unsubscribe=One-Click"
 _ALGORITHM = "HS256"
+#: Ours are ~300 characters; anything much longer is not one of them.
+MAX_TOKEN_CHARS = 2048
 
 
 class Preferences(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +114,8 @@ class UnsubscribeLinks:
         """What the link asks, or :class:`UnsubscribeLinkInvalid`."""
         if not token:
             raise UnsubscribeLinkInvalid("the link has no token")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise UnsubscribeLinkInvalid("not an unsubscribe link: too long")
         claims: dict[str, object] | None = None
         for secret in self._secrets:
             try:

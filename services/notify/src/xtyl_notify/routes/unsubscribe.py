@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from xtyl_common.errors import XtylError
@@ -46,7 +47,7 @@ KIND_WORDS: dict[DocumentKind, str] = {
     "document_ready": "emails telling you a document is ready",
     "document_failed": "emails telling you a document could not be processed",
 }
-TOKEN = Annotated[str | None, Parameter(query="token", max_length=2048)]
+TOKEN = Annotated[str | None, Parameter(query="token", description="The signed link's token.")]
 
 
 def _page(title: str, body: str, *, status: int = 200) -> Response[str]:
@@ -118,6 +119,13 @@ class UnsubscribeController(Controller):
         " sign-in: the link's signature is the credential. Idempotent.",
         request_max_body_size=MAX_BODY_BYTES,
         problems=(400, 413),
+        responses={
+            200: ResponseSpec(
+                data_container=UnsubscribedOut,
+                description="Unsubscribed (again, or already): the kinds now off. A client"
+                " that accepts text/html gets a small page instead.",
+            )
+        },
     )
     async def unsubscribe(
         self, request: Request[Any, Any, Any], token: TOKEN = None
