@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import secrets
 import signal
 import time
@@ -63,6 +64,9 @@ PROOF_TABLES = {
     "xtyl_rag.erasures",
     "xtyl_notify.erasures",
 }
+#: notify's window for document emails: at most one per user per window.
+EMAIL_WINDOW_S = 30
+DOCUMENT_TAGS = {"document_ready", "document_failed", "document_digest"}
 #: Erasure in small steps with a pause between them, so a worker can be killed half-way.
 SLOW_ERASURE = {"ERASURE_BATCH_SIZE": "2", "ERASURE_BATCH_PAUSE_S": "0.3"}
 
@@ -149,6 +153,8 @@ async def stack(
             "APP_URL": SITE_URL,
             "PUBLIC_API_URL": gateway_url,
             "SEND_EMAIL_HOOK_SECRET": HOOK_SECRET,
+            "DOCUMENT_EMAIL_WINDOW_S": str(EMAIL_WINDOW_S),
+            "DIGEST_POLL_INTERVAL_S": "0.5",
         }
         storage, notify = await asyncio.gather(
             exits.enter_async_context(
@@ -214,9 +220,7 @@ async def stack(
                 ready_path="/readyz",
             )
         )
-        yield Stack(
-            auth, brevo, gateway, storage, workers, migrated_database_url, devstack, bucket
-        )
+        yield Stack(auth, brevo, gateway, storage, workers, migrated_database_url, devstack, bucket)
 
 
 @pytest.fixture
@@ -268,21 +272,37 @@ async def upload(
     return answer
 
 
+async def all_documents(
+    http: aiohttp.ClientSession, stack: Stack, user: User
+) -> list[dict[str, Any]]:
+    """Every document of the user, page after page."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+        async with http.get(
+            f"{stack.gateway.url}/v1/documents", params=params, headers=user.headers
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            page: dict[str, Any] = await resp.json()
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+
+
 async def wait_documents(
     http: aiohttp.ClientSession, stack: Stack, user: User, count: int, *, timeout_s: float = 120
 ) -> list[dict[str, Any]]:
     """The user's documents once ``count`` are ready or failed."""
     deadline = time.monotonic() + timeout_s
     while True:
-        async with http.get(
-            f"{stack.gateway.url}/v1/documents?limit=100", headers=user.headers
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            items: list[dict[str, Any]] = (await resp.json())["items"]
+        items = await all_documents(http, stack, user)
         done = [d for d in items if d["status"] in ("ready", "failed")]
         if len(done) >= count:
             return items
-        assert time.monotonic() < deadline, f"{len(done)} of {count} documents done: {items}"
+        statuses = sorted(d["status"] for d in items)
+        assert time.monotonic() < deadline, f"{len(done)} of {count} documents done: {statuses}"
         await asyncio.sleep(0.3)
 
 
@@ -544,3 +564,90 @@ async def test_the_export_holds_every_byte_and_document_and_nothing_of_another_u
     notifications = archive.read("notifications.ndjson").splitlines()
     records = [msgspec.json.decode(line) for line in notifications]
     assert {r["record"] for r in records} >= {"recipient", "email"}, records
+
+
+def ready_count(mail: dict[str, Any]) -> int:
+    """How many ready documents a document email tells about (its subject says)."""
+    if "document_ready" in mail["tags"]:
+        return 1
+    found = re.search(r"(\d+) documents? (?:is|are) ready", mail["subject"])
+    assert found is not None, mail["subject"]
+    return int(found.group(1))
+
+
+def document_emails(stack: Stack, user: User) -> list[dict[str, Any]]:
+    return [e for e in stack.brevo.emails_to(user.email) if DOCUMENT_TAGS & set(e["tags"])]
+
+
+@pytest.mark.timeout(420)
+async def test_317_uploads_in_a_minute_send_two_emails_and_one_click_unsubscribes(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    user = await sign_up(stack, "Many Uploads")
+    await stack.brevo.wait_for_emails(user.email, 1, timeout_s=60)  # welcome
+    uploads = 317
+    started = time.monotonic()
+    gate = asyncio.Semaphore(8)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await upload(http, stack, user, f"page-{i}.txt", f"Page {i} of many.".encode())
+
+    await asyncio.gather(*(one(i) for i in range(uploads)))
+    uploaded_in = time.monotonic() - started
+    assert uploaded_in < 60, f"317 uploads took {uploaded_in:.0f} s: not within a minute"
+    print(f"317 uploads in {uploaded_in:.1f} s")
+    documents = await wait_documents(http, stack, user, uploads, timeout_s=240)
+    assert len(documents) == uploads
+
+    # the first document's mail went at once; the rest wait for the window, then one digest
+    deadline = time.monotonic() + EMAIL_WINDOW_S + 60
+    while len(document_emails(stack, user)) < 2:
+        assert time.monotonic() < deadline, document_emails(stack, user)
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # nothing more comes
+    mails = document_emails(stack, user)
+    assert len(mails) == 2, [m["subject"] for m in mails]
+    digest = mails[-1]
+    told = [ready_count(mail) for mail in mails]
+    assert sum(told) == uploads, [m["subject"] for m in mails]  # every document, once
+
+    # one click in the mail's header: no sign-in, the link's signature is the credential
+    header = digest["headers"]["List-Unsubscribe"]
+    assert digest["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = header.strip("<>")
+    assert link.startswith(stack.gateway.url + "/v1/notifications/unsubscribe?token=")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    forged = link[:-4] + ("AAAA" if not link.endswith("AAAA") else "BBBB")
+    async with http.post(forged, data="List-Unsubscribe=One-Click", headers=form) as resp:
+        assert resp.status in (400, 403), await resp.text()
+        assert (await resp.json())["code"] == "unsubscribe_link_invalid"
+    async with http.get(
+        f"{stack.gateway.url}/v1/notifications/preferences", headers=user.headers
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert all((await resp.json()).values()), "a forged link changed the preferences"
+    async with http.post(link, data="List-Unsubscribe=One-Click", headers=form) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.get(
+        f"{stack.gateway.url}/v1/notifications/preferences", headers=user.headers
+    ) as resp:
+        preferences = await resp.json()
+    # the link turns off what the mail told about: ready documents (no failures were in it)
+    assert preferences == {"document_ready": False, "document_failed": True}, preferences
+
+    # an unsubscribed kind sends nothing, even after the window
+    await upload(http, stack, user, "after.txt", b"After the unsubscribe.")
+    await wait_documents(http, stack, user, uploads + 1, timeout_s=120)
+    await asyncio.sleep(EMAIL_WINDOW_S + 5)
+    assert len(document_emails(stack, user)) == 2
+
+    # and the quotas say what was spent
+    async with http.get(f"{stack.gateway.url}/v1/me/usage", headers=user.headers) as resp:
+        assert resp.status == 200, await resp.text()
+        usage = await resp.json()
+    assert usage["unavailable"] == []
+    assert usage["quotas"]["files"]["used"] == uploads + 1
+    assert usage["quotas"]["documents"]["used"] == uploads + 1
+    assert usage["quotas"]["files"]["service"] == "storage"
+    assert usage["quotas"]["answers_per_day"]["used"] == 0

@@ -77,6 +77,7 @@ from xtyl_gateway.domain.routing import (
     ME_PATH,
     BadRequestFraming,
     is_suspect_path,
+    is_under,
     match_route,
     upstream_request_headers,
 )
@@ -180,13 +181,15 @@ class GatewayService:
         """``request``, which arrived under the public ``prefix``, to the service that owns
         it; the service's answer streams to ``client``."""
         # The server's mounts match by string prefix: /v1/files also catches /v1/filesystem.
+        # A mount may also catch a more specific public prefix below its own
+        # (/v1/notifications catches /v1/notifications/unsubscribe): the route decides.
         route = match_route(request.path)
-        if route is None or route.prefix != prefix or is_suspect_path(request.path):
+        if route is None or not is_under(route.prefix, prefix) or is_suspect_path(request.path):
             raise NotFound()
         if route.anonymous:
-            subject = await self.admit_address(request.client_host, prefix)
+            subject = await self.admit_address(request.client_host, route.prefix)
         else:
-            subject = str((await self.admit_user(request.authorization, prefix)).user_id)
+            subject = str((await self.admit_user(request.authorization, route.prefix)).user_id)
         with self._in_flight.hold(subject):
             extra = [
                 (b"x-request-id", (current_request_id() or "").encode()),

@@ -144,3 +144,14 @@ def test_response_hop_by_hop_headers_are_dropped() -> None:
         (b"set-cookie", b"a=1"),
         (b"set-cookie", b"b=2"),
     ]
+
+
+def test_the_one_click_unsubscribe_link_is_anonymous_and_goes_to_notify() -> None:
+    route = match_route("/v1/notifications/unsubscribe")
+    assert route is not None
+    assert route.upstream == "notify"
+    assert route.anonymous
+    preferences = match_route("/v1/notifications/preferences")
+    assert preferences is not None
+    assert not preferences.anonymous  # everything else under /v1/notifications takes a user
+    assert match_route("/v1/notifications/unsubscribed") == match_route("/v1/notifications/x")
