@@ -183,13 +183,17 @@ def document_problems(app: Litestar) -> None:
     components.schemas = {**(components.schemas or {}), PROBLEM_SCHEMA_NAME: problem_schema()}
     bearer_used = False
     for path, operation, handler in _operations(app, openapi):
+        # a status the handler documents itself (``responses=``: an HTML page for a browser)
+        # keeps its own description; the others are problem details
+        own = {str(code) for code in (handler.responses or {})}
         responses = {
             code: response
             for code, response in (operation.responses or {}).items()
-            if code[:1] not in {"4", "5"}
+            if code[:1] not in {"4", "5"} or code in own
         }
         for status in problem_statuses(operation, path, handler):
-            responses[str(status)] = problem_response(status)
+            if str(status) not in own:
+                responses[str(status)] = problem_response(status)
         operation.responses = responses
         if takes_token(handler):
             operation.security = [{BEARER_SCHEME_NAME: []}]

@@ -70,7 +70,7 @@ def test_a_link_with_other_claims_is_refused(claims: dict[str, object]) -> None:
     with pytest.raises(UnsubscribeLinkInvalid) as refused:
         UnsubscribeLinks([SECRET], API).verify(token)
     assert refused.value.code == "unsubscribe_link_invalid"
-    assert refused.value.status == 400
+    assert refused.value.status == 403
 
 
 def test_preferences_turn_kinds_off_and_never_transactional_ones() -> None:

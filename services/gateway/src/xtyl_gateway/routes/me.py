@@ -97,6 +97,7 @@ class MeController(Controller):
         " is where; manifest.json says whether anything was missing). One export at a time"
         " per user. An archive cut short (a service failing mid-way) is an invalid zip, never"
         " a complete-looking partial one.",
+        media_type="application/zip",
     )
     async def export(self, request: Request[Any, Any, Any]) -> Stream:
         gateway: GatewayService = request.app.state.gateway

@@ -23,7 +23,7 @@ from typing import cast
 import jwt
 import msgspec
 
-from xtyl_common.errors import ClientError
+from xtyl_common.errors import Forbidden
 from xtyl_notify.domain.emails import DOCUMENT_KINDS, DocumentKind
 
 UNSUBSCRIBE_AUDIENCE = "xtyl:unsubscribe"
@@ -64,8 +64,9 @@ class PreferencesRecord(Preferences, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
-class UnsubscribeLinkInvalid(ClientError):
-    """Not a link notify signed (forged, altered, cut short, or meant for something else)."""
+class UnsubscribeLinkInvalid(Forbidden):
+    """Not a link notify signed (forged, altered, cut short, or meant for something else):
+    the link is the credential, and this one does not check out (403)."""
 
     default_code = "unsubscribe_link_invalid"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from xtyl_common.auth import UserPrincipal
+from xtyl_common.errors import InvalidInput
 from xtyl_common.identity import USER
 from xtyl_common.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from xtyl_notify.routes.schemas import NotificationListOut, NotificationOut, PreferencesBody
@@ -72,5 +74,11 @@ class NotificationsController(Controller):
         user: NamedDependency[UserPrincipal],
         data: PreferencesBody,
     ) -> PreferencesBody:
-        stored = await service_of(request).set_preferences(user.user_id, data.to_preferences())
+        # Litestar converts bodies leniently (0 would pass for false): read it strictly, as
+        # the schema says, so a client's mistake is a 422 and never a silent change
+        try:
+            strict = msgspec.json.decode(await request.body(), type=PreferencesBody)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(str(exc)) from None
+        stored = await service_of(request).set_preferences(user.user_id, strict.to_preferences())
         return PreferencesBody.of(stored)

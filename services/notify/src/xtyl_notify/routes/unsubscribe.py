@@ -9,7 +9,7 @@ the link's signature is the credential (:class:`~xtyl_notify.domain.preferences.
 * ``GET`` (a person who opened the link): a small HTML page with a button that POSTs. A GET
   changes nothing: link scanners and previews fetch every URL of an email.
 
-A link notify did not sign (forged, altered, cut short, another token) is ``400
+A link notify did not sign (forged, altered, cut short, another token) is ``403
 unsubscribe_link_invalid`` (problem details for the POST, an HTML page for the GET), and
 nothing changes.
 """
@@ -88,9 +88,16 @@ class UnsubscribeController(Controller):
     @get(
         "/",
         summary="The one-click unsubscribe page",
-        description="A page with a button that unsubscribes (a GET changes nothing).",
+        description="What a person who opens the link in a browser sees: a page with a button"
+        " that unsubscribes (a GET changes nothing: link scanners open links too).",
         media_type=MediaType.HTML,
-        include_in_schema=False,
+        responses={
+            403: ResponseSpec(
+                data_container=str,
+                media_type=MediaType.HTML,
+                description="A page saying the link is not valid (not one we signed)",
+            )
+        },
     )
     async def page(self, request: Request[Any, Any, Any], token: TOKEN = None) -> Response[str]:
         try:
@@ -118,7 +125,7 @@ class UnsubscribeController(Controller):
         description="Turns off the kinds of email the signed link names, for its user. No"
         " sign-in: the link's signature is the credential. Idempotent.",
         request_max_body_size=MAX_BODY_BYTES,
-        problems=(400, 413),
+        problems=(403, 413),
         responses={
             200: ResponseSpec(
                 data_container=UnsubscribedOut,
