@@ -103,9 +103,7 @@ class ErasureLedger:
         if await self.is_erased(conn, user_id):
             raise AccountDeleted("this account was deleted; nothing more is stored for it")
 
-    async def begin(
-        self, conn: Connection, user_id: uuid.UUID, *, requested_at: datetime
-    ) -> bool:
+    async def begin(self, conn: Connection, user_id: uuid.UUID, *, requested_at: datetime) -> bool:
         """Mark the user erased from now on (waiting for their writes in flight) and count a
         run; ``False`` when the erasure already completed (nothing to redo). Call inside a
         transaction and commit before erasing."""
