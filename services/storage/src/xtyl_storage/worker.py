@@ -18,12 +18,17 @@ skipped. The worker publishes no events: its process runs no outbox relay.
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
 
-from xtyl_common.events import EventSettings, UserDeleted, stream_worker_settings, worker_entry
+from xtyl_common.events import (
+    EventSettings,
+    UserDeleted,
+    service_hooks,
+    stream_worker_settings,
+    worker_entry,
+)
 from xtyl_storage.service import StorageService, open_service
 from xtyl_storage.settings import StorageSettings
 
@@ -58,26 +63,15 @@ def worker_settings(
     """arq ``WorkerSettings`` (a dict) for one storage-worker process."""
     events = events or EventSettings()
 
-    async def startup(ctx: dict[Any, Any]) -> None:
-        stack = AsyncExitStack()
-        ctx["storage_stack"] = stack
-        try:
-            ctx[SERVICE_CTX_KEY] = await stack.enter_async_context(
-                open_service(settings, events=events, run_relay=False)
-            )
-        except BaseException:
-            await stack.aclose()
-            raise
-        log.info(
+    startup, shutdown = service_hooks(
+        SERVICE_CTX_KEY,
+        lambda: open_service(settings, events=events, run_relay=False),
+        started=lambda: log.info(
             "storage_worker_started",
             bucket=settings.r2_bucket,
             erasure_batch_size=settings.erasure_batch_size,
-        )
-
-    async def shutdown(ctx: dict[Any, Any]) -> None:
-        stack: AsyncExitStack | None = ctx.pop("storage_stack", None)
-        if stack is not None:
-            await stack.aclose()
+        ),
+    )
 
     return stream_worker_settings(
         redis_url=settings.redis_url,

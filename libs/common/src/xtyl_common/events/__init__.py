@@ -50,6 +50,7 @@ from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.worker import (
     StreamWorker,
     run_stream_worker,
+    service_hooks,
     stream_worker_settings,
     worker_entry,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "reconciler_cron",
     "reemit_stuck",
     "run_stream_worker",
+    "service_hooks",
     "stream_key",
     "stream_worker_settings",
     "worker_entry",

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, NamedTuple, TypeVar, cast
 
 import structlog
@@ -299,6 +300,37 @@ def worker_entry(
         run_stream_worker(settings_from_env())
 
     return WorkerEntry(module_getattr, main)
+
+
+def service_hooks(
+    key: str,
+    open_service: Callable[[], AbstractAsyncContextManager[Any]],
+    *,
+    started: Callable[[], None] | None = None,
+) -> tuple[StartupShutdown, StartupShutdown]:
+    """arq ``on_startup`` / ``on_shutdown`` that keep a service open in the worker's ``ctx``
+    under ``key`` (``open_service()``, the service's composition root) for the worker's life,
+    closed again at shutdown; ``started`` runs once it is open (the start-up log line).
+    A start-up that fails half-way closes what it had opened."""
+    stack_key = f"{key}_stack"
+
+    async def startup(ctx: dict[Any, Any]) -> None:
+        stack = AsyncExitStack()
+        ctx[stack_key] = stack
+        try:
+            ctx[key] = await stack.enter_async_context(open_service())
+        except BaseException:
+            await stack.aclose()
+            raise
+        if started is not None:
+            started()
+
+    async def shutdown(ctx: dict[Any, Any]) -> None:
+        stack: AsyncExitStack | None = ctx.pop(stack_key, None)
+        if stack is not None:
+            await stack.aclose()
+
+    return startup, shutdown
 
 
 async def xtyl_ping(ctx: dict[Any, Any]) -> str:
