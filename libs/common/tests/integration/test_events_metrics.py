@@ -134,10 +134,18 @@ async def test_published_rows_are_counted_and_the_backlog_goes_back_to_zero(
         await eventually(lambda: _is(sample("xtyl_outbox_rows_waiting", schema=schema), 0))
         assert sample("xtyl_outbox_oldest_age_seconds", schema=schema) == 0
 
-        # the loop's heartbeat, named after the outbox (no worker started this relay)
-        beat = sample(
-            "xtyl_worker_loop_last_pass_timestamp_seconds", worker=schema, loop="outbox-relay"
-        )
+        # the loop's heartbeat, named after the outbox (no worker started this relay); it is
+        # stamped when a pass ends, which may come just after the rows show as published
+        def heartbeat() -> float | None:
+            return sample(
+                "xtyl_worker_loop_last_pass_timestamp_seconds", worker=schema, loop="outbox-relay"
+            )
+
+        async def beaten() -> bool:
+            return heartbeat() is not None
+
+        await eventually(beaten)
+        beat = heartbeat()
         assert beat is not None
         assert time.time() - beat < 5
     finally:

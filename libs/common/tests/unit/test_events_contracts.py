@@ -65,9 +65,11 @@ def test_the_wire_form_is_one_envelope_tagged_by_type() -> None:
     assert wire["version"] == 1
 
 
-def test_the_five_types_are_defined_on_their_domain_streams() -> None:
+def test_the_seven_types_are_defined_on_their_domain_streams() -> None:
     assert {t: cls.domain for t, cls in EVENT_TYPES.items()} == {
         "user.created": "users",
+        "user.updated": "users",
+        "user.deleted": "users",
         "file.uploaded": "files",
         "file.deleted": "files",
         "document.indexed": "documents",
