@@ -27,6 +27,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from structlog.testing import capture_logs
 
 from xtyl_common.auth import AuthConfig, TokenVerifier, UserPrincipal, issue_service_token
+from xtyl_common.auth.claims import authenticated_at
 from xtyl_common.errors import Unauthorized
 from xtyl_devstack.issuer import (
     LocalIssuer,
@@ -339,6 +340,7 @@ async def test_es256_access_token_from_the_jwks(ctx: Ctx) -> None:
         is_anonymous=False,
         expires_at=NOW + 3600,
         access_token=token,
+        authenticated_at=NOW,  # the token's amr: signed in with a password when it was issued
     )
     assert user.session_id is not None
     assert token not in repr(user)
@@ -490,3 +492,25 @@ async def test_mangled_tokens_only_ever_get_401s(ctx: Ctx) -> None:
 
     assert [e for e in logs if e["event"] == "token_verification_error"] == []
     assert {"malformed_token", "invalid_signature", "invalid_claims"} <= seen
+
+
+@pytest.mark.parametrize(
+    ("amr", "expected"),
+    [
+        ([{"method": "password", "timestamp": 1700000000}], 1700000000),
+        (
+            [
+                {"method": "password", "timestamp": 1700000000},
+                {"method": "otp", "timestamp": 1700000500},
+            ],
+            1700000500,
+        ),
+        (["pwd", "mfa"], None),  # RFC 8176 strings: no time in them
+        ([{"method": "password", "timestamp": True}], None),
+        ([{"method": "password"}], None),
+        ("password", None),
+        (None, None),
+    ],
+)
+def test_the_sign_in_time_is_read_leniently_from_amr(amr: object, expected: int | None) -> None:
+    assert authenticated_at(amr) == expected

@@ -169,6 +169,8 @@ DESCRIPTIONS: dict[str, str] = {
     " killed run's document is taken over within `EVENTS_CLAIM_IDLE_MS` + this",
     "EVENTS_DB_TIMEOUT_S": "timeout of the relay's Postgres statements",
     "EVENTS_REDIS_TIMEOUT_S": "timeout of the backbone's Redis commands",
+    "ACCOUNT_DELETION_MAX_AUTH_AGE_S": "`DELETE /v1/me` needs a sign-in at most this old (the"
+    " token's `amr`), else 403 `reauthentication_required`; 0 turns the check off",
     "QUOTA_STORAGE_BYTES": "bytes one user may keep stored; past it 403 `quota_storage_bytes`",
     "QUOTA_FILES": "files one user may keep; past it 403 `quota_files`",
     "QUOTA_DOCUMENTS": "documents one user may keep; past it 403 `quota_documents`",

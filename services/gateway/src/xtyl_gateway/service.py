@@ -37,6 +37,7 @@ from xtyl_common.db import DatabaseConfig, check_postgres, create_pool
 from xtyl_common.erasure import ErasureState
 from xtyl_common.errors import (
     ClientError,
+    Forbidden,
     NotFound,
     RateLimited,
     TimedOut,
@@ -108,6 +109,7 @@ class GatewayService:
         in_flight: InFlightLimit,
         auth_admin: AuthAdmin,
         calls: ServiceCalls,
+        deletion_max_auth_age_s: int = 900,
     ) -> None:
         self._verifier = verifier
         self._limiter = limiter
@@ -119,6 +121,7 @@ class GatewayService:
         self._in_flight = in_flight
         self._auth_admin = auth_admin
         self._calls = calls
+        self._deletion_max_auth_age_s = deletion_max_auth_age_s
         self._limiter_down_logged = 0.0
         self._decisions = {
             decision: RATE_LIMIT.labels(decision) for decision in RATE_LIMIT_DECISIONS
@@ -221,12 +224,27 @@ class GatewayService:
         records it and writes ``user.deleted``; each service then erases what it holds.
         Asking again (or after the deletion) is no error."""
         user = await self.admit_user(authorization, ME_PATH)
+        self._check_recent_sign_in(user)
         if await self._users.deleted_at(user.user_id) is None:
             deleted = await self._auth_admin.delete_user(user.user_id)
             if not deleted and await self._users.deleted_at(user.user_id) is None:
                 raise NotFound("Supabase Auth has no such user", code="user_not_found")
             log.info("account_deletion_requested", deleted_now=deleted)
         return user.user_id
+
+    def _check_recent_sign_in(self, user: UserPrincipal) -> None:
+        """A deletion needs a recent sign-in (``ACCOUNT_DELETION_MAX_AUTH_AGE_S``), not just
+        a valid token: a token taken from a browser, or a session kept for weeks, cannot
+        delete the account."""
+        max_age = self._deletion_max_auth_age_s
+        if max_age <= 0:
+            return
+        signed_in = user.authenticated_at
+        if signed_in is None or time.time() - signed_in > max_age:
+            raise Forbidden(
+                f"sign in again to delete your account (a sign-in within {max_age} s is needed)",
+                code="reauthentication_required",
+            )
 
     async def deletion(self, authorization: str | None) -> DeletionProgress:
         """``GET /v1/me/deletion``: when the deletion was asked, and each service's erasure."""
@@ -475,6 +493,7 @@ async def open_service(
                 service_role_key=settings.supabase_service_role_key,
             ),
             calls=ServiceCalls(session, settings.upstream_urls(), settings.internal_jwt_secret),
+            deletion_max_auth_age_s=settings.account_deletion_max_auth_age_s,
         )
         if readiness is not None:
             readiness.add("postgres", lambda: check_postgres(pool))

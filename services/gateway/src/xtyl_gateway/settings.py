@@ -37,6 +37,10 @@ class GatewaySettings(AuthSettings, frozen=True, kw_only=True):
     #: The limiter's budget for each wait on Redis (a pooled connection, connecting, a
     #: reply); past it the request passes unlimited (fail open).
     rate_limit_redis_timeout_s: float = 0.05
+    #: ``DELETE /v1/me`` needs a sign-in (password, link, OTP: the token's ``amr``) at most this
+    #: old, so a stolen or long-lived session cannot delete the account; past it 403
+    #: ``reauthentication_required``. 0 turns the check off (tokens without ``amr``).
+    account_deletion_max_auth_age_s: int = 900
 
     def __post_init__(self) -> None:
         super().__post_init__()

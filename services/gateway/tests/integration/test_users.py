@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -206,3 +207,32 @@ async def test_a_deletion_is_one_user_deleted_event_and_the_earlier_events_go(
         "select deleted_at from xtyl_gateway.user_deletions where user_id = $1", user_id
     )
     assert deleted_at is not None
+
+
+async def test_deleting_the_account_needs_a_recent_sign_in(
+    db: asyncpg.Connection,
+    gateway: RunningService,
+    issuer: LocalIssuer,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A valid token is not enough: its session must have signed in within the last 15
+    minutes (a token lifted from a browser, a session kept for weeks cannot delete)."""
+    user_id = await sign_up(db, "keep@example.com", {"full_name": "Keep Me"})
+    now = int(time.time())
+    long_ago = issuer.mint(user_id=user_id, amr=[{"method": "password", "timestamp": now - 86_400}])
+    no_amr = issuer.mint(user_id=user_id, amr=None)
+    for token in (long_ago, no_amr):
+        async with http.delete(
+            gateway.url + "/v1/me", headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            assert r.status == 403
+            assert (await r.json(content_type=None))["code"] == "reauthentication_required"
+    assert await db.fetchval("select count(*) from auth.users where id = $1", user_id) == 1
+    # a fresh sign-in passes the check (this gateway has no service-role key: 503 after it)
+    fresh = issuer.mint(user_id=user_id, amr=[{"method": "otp", "timestamp": now - 60}])
+    async with http.delete(
+        gateway.url + "/v1/me", headers={"Authorization": f"Bearer {fresh}"}
+    ) as r:
+        assert r.status == 503
+        assert (await r.json(content_type=None))["code"] == "account_deletion_unavailable"
+    assert await db.fetchval("select count(*) from auth.users where id = $1", user_id) == 1

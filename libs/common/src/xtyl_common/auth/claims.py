@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from typing import Final
+from typing import Any, Final, cast
 
 import msgspec
 
@@ -42,9 +42,27 @@ class TokenClaims(msgspec.Struct, frozen=True):
     aal: str | None = None
     is_anonymous: bool | None = None
     user_id: str | None = None  # service tokens: the user a call is made for
+    #: Supabase's authentication methods of the session: [{"method", "timestamp"}, ...].
+    #: Read leniently (a shape we do not know is no reason to refuse a token).
+    amr: Any = None
 
 
 _claims_decoder = msgspec.json.Decoder(TokenClaims)
+
+
+def authenticated_at(amr: Any) -> int | None:
+    """When the user last proved who they are in this session (a password, a link, an OTP):
+    the latest ``timestamp`` of Supabase's ``amr`` claim; ``None`` when it says nothing."""
+    if not isinstance(amr, list):
+        return None
+    stamps = [
+        int(item["timestamp"])
+        for item in cast("list[Any]", amr)
+        if isinstance(item, dict)
+        and isinstance(item.get("timestamp"), int | float)
+        and not isinstance(item.get("timestamp"), bool)
+    ]
+    return max(stamps) if stamps else None
 
 
 def decode_claims(payload: bytes) -> TokenClaims:
@@ -120,6 +138,7 @@ def user_principal(
         aal=claims.aal,
         is_anonymous=bool(claims.is_anonymous),
         expires_at=exp,
+        authenticated_at=authenticated_at(claims.amr),
         access_token=token,
     )
 

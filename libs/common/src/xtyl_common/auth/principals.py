@@ -22,6 +22,9 @@ class UserPrincipal(msgspec.Struct, frozen=True, kw_only=True):
     is_anonymous: bool
     expires_at: int
     access_token: str
+    #: When the user last signed in (or otherwise proved who they are) in this session, from
+    #: the token's ``amr``; ``None`` when the token does not say.
+    authenticated_at: int | None = None
 
     def __repr__(self) -> str:
         return (

@@ -44,14 +44,15 @@ class MeController(Controller):
     @delete(
         "/",
         status_code=202,
-        problems=(401, 404, 503),
+        problems=(401, 403, 404, 503),
         security=[{BEARER_SCHEME_NAME: []}],
         summary="Delete my account",
         description="Deletes the caller from Supabase Auth; every service then erases what it"
         " holds for them (files and their bytes, documents, emails), in the background. The"
         " answer says where to follow it (`GET /v1/me/deletion`). Asking again is no error."
         " The access token keeps working for that page until it expires; nothing new is"
-        " stored for the account meanwhile.",
+        " stored for the account meanwhile. Needs a recent sign-in (403"
+        " `reauthentication_required` otherwise: sign in again, then ask).",
     )
     async def delete_me(self, request: Request[Any, Any, Any]) -> Response[DeletionAccepted]:
         gateway: GatewayService = request.app.state.gateway
