@@ -20,10 +20,9 @@ import asyncpg
 
 from xtyl_common.db import connection
 from xtyl_common.erasure import ErasureState
-from xtyl_common.pagination import Cursor, keyset_sql
-from xtyl_notify.adapters.postgres import COLUMNS, LEDGER, OPEN, to_email
+from xtyl_notify.adapters.postgres import LEDGER, OPEN
 from xtyl_notify.domain.addresses import is_address_hash
-from xtyl_notify.domain.emails import DocumentKind, EmailRecord, RecipientRecord
+from xtyl_notify.domain.emails import DocumentKind, RecipientRecord
 from xtyl_notify.domain.preferences import Preferences, PreferencesRecord
 
 #: The erasure's counts, as ``erased`` records them.
@@ -111,22 +110,6 @@ class AccountRepository:
                 timeout=self._timeout,
             )
         return None if row is None else RecipientRecord(**dict(row.items()))
-
-    async def emails_page(
-        self, user_id: uuid.UUID, *, limit: int, after: Cursor | None
-    ) -> list[EmailRecord]:
-        """Newest first, ``limit`` of the user's emails after ``after``."""
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"select {COLUMNS} from xtyl_notify.emails where user_id = $1"  # noqa: S608 - constant columns
-                f" and {keyset_sql(2)} limit $4",
-                user_id,
-                after.created_at if after else None,
-                after.id if after else None,
-                limit,
-                timeout=self._timeout,
-            )
-        return [to_email(row) for row in rows]
 
     # --- erasure --------------------------------------------------------------------------
 

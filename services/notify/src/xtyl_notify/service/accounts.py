@@ -31,6 +31,7 @@ import structlog
 from xtyl_common.erasure import ErasureState
 from xtyl_common.pagination import Cursor
 from xtyl_notify.adapters.accounts import AccountRepository
+from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.addresses import AddressHasher, suppression_key
 from xtyl_notify.domain.emails import EmailRecord, RecipientRecord
 from xtyl_notify.domain.preferences import (
@@ -57,6 +58,7 @@ class Accounts:
     def __init__(
         self,
         repository: AccountRepository,
+        emails: NotifyRepository,
         links: UnsubscribeLinks,
         addresses: AddressHasher,
         *,
@@ -64,6 +66,7 @@ class Accounts:
         batch_pause_s: float = 0.0,
     ) -> None:
         self.repository = repository
+        self.emails = emails
         self.links = links
         self.addresses = addresses
         self.batch_size = batch_size
@@ -154,7 +157,7 @@ class Accounts:
         yield await self.repository.preferences(user_id)
         after: Cursor | None = None
         while True:
-            page = await self.repository.emails_page(user_id, limit=EXPORT_PAGE, after=after)
+            page = await self.emails.list_for_user(user_id, limit=EXPORT_PAGE, after=after)
             for email in page:
                 yield email
             if len(page) < EXPORT_PAGE:

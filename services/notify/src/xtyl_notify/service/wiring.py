@@ -72,6 +72,7 @@ async def open_service(
         )
         accounts = Accounts(
             AccountRepository(pool),
+            repository,
             links,
             addresses,
             batch_size=settings.erasure_batch_size,
