@@ -32,11 +32,6 @@ class AuthAdmin:
         self._base = None if supabase_url is None else supabase_url.rstrip("/") + "/auth/v1"
         self._key = service_role_key
 
-    @property
-    def configured(self) -> bool:
-        """``SUPABASE_URL`` and ``SUPABASE_SERVICE_ROLE_KEY`` are both set."""
-        return self._base is not None and bool(self._key)
-
     async def delete_user(self, user_id: uuid.UUID) -> bool:
         """Delete the user from Supabase Auth: ``True`` when deleted now, ``False`` when Auth
         has no such user (deleted before)."""
