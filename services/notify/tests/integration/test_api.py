@@ -57,6 +57,7 @@ async def test_list_shows_only_the_callers_emails_newest_first(
     await bus.publish(indexed)
     await brevo.wait_for_emails(alice.payload.email, 2)
     await brevo.wait_for_emails(bob.payload.email)
+    await wait_for_status(db, f"user.created:{alice.payload.user_id}", "sent")
     await wait_for_status(db, f"document.indexed:{indexed.payload.document_id}", "sent")
 
     token = issuer.mint(user_id=alice.payload.user_id, email=alice.payload.email)
