@@ -72,7 +72,6 @@ async def nothing_pending(db: asyncpg.Pool, user_id: uuid.UUID) -> None:
         is None
     )
 
-
     async def all_settled() -> bool:
         # The Brevo stand-in holds an email as soon as it is posted; notify marks it sent
         # only when Brevo's answer is back, a moment later.
