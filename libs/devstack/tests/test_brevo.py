@@ -197,3 +197,40 @@ async def test_runs_as_a_process_until_sigterm(
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
     lines = (tmp_path / "data" / "emails.jsonl").read_text().splitlines()
     assert len(lines) == 1
+
+
+async def test_deleting_an_address_s_log_forgets_its_emails_here_and_in_the_file(
+    brevo: LocalBrevo, session: aiohttp.ClientSession
+) -> None:
+    for i, address in enumerate(["ada@example.com", "Ada@Example.com", "bob@example.com"]):
+        key = f"0b6b7c9e-8f3e-4b53-9c1a-6f0e0e6c1f0{i}"
+        status, _, _ = await send(
+            session, brevo, valid_email(to=[{"email": address}], headers={"idempotencyKey": key})
+        )
+        assert status == 201
+    [bob] = brevo.emails_to("bob@example.com")
+
+    async def delete(identifier: str, *, key: str | None = KEY) -> int:
+        headers = {"api-key": key} if key is not None else {}
+        async with session.delete(f"{brevo.url}/v3/smtp/log/{identifier}", headers=headers) as resp:
+            return resp.status
+
+    assert await delete("ada%40example.com", key=None) == 401
+    assert await delete("not-an-address") == 400
+    assert len(brevo.emails) == 3  # refused: nothing forgotten
+    assert await delete("ADA%40example.com") == 204
+    assert brevo.emails_to("ada@example.com") == []
+    assert brevo.emails == [bob]
+    lines = (await asyncio.to_thread(brevo.emails_file.read_text)).splitlines()
+    assert [json.loads(line)["messageId"] for line in lines] == [bob["messageId"]]
+    assert await delete("ada%40example.com") == 204  # again: nothing left, still 204
+    brevo.fail_next_log_deletion(503)
+    assert await delete(bob["messageId"].replace("@", "%40")) == 503
+    assert brevo.emails == [bob]
+    assert await delete(bob["messageId"].replace("@", "%40")) == 204  # by its message id
+    assert brevo.emails == []
+    assert brevo.deleted_logs() == [
+        "ada@example.com",
+        "ada@example.com",
+        bob["messageId"],
+    ]

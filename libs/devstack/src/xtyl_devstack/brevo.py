@@ -10,11 +10,15 @@ deployed.
 
 HTTP (loopback only):
     POST /v3/smtp/email      Brevo's "send a transactional email", checked strictly
+    DELETE /v3/smtp/log/{identifier}
+                             Brevo's "delete an SMTP transactional log": the emails sent to
+                             that address (or with that ``<message id>``) are forgotten, here
+                             and in the JSON-lines file; 204
     GET  /_local/emails      what was accepted, oldest first (``?to=<address>`` filters)
     DELETE /_local/emails    forget them (the JSON-lines file keeps them)
     POST /_local/failures    ``{"status": 429, "times": 1, "to": "a@example.com"}``: answer
                              the next matching sends with that status (400 takes ``"code"``)
-    DELETE /_local/failures  drop the programmed failures
+    DELETE /_local/failures  drop the programmed failures (sends and log deletions)
 
 What ``POST /v3/smtp/email`` checks, answering like Brevo (``{"code", "message"}``):
 
@@ -53,6 +57,7 @@ from aiohttp import web
 from xtyl_devstack.loopback import LoopbackServer, serve_until_signal
 
 SEND_PATH = "/v3/smtp/email"
+LOG_PATH = "/v3/smtp/log"
 EMAILS_PATH = "/_local/emails"
 FAILURES_PATH = "/_local/failures"
 EMAILS_FILE = "emails.jsonl"
@@ -80,6 +85,7 @@ _KNOWN_MEMBERS = frozenset(
     }
 )
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_MESSAGE_ID_RE = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _FAILURE_MESSAGES = {
     400: ("invalid_parameter", "programmed failure"),
     429: ("too_many_requests", "The expected rate limit is exceeded."),
@@ -219,6 +225,10 @@ class LocalBrevo(LoopbackServer):
         #: Every send request answered, accepted or not: ``(status, [to addresses])``.
         self.requests: deque[tuple[int, list[str]]] = deque(maxlen=10_000)
         self.failures: list[Failure] = []
+        #: Programmed answers to the next log deletions (``DELETE /v3/smtp/log/...``).
+        self.log_failures: list[Failure] = []
+        #: Every log deletion answered: ``(status, identifier)``, oldest first.
+        self.log_deletions: list[tuple[int, str]] = []
 
     @property
     def emails_file(self) -> Path:
@@ -231,6 +241,17 @@ class LocalBrevo(LoopbackServer):
     ) -> None:
         """Answer the next ``times`` sends to ``to`` (any address: None) with ``status``."""
         self.failures.append(Failure(status, times, to.lower() if to else None, code))
+
+    def fail_next_log_deletion(
+        self, status: int, *, times: int = 1, to: str | None = None, code: str | None = None
+    ) -> None:
+        """Answer the next ``times`` log deletions (of ``to``'s log; any: None) with
+        ``status``."""
+        self.log_failures.append(Failure(status, times, to.lower() if to else None, code))
+
+    def deleted_logs(self) -> list[str]:
+        """The identifiers (lower-cased addresses, message ids) whose logs were deleted."""
+        return [identifier for status, identifier in self.log_deletions if status == 204]
 
     def emails_to(self, address: str) -> list[dict[str, Any]]:
         wanted = address.lower()
@@ -256,6 +277,7 @@ class LocalBrevo(LoopbackServer):
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         app = web.Application(client_max_size=20 * 1024 * 1024)
         app.router.add_post(SEND_PATH, self._send)
+        app.router.add_delete(LOG_PATH + "/{identifier}", self._delete_log)
         app.router.add_get(EMAILS_PATH, self._list, allow_head=False)
         app.router.add_delete(EMAILS_PATH, self._clear)
         app.router.add_post(FAILURES_PATH, self._add_failure)
@@ -326,8 +348,56 @@ class LocalBrevo(LoopbackServer):
             "receivedAt": datetime.now(UTC).isoformat(),
         }
         self.emails.append(record)
-        await asyncio.to_thread(self._append, record)
+        # In the event loop's thread, not a worker thread: a line's append and a log
+        # deletion's rewrite never interleave (the file is a few MB at most, in development).
+        self._append(record)
         return web.json_response({"messageId": message_id}, status=201)
+
+    async def _delete_log(self, request: web.Request) -> web.Response:
+        identifier = request.match_info["identifier"]
+        try:
+            response = await self._answer_delete_log(request, identifier)
+        except BrevoRequestError as exc:
+            response = _error(exc.status, exc.code, exc.message)
+        if not _MESSAGE_ID_RE.match(identifier):
+            identifier = identifier.lower()
+        self.log_deletions.append((response.status, identifier))
+        async with self._changed:
+            self._changed.notify_all()
+        return response
+
+    async def _answer_delete_log(self, request: web.Request, identifier: str) -> web.Response:
+        key = request.headers.get("api-key")
+        if not key or (self._api_key is not None and key != self._api_key):
+            raise BrevoRequestError(401, "unauthorized", "Key not found")
+        failure = next(
+            (f for f in self.log_failures if f.to is None or f.to == identifier.lower()), None
+        )
+        if failure is not None:
+            failure.times -= 1
+            if failure.times <= 0:
+                self.log_failures.remove(failure)
+            code, message = _FAILURE_MESSAGES.get(failure.status, ("error", "programmed failure"))
+            return _error(failure.status, failure.code or code, message)
+        if _MESSAGE_ID_RE.match(identifier):
+            kept = [e for e in self.emails if e["messageId"] != identifier]
+        elif _is_email(identifier):
+            wanted = identifier.lower()
+            kept = [e for e in self.emails if all(t["email"].lower() != wanted for t in e["to"])]
+        else:
+            raise BrevoRequestError(
+                400, "invalid_parameter", "identifier must be an email address or a message id"
+            )
+        if len(kept) != len(self.emails):
+            self.emails[:] = kept
+            self._rewrite(kept)
+        return web.Response(status=204)
+
+    def _rewrite(self, emails: list[dict[str, Any]]) -> None:
+        partial = self.emails_file.with_suffix(".jsonl.partial")
+        with partial.open("wb") as file:
+            file.writelines(_encoder.encode(record) + b"\n" for record in emails)
+        partial.replace(self.emails_file)
 
     def _append(self, record: dict[str, Any]) -> None:
         with self.emails_file.open("ab") as file:
@@ -355,6 +425,7 @@ class LocalBrevo(LoopbackServer):
 
     async def _clear_failures(self, request: web.Request) -> web.Response:
         self.failures.clear()
+        self.log_failures.clear()
         return web.Response(status=204)
 
 

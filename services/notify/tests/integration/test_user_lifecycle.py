@@ -23,6 +23,7 @@ from xtyl_devstack.brevo import LocalBrevo
 from xtyl_devstack.issuer import LocalIssuer
 from xtyl_devstack.service_process import RunningService
 from xtyl_devstack.testing import TEST_INTERNAL_SECRET, eventually
+from xtyl_notify.adapters.brevo import BrevoUnavailable
 from xtyl_notify.domain.emails import EmailKind, NewEmail, RenderedEmail
 from xtyl_notify.domain.preferences import UnsubscribeLinks
 from xtyl_notify.service import EmailInFlight, NotifyService, open_service
@@ -212,6 +213,10 @@ async def test_erasure_cancels_what_waits_and_leaves_no_trace_of_the_user(
     await brevo.wait_for_emails(control.payload.email, 3, timeout_s=30)
     assert 201 not in brevo.requests_to(new)
     assert brevo.emails_to(new) == []
+    # Brevo was asked to forget both addresses: the welcome it had sent to the old one is gone
+    assert sorted(brevo.deleted_logs()).count(old.lower()) == 1
+    assert new.lower() in brevo.deleted_logs()
+    assert brevo.emails_to(old) == []
     # the bounced address stays suppressed, as its hash
     assert (
         await db.fetchval(
@@ -233,6 +238,8 @@ async def test_erasure_cancels_what_waits_and_leaves_no_trace_of_the_user(
         "recipients": 1,
         "preferences": 1,
         "document_notices": 3,
+        "brevo_logs_deleted": 2,
+        "brevo_logs_refused": 0,
     }
 
     # a second user.deleted: nothing more; late events of the user: nothing comes back
@@ -431,3 +438,48 @@ async def repo_cancel_then_one_batch(service: NotifyService, user_id: uuid.UUID)
     assert await repo.begin_erasure(user_id, requested_at=datetime.now(UTC))
     await repo.cancel_open_emails(user_id)
     return await repo.anonymise_emails(user_id, service.addresses.hash, batch_size=2)
+
+
+async def test_brevo_down_holds_the_erasure_until_its_logs_are_deleted(
+    service: NotifyService, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    user_id = uuid.uuid4()
+    address = f"{uuid.uuid4().hex[:10]}@Example.com"
+    repo, accounts = service.repository, service.accounts
+    email = await repo.log_email(an_email(user_id, address))
+    await repo.mark_sent(email.id, "<sent@brevo>")
+    requested = datetime.now(UTC)
+    brevo.fail_next_log_deletion(503, times=2, to=address)
+
+    for _ in range(2):  # Brevo down: the erasure waits, the address is still known here
+        with pytest.raises(BrevoUnavailable):
+            await accounts.erase_user(user_id, requested_at=requested)
+        assert (await accounts.erasure_state(user_id)).status == "erasing"
+        assert await repo_addresses(service, user_id) == {address}
+    await accounts.erase_user(user_id, requested_at=requested)  # Brevo is back
+
+    assert [s for s, i in brevo.log_deletions if i == address.lower()] == [503, 503, 204]
+    state = await accounts.erasure_state(user_id)
+    assert state.status == "erased"
+    assert (state.erased["brevo_logs_deleted"], state.erased["brevo_logs_refused"]) == (1, 0)
+    assert await traces(db, str(user_id), address) == {}
+
+
+async def test_brevo_refusing_the_log_deletion_is_recorded_and_the_erasure_finishes(
+    service: NotifyService, brevo: LocalBrevo, db: asyncpg.Pool
+) -> None:
+    user_id = uuid.uuid4()
+    address = f"{uuid.uuid4().hex[:10]}@example.com"
+    await service.repository.log_email(an_email(user_id, address))
+    brevo.fail_next_log_deletion(401, to=address, code="unauthorized")  # a bad key
+
+    await service.accounts.erase_user(user_id, requested_at=datetime.now(UTC))
+
+    state = await service.accounts.erasure_state(user_id)
+    assert state.status == "erased"
+    assert (state.erased["brevo_logs_deleted"], state.erased["brevo_logs_refused"]) == (0, 1)
+    assert await traces(db, str(user_id), address) == {}
+
+
+async def repo_addresses(service: NotifyService, user_id: uuid.UUID) -> set[str]:
+    return await service.accounts.repository.addresses_of(user_id)

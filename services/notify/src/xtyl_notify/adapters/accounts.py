@@ -2,7 +2,8 @@
 
 Erasure runs in short transactions, each idempotent, so a worker killed between two of them
 finishes on redelivery: :meth:`AccountRepository.cancel_open_emails` (nothing of the user's
-leaves after it), :meth:`~AccountRepository.hash_suppressions`,
+leaves after it), :meth:`~AccountRepository.record_brevo_logs` (once Brevo was asked to
+forget the addresses), :meth:`~AccountRepository.hash_suppressions`,
 :meth:`~AccountRepository.anonymise_emails` (batch after batch),
 :meth:`~AccountRepository.delete_user_rows`, :meth:`~AccountRepository.complete_erasure`.
 Running totals live in ``xtyl_notify.erasure_progress`` until the erasure completes.
@@ -33,6 +34,8 @@ _PROGRESS: tuple[str, ...] = (
     "recipients",
     "preferences",
     "document_notices",
+    "brevo_logs_deleted",
+    "brevo_logs_refused",
 )
 
 
@@ -158,6 +161,13 @@ class AccountRepository:
                 timeout=self._timeout,
             )
         return {row["address"] for row in rows if not is_address_hash(row["address"])}
+
+    async def record_brevo_logs(self, user_id: uuid.UUID, *, deleted: int, refused: int) -> None:
+        """Count the addresses whose Brevo logs were deleted (or refused) in this run."""
+        async with self._connection() as conn:
+            await self._progress(
+                conn, user_id, brevo_logs_deleted=deleted, brevo_logs_refused=refused
+            )
 
     async def hash_suppressions(self, user_id: uuid.UUID, hashes: Mapping[str, str]) -> int:
         """Suppressions of the user's addresses written before hashes (the lower-cased

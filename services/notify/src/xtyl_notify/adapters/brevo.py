@@ -1,4 +1,6 @@
-"""Brevo's transactional email API v3: ``POST {BREVO_API_URL}/v3/smtp/email``.
+"""Brevo's transactional email API v3: ``POST {BREVO_API_URL}/v3/smtp/email`` (send) and
+``DELETE {BREVO_API_URL}/v3/smtp/log/{address}`` (forget what was sent to an address: the
+erasure's last word at Brevo, :meth:`BrevoClient.delete_logs`).
 
 One request per email over the process's shared aiohttp session, with its own timeouts (a caller
 with a deadline of its own passes a shorter ``timeout_s``) and no retries here: the service
@@ -26,6 +28,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -37,6 +40,7 @@ from xtyl_notify.domain.addresses import Mailbox
 log = structlog.stdlib.get_logger("xtyl.notify.brevo")
 
 SEND_PATH = "/v3/smtp/email"
+LOG_PATH = "/v3/smtp/log/"
 RATE_LIMIT_RESET_HEADER = "x-sib-ratelimit-reset"
 _MAX_ERROR_CHARS = 300
 _RETRYABLE_4XX = frozenset({408, 429})
@@ -150,6 +154,7 @@ class BrevoClient:
     ) -> None:
         self._session = session
         self._url = base_url.rstrip("/") + SEND_PATH
+        self._log_url = base_url.rstrip("/") + LOG_PATH
         self._headers = {
             "api-key": api_key,
             "Content-Type": "application/json",
@@ -195,27 +200,52 @@ class BrevoClient:
                 params=None if params is None else dict(params),
             )
         )
+        status, payload, answer_headers = await self._call(
+            "POST", self._url, body=body, timeout_s=timeout_s
+        )
+        if 200 <= status < 300:
+            return self._message_id(payload)
+        raise self._failure(status, payload, answer_headers)
+
+    async def delete_logs(self, address: str, *, timeout_s: float | None = None) -> None:
+        """Ask Brevo to delete its transactional logs of ``address`` (every email sent to it,
+        with the stored previews); Brevo finishes the deletion on its side within a day or
+        two. Done also when Brevo holds nothing for it (404). :class:`BrevoUnavailable` /
+        :class:`BrevoRejected` as for a send."""
+        url = self._log_url + quote(address, safe="@")
+        status, payload, answer_headers = await self._call("DELETE", url, timeout_s=timeout_s)
+        if 200 <= status < 300 or status == 404:
+            return
+        raise self._failure(status, payload, answer_headers)
+
+    async def _call(
+        self, method: str, url: str, *, body: bytes | None = None, timeout_s: float | None
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One request with the client's timeouts (``timeout_s`` only shortens them): the
+        status, the body and the headers (case-insensitive), or :class:`BrevoUnavailable` when
+        Brevo did not answer."""
         timeout = self._timeout
         if timeout_s is not None and timeout_s < self._timeout_s:
             timeout = aiohttp.ClientTimeout(
                 total=timeout_s, connect=min(timeout_s, self._connect_timeout_s)
             )
         try:
-            async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=timeout
+            async with self._session.request(
+                method, url, data=body, headers=self._headers, timeout=timeout
             ) as resp:
-                payload = await resp.read()
-                status = resp.status
-                headers = resp.headers  # case-insensitive
+                return resp.status, await resp.read(), resp.headers
         except TimeoutError as exc:
             raise BrevoUnavailable("timeout", "no answer from Brevo in time") from exc
         except aiohttp.ClientError as exc:
             raise BrevoUnavailable("unreachable", type(exc).__name__) from exc
-        if 200 <= status < 300:
-            return self._message_id(payload)
+
+    @staticmethod
+    def _failure(
+        status: int, payload: bytes, headers: Mapping[str, str]
+    ) -> BrevoUnavailable | BrevoRejected:
         error = _error_of(status, payload)
         if status >= 500 or status in _RETRYABLE_4XX:
-            raise BrevoUnavailable(
+            return BrevoUnavailable(
                 error.code,
                 error.message[:_MAX_ERROR_CHARS],
                 upstream_status=status,
@@ -223,7 +253,7 @@ class BrevoClient:
             )
         if status in (401, 403):
             log.error("brevo_unauthorized", status=status, code=error.code, hint="BREVO_API_KEY")
-        raise BrevoRejected(error.code, error.message[:_MAX_ERROR_CHARS], upstream_status=status)
+        return BrevoRejected(error.code, error.message[:_MAX_ERROR_CHARS], upstream_status=status)
 
     @staticmethod
     def _message_id(payload: bytes) -> str:

@@ -87,7 +87,11 @@ create table if not exists xtyl_notify.erasure_progress (
     suppressions_hashed  bigint not null default 0,
     recipients           bigint not null default 0,
     preferences          bigint not null default 0,
-    document_notices     bigint not null default 0
+    document_notices     bigint not null default 0,
+    -- addresses whose logs Brevo was asked to delete (DELETE /v3/smtp/log/<address>), and
+    -- those it refused (a bad key, an address it calls invalid: logged as errors)
+    brevo_logs_deleted   bigint not null default 0,
+    brevo_logs_refused   bigint not null default 0
 );
 
 -- Suppressions hold `sha256:<hex>` (HMAC-SHA256 of the lower-cased address with

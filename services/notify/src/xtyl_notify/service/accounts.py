@@ -8,13 +8,20 @@ Erasure (``user.deleted``, GDPR Art. 17), :meth:`Accounts.erase_user`:
 2. the user's emails not sent yet are ``cancelled`` (final: no worker takes them again); an
    email a worker is sending right now is waited for (the erasure is retried once its lease
    ends: :class:`~xtyl_notify.service.sending.EmailInFlight`), so nothing leaves after this;
-3. suppressions of the user's addresses still held as the address (rows from before hashes)
+3. Brevo is asked to delete its logs of every address the user had
+   (``DELETE /v3/smtp/log/<address>``: what was sent, with the stored previews), before the
+   addresses become hashes here (a run cut short asks again: Brevo's deletion is idempotent).
+   Brevo unavailable: the erasure is retried like a send (the stream's backoff, Brevo's
+   reset); Brevo refusing (a bad key, an address it calls invalid) is logged as an error and
+   counted in the ledger (``brevo_logs_refused``), and the erasure goes on: our own copy of the
+   data never waits for a fixed key;
+4. suppressions of the user's addresses still held as the address (rows from before hashes)
    become the address's hash: a bounced address stays suppressed if it signs up again;
-4. the email log is made anonymous, in batches of ``ERASURE_BATCH_SIZE``: no user id, the
+5. the email log is made anonymous, in batches of ``ERASURE_BATCH_SIZE``: no user id, the
    address as its hash, subject, bodies, name, headers and errors cleared, the dedupe key
    (``user.created:<user id>``...) replaced. The rows stay, as the counts of what was sent;
-5. the recipient, the preferences, the document notices and window are deleted;
-6. the ledger records the totals. Each step is idempotent: a worker killed half-way finishes
+6. the recipient, the preferences, the document notices and window are deleted;
+7. the ledger records the totals. Each step is idempotent: a worker killed half-way finishes
    on redelivery; a redelivery after completion does nothing. Afterwards no row of
    ``xtyl_notify`` holds the user's id or address, but the ledger's own row.
 """
@@ -31,6 +38,7 @@ import structlog
 from xtyl_common.erasure import ErasureState
 from xtyl_common.pagination import Cursor
 from xtyl_notify.adapters.accounts import AccountRepository
+from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.addresses import AddressHasher, suppression_key
 from xtyl_notify.domain.emails import EmailRecord, RecipientRecord
@@ -61,6 +69,7 @@ class Accounts:
         emails: NotifyRepository,
         links: UnsubscribeLinks,
         addresses: AddressHasher,
+        brevo: BrevoClient,
         *,
         batch_size: int = 500,
         batch_pause_s: float = 0.0,
@@ -69,6 +78,7 @@ class Accounts:
         self.emails = emails
         self.links = links
         self.addresses = addresses
+        self.brevo = brevo
         self.batch_size = batch_size
         self.batch_pause_s = batch_pause_s
 
@@ -125,6 +135,8 @@ class Accounts:
                 retry_after_s=max(0.1, min(in_flight_s, IN_FLIGHT_RECHECK_S)),
             )
         addresses = await repo.addresses_of(user_id)
+        deleted, refused = await self._forget_at_brevo(addresses, bound)
+        await repo.record_brevo_logs(user_id, deleted=deleted, refused=refused)
         hashed = await repo.hash_suppressions(
             user_id,
             {suppression_key(a): self.addresses.hash(a) for a in addresses},
@@ -143,8 +155,37 @@ class Accounts:
             cancelled=cancelled,
             anonymised=anonymised,
             suppressions_hashed=hashed,
-            **{k: v for k, v in totals.items() if k in ("recipients", "document_notices")},
+            **{
+                k: v
+                for k, v in totals.items()
+                if k in ("recipients", "document_notices", "brevo_logs_deleted")
+            },
         )
+        if totals["brevo_logs_refused"]:
+            bound.error(
+                "erasure_incomplete_at_brevo",
+                refused=totals["brevo_logs_refused"],
+                hint="delete these logs in Brevo's console (Transactional > Logs)",
+            )
+
+    async def _forget_at_brevo(
+        self, addresses: set[str], bound: structlog.stdlib.BoundLogger
+    ) -> tuple[int, int]:
+        """Ask Brevo to delete its logs of each address: how many it took and refused.
+        :class:`BrevoUnavailable` (the erasure is retried) when Brevo cannot answer now."""
+        deleted = refused = 0
+        for address in sorted(addresses):
+            try:
+                await self.brevo.delete_logs(address)
+            except BrevoUnavailable as exc:
+                bound.warning("erasure_waits", reason="brevo unavailable", code=exc.code)
+                raise
+            except BrevoRejected as exc:  # the address is not logged: it is what goes
+                bound.error("brevo_log_deletion_refused", code=exc.code, status=exc.upstream_status)
+                refused += 1
+            else:
+                deleted += 1
+        return deleted, refused
 
     # --- export ---------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ async def open_service(
             repository,
             links,
             addresses,
+            brevo,
             batch_size=settings.erasure_batch_size,
             batch_pause_s=settings.erasure_batch_pause_s,
         )
