@@ -94,12 +94,16 @@ DESCRIPTIONS: dict[str, str] = {
     "EVENTS_STREAM_PREFIX": "Redis stream keys are `<prefix>:<domain>` (users, files, documents)",
     "EVENTS_STREAM_MAXLEN": "approximate cap per stream (XADD MAXLEN ~); keep far above any lag",
     "EVENTS_DEAD_LETTER_MAXLEN": "approximate cap of each `<stream>:dead` stream",
+    "EVENTS_STREAM_RETENTION_S": "stream entries every consumer group has handled are trimmed"
+    " once older than this (entries not handled yet stay however old)",
+    "EVENTS_DEAD_LETTER_RETENTION_S": "dead letters are trimmed this long after they were"
+    " dead-lettered",
     "EVENTS_RELAY_BATCH_SIZE": "outbox rows published per transaction",
     "EVENTS_RELAY_POLL_INTERVAL_S": "relay poll interval (LISTEN/NOTIFY wakes it sooner)",
     "EVENTS_RELAY_BACKOFF_INITIAL_S": "first wait after a failed publish",
     "EVENTS_RELAY_BACKOFF_MAX_S": "longest wait between publish attempts",
     "EVENTS_OUTBOX_RETENTION_S": "published outbox rows are deleted after this long",
-    "EVENTS_PRUNE_INTERVAL_S": "how often old outbox rows are pruned",
+    "EVENTS_PRUNE_INTERVAL_S": "how often old outbox rows are pruned and the streams trimmed",
     "EVENTS_RECOVERY_CHECK_INTERVAL_S": "how often a relay checks that Redis kept its data;"
     " after a loss it publishes again what the consumer groups had not handled",
     "EVENTS_READ_BLOCK_MS": "XREADGROUP BLOCK time of a worker's stream consumer",

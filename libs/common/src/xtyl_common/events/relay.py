@@ -21,7 +21,9 @@ operation, including any number of relays, publishes each row exactly once.
 
 The relay wakes on ``LISTEN xtyl_outbox`` (the outbox trigger NOTIFYs at commit) and also polls
 every ``relay_poll_interval_s``, since LISTEN does not pass the transaction pooler. Published rows
-older than ``outbox_retention_s`` are deleted every ``prune_interval_s``. Every
+older than ``outbox_retention_s`` are deleted every ``prune_interval_s``, and then the streams'
+entries every group has handled are trimmed past ``stream_retention_s`` (dead letters past
+``dead_letter_retention_s``: :mod:`.retention`). Every
 ``recovery_check_interval_s`` the relay also checks that Redis still holds what it was given
 (:mod:`xtyl_common.events.recovery`): after Redis lost its data, the rows it lost are
 published again.
@@ -66,9 +68,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from xtyl_common.errors import Unavailable
-from xtyl_common.events.contracts import stream_key
+from xtyl_common.events.contracts import DOMAINS, stream_key
 from xtyl_common.events.outbox import check_schema_name
 from xtyl_common.events.recovery import EventSource, StreamRecovery
+from xtyl_common.events.retention import trim_streams
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.events.streams import EVENT_FIELD, TYPE_FIELD
 from xtyl_common.events.telemetry import (
@@ -335,6 +338,22 @@ class OutboxRelay:
             log.info("outbox_pruned", count=deleted)
         return deleted
 
+    async def trim_streams(self) -> int:
+        """Trim the streams' handled entries and dead letters past their retention (see
+        :mod:`.retention`); entries removed."""
+        s = self.settings
+        removed = await trim_streams(
+            self.redis,
+            s.stream_prefix,
+            DOMAINS,
+            retention_s=s.stream_retention_s,
+            dead_letter_retention_s=s.dead_letter_retention_s,
+            timeout_s=s.redis_timeout_s,
+        )
+        if removed:
+            log.info("streams_trimmed", removed=removed)
+        return sum(removed.values())
+
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -361,6 +380,7 @@ class OutboxRelay:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + s.prune_interval_s
                     await self.prune()
+                    await self.trim_streams()
                 if await self.recovery.check_if_due():
                     self._wakeup.set()  # rows Redis lost are pending again: publish now
             except Exception as exc:

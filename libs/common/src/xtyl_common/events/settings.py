@@ -21,6 +21,12 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: trimmed too once the stream is this long, so keep it far above any expected lag.
     stream_maxlen: int = 1_000_000
     dead_letter_maxlen: int = 100_000
+    #: Entries every consumer group has handled are trimmed once older than this; entries a
+    #: group has not handled are kept, however old (see .retention). Events carry personal
+    #: data (``user.created``: an address): this is how long Redis may hold it.
+    stream_retention_s: float = 7 * 24 * 3600
+    #: Dead letters are trimmed once dead-lettered longer ago than this.
+    dead_letter_retention_s: float = 30 * 24 * 3600
 
     # --- relay (outbox -> stream) ---
     #: Rows taken (and XADDed in one MULTI/EXEC) per transaction.
@@ -33,6 +39,7 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     relay_backoff_max_s: float = 5.0
     #: Published rows are deleted after this long.
     outbox_retention_s: float = 7 * 24 * 3600
+    #: How often a relay prunes its outbox and trims the streams (see .retention).
     prune_interval_s: float = 300.0
     #: How often a relay checks that Redis kept its data (the epoch key) and records how far
     #: the consumer groups got; after a loss it publishes again what was lost. See .recovery.
@@ -84,6 +91,8 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             "max_jobs": self.max_jobs,
             "claim_idle_ms": self.claim_idle_ms,
             "read_block_ms": self.read_block_ms,
+            "stream_retention_s": self.stream_retention_s,
+            "dead_letter_retention_s": self.dead_letter_retention_s,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -1,0 +1,122 @@
+"""Stream retention against a real Redis: handled entries go once past their time, entries a
+group has not handled stay however old, dead letters go after theirs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from xtyl_common.events import EventSettings, OutboxRelay, stream_key
+from xtyl_common.events.contracts import DOMAINS, USERS, dead_letter_key
+from xtyl_common.events.retention import trim_streams
+from xtyl_common.redis_client import create_redis
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix(redis_prefix: str) -> str:
+    return f"{redis_prefix}retention-{uuid.uuid4().hex[:8]}"
+
+
+async def now_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return (int(seconds) * 1_000_000 + int(micros)) // 1000
+
+
+async def ids(redis: Redis, key: str) -> list[str]:
+    return [entry_id.decode() for entry_id, _ in await redis.xrange(key)]
+
+
+async def trim(redis: Redis, prefix: str) -> dict[str, int]:
+    return await trim_streams(
+        redis,
+        prefix,
+        DOMAINS,
+        retention_s=7 * 24 * 3600,
+        dead_letter_retention_s=30 * 24 * 3600,
+        timeout_s=5.0,
+    )
+
+
+async def read_all(redis: Redis, key: str, group: str, *, count: int, ack: int) -> None:
+    """Deliver ``count`` entries to ``group`` and acknowledge the first ``ack`` of them."""
+    [[_, entries]] = await redis.xreadgroup(group, "c1", {key: ">"}, count=count)
+    if ack:
+        await redis.xack(key, group, *[entry_id for entry_id, _ in entries[:ack]])
+
+
+async def test_handled_entries_go_after_the_retention_and_unhandled_ones_stay(
+    redis: Redis, prefix: str
+) -> None:
+    key = stream_key(USERS, prefix)
+    eight_days_ago = await now_ms(redis) - 8 * DAY_MS
+    old = [f"{eight_days_ago}-{seq}" for seq in range(1, 6)]
+    for entry_id in old:
+        await redis.xadd(key, {"event": b"{}"}, id=entry_id)
+    recent = [
+        (await redis.xadd(key, {"event": b"{}"})).decode(),
+        (await redis.xadd(key, {"event": b"{}"})).decode(),
+    ]
+    await redis.xgroup_create(key, "notify", id="0")
+    await redis.xgroup_create(key, "storage", id="0")
+    await read_all(redis, key, "storage", count=100, ack=7)  # storage handled everything
+    await read_all(redis, key, "notify", count=3, ack=2)  # old[2] pending, old[3:] unread
+
+    assert await trim(redis, prefix) == {key: 2}
+    assert await ids(redis, key) == old[2:] + recent  # notify's pending and unread entries stay
+    assert await trim(redis, prefix) == {}  # nothing more until notify moves on
+
+    await redis.xack(key, "notify", old[2])
+    await read_all(redis, key, "notify", count=100, ack=4)  # notify handled everything too
+    assert await trim(redis, prefix) == {key: 3}
+    assert await ids(redis, key) == recent  # handled, but younger than the retention
+
+
+async def test_a_stream_without_groups_keeps_its_entries(redis: Redis, prefix: str) -> None:
+    key = stream_key(USERS, prefix)
+    old_id = f"{await now_ms(redis) - 60 * DAY_MS}-1"
+    await redis.xadd(key, {"event": b"{}"}, id=old_id)
+
+    assert await trim(redis, prefix) == {}
+    assert await ids(redis, key) == [old_id]
+
+
+async def test_dead_letters_go_after_their_own_retention(redis: Redis, prefix: str) -> None:
+    dead = dead_letter_key(stream_key(USERS, prefix))
+    now = await now_ms(redis)
+    kept_ids = [f"{now - 29 * DAY_MS}-1", f"{now}-1"]
+    await redis.xadd(dead, {"event": b"{}"}, id=f"{now - 31 * DAY_MS}-1")
+    for entry_id in kept_ids:
+        await redis.xadd(dead, {"event": b"{}"}, id=entry_id)
+
+    assert await trim(redis, prefix) == {dead: 1}
+    assert await ids(redis, dead) == kept_ids
+
+
+async def test_the_relay_trims_at_its_prune(
+    pool: asyncpg.Pool, schema: str, redis: Redis, prefix: str
+) -> None:
+    key = stream_key(USERS, prefix)
+    old_id = f"{await now_ms(redis) - 2 * DAY_MS}-1"
+    await redis.xadd(key, {"event": b"{}"}, id=old_id)
+    await redis.xgroup_create(key, "notify", id="0")
+    await read_all(redis, key, "notify", count=1, ack=1)
+    settings = EventSettings(stream_prefix=prefix, stream_retention_s=24 * 3600)
+    relay = OutboxRelay(pool, redis, schemas=[schema], settings=settings)
+
+    assert await relay.trim_streams() == 1
+    assert await ids(redis, key) == []
