@@ -25,6 +25,7 @@ from xtyl_common.events.contracts import DOMAINS, stream_key
 from xtyl_common.events.settings import ENV_PREFIX as EVENTS_PREFIX
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.settings import SettingsError, load_settings
+from xtyl_common.tracing import DEPLOYMENT_VARIABLES
 from xtyl_gateway.settings import GatewaySettings
 from xtyl_notify.settings import NotifySettings
 from xtyl_rag.settings import RagSettings
@@ -225,6 +226,7 @@ def test_compose_prod_gives_each_process_exactly_what_it_reads_and_it_loads() ->
         script = compose_command(service)[0]
         passed = {k: interpolate(str(v), example) for k, v in service["environment"].items()}
         reads = variables_read(PROCESSES[script][1]) - CONTAINER_FIXED
+        reads |= set(DEPLOYMENT_VARIABLES)  # OpenTelemetry's, read by the SDK
         assert set(passed) == reads, (
             f"compose prod `{name}`: not passed {sorted(reads - set(passed))},"
             f" passed but never read {sorted(set(passed) - reads)}"

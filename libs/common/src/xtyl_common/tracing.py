@@ -31,6 +31,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+#: The standard variables a deployment passes to every process (compose lists them; in
+#: Kubernetes they go in the ConfigMap, or the Secret for headers holding a key). Not
+#: ``OTEL_SERVICE_NAME`` (each process names itself) nor the traces-only endpoint (set empty,
+#: it would win over the base one).
+DEPLOYMENT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+)
 #: Never traced: probes and scrapes.
 UNTRACED_PATHS = ["/livez", "/readyz", "/metrics"]
 
