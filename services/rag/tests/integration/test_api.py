@@ -169,6 +169,8 @@ async def test_a_cursor_the_service_did_not_issue_is_422(
         ("/v1/search", {"query": "x", "owner_id": "someone"}, "invalid_input"),
         ("/v1/search", {"query": "x", "mode": "magic"}, "invalid_input"),
         ("/v1/search", {"query": "   "}, "blank_query"),
+        ("/v1/search", {"query": "\x1f"}, "blank_query"),  # Python's whitespace, not JSON's
+        ("/v1/answer", {"query": " \ufeff"}, "blank_query"),  # JSON's whitespace, not Python's
         ("/v1/documents", {"title": "t"}, "text_or_file_id"),
         ("/v1/documents", {"text": "no title"}, "title_required"),
         ("/v1/documents", {"title": "t", "text": "x", "owner_id": "x"}, "invalid_input"),

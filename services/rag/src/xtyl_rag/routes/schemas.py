@@ -17,13 +17,28 @@ MAX_FILTER_DOCUMENTS = 100
 MAX_ANSWER_K = 20
 
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+#: One character that is not blank, as a JSON Schema pattern. Blank is what ``str.split()``
+#: splits on plus U+FEFF, which is also exactly JSON Schema's (ECMA-262's) ``\s`` plus U+001C to
+#: U+001F and U+0085: the document (read the ECMA way) and :func:`normalise_query` (the Python
+#: way) agree on every character. A bare ``\S`` did not: a query of U+001F fit the document
+#: and was refused as blank.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
 #: A blank query is refused by the handler (``blank_query``); the document says so with a pattern.
 Query = Annotated[
     str,
     msgspec.Meta(
-        min_length=1, max_length=MAX_QUERY_CHARS, extra_json_schema={"extra": {"pattern": r"\S"}}
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        extra_json_schema={"extra": {"pattern": NOT_BLANK}},
     ),
 ]
+
+
+def normalise_query(text: str) -> str:
+    """The query with its blank runs made one space, trimmed; ``""`` when it is all blank."""
+    return " ".join(text.replace("\ufeff", " ").split())
+
+
 DocumentIds = Annotated[list[uuid.UUID], msgspec.Meta(max_length=MAX_FILTER_DOCUMENTS)]
 
 

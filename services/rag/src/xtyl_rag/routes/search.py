@@ -15,7 +15,13 @@ from xtyl_common.errors import InvalidInput
 from xtyl_common.identity import USER
 from xtyl_rag.domain.snippets import make_snippet, query_terms
 from xtyl_rag.routes import RAG
-from xtyl_rag.routes.schemas import AnswerIn, SearchHitOut, SearchIn, SearchOut
+from xtyl_rag.routes.schemas import (
+    AnswerIn,
+    SearchHitOut,
+    SearchIn,
+    SearchOut,
+    normalise_query,
+)
 from xtyl_rag.service import AnswerEvent, RagService
 
 _encoder = msgspec.json.Encoder()
@@ -28,7 +34,7 @@ def format_sse(event: AnswerEvent) -> bytes:
 
 
 def _query(text: str) -> str:
-    query = " ".join(text.split())
+    query = normalise_query(text)
     if not query:
         raise InvalidInput("the query is blank", code="blank_query")
     return query
