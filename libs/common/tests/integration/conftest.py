@@ -1,5 +1,5 @@
 """Fixtures of the event backbone's integration tests: a pool on the migrated test database,
-a fresh outbox schema per test, and a reader of metrics."""
+a Redis client, a fresh outbox schema per test, and a reader of metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from xtyl_common.db import DatabaseConfig, create_pool
 from xtyl_common.events import install_outbox
 from xtyl_common.metrics import exposition
+from xtyl_common.redis_client import create_redis
 
 
 @pytest.fixture
@@ -20,6 +22,14 @@ async def pool(migrated_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(DatabaseConfig(url=migrated_database_url, max_size=10))
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the test Redis (modules needing other timeouts define their own)."""
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
 
 
 #: ``sample(name, text=None, **labels)``: the value of one series in Prometheus' text format

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -40,13 +39,6 @@ def settings(redis_prefix: str) -> EventSettings:
         relay_backoff_max_s=0.5,
         redis_timeout_s=2.0,
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 def _deleted(owner: uuid.UUID) -> FileDeleted:

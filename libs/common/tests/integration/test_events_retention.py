@@ -4,7 +4,6 @@ group has not handled stay however old, dead letters go after theirs."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -13,18 +12,10 @@ from redis.asyncio import Redis
 from xtyl_common.events import EventSettings, OutboxRelay, stream_key
 from xtyl_common.events.contracts import DOMAINS, USERS, dead_letter_key
 from xtyl_common.events.retention import trim_streams
-from xtyl_common.redis_client import create_redis
 
 pytestmark = pytest.mark.integration
 
 DAY_MS = 24 * 3600 * 1000
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

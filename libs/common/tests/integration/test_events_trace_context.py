@@ -33,7 +33,6 @@ from xtyl_common.events import (
     stream_key,
 )
 from xtyl_common.migrate import apply_migrations, package_migrations
-from xtyl_common.redis_client import create_redis
 from xtyl_devstack.stack import StackInfo
 
 pytestmark = pytest.mark.integration
@@ -45,13 +44,6 @@ TRACESTATE = "vendor=opaque"
 @pytest.fixture
 def settings(redis_prefix: str) -> EventSettings:
     return EventSettings(stream_prefix=redis_prefix + "events", redis_timeout_s=2.0)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 def uploaded(**envelope: Any) -> FileUploaded:

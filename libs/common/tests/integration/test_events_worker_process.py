@@ -31,7 +31,6 @@ from xtyl_common.events import (
 )
 from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.events.streams import retries_key
-from xtyl_common.redis_client import create_redis
 from xtyl_devstack.ports import free_port
 from xtyl_devstack.testing import eventually
 
@@ -103,13 +102,6 @@ def settings(redis_prefix: str) -> EventSettings:
         redis_timeout_s=2.0,
         grace_period_s=10.0,
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from xtyl_common.events import (
     decode_event,
     stream_key,
 )
-from xtyl_common.redis_client import create_redis
 from xtyl_devstack.testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -79,13 +78,6 @@ def settings(redis_prefix: str) -> EventSettings:
         db_timeout_s=1.0,
         redis_timeout_s=1.0,
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
