@@ -5,7 +5,7 @@
                                              # exits when Redis is down (see run_stream_worker)
 
 * ``user.deleted``: erase everything storage holds for the user
-  (:meth:`~xtyl_storage.service.StorageService.erase_user`): their objects and unfinished
+  (:meth:`~xtyl_storage.service.accounts.Accounts.erase_user`): their objects and unfinished
   multipart uploads in the bucket, their rows, their published outbox rows; recorded in
   ``xtyl_storage.erasures``. Idempotent and resumable: a worker killed half-way leaves the
   entry pending, and the consumer that takes it over finishes the erasure; a redelivery after

@@ -1,6 +1,4 @@
-"""What the storage service does, whatever the transport: :class:`StorageService`, the use
-cases behind the routes, and :func:`open_service`, which builds it and its adapters (the one
-place that wires storage, opened by the app's lifespan).
+"""The files use cases behind the routes: :class:`StorageService`.
 
 Ownership is enforced here: every lookup is by ``(owner_id, file_id)`` and anything that is
 not the caller's answers exactly like a file that does not exist (404 ``file_not_found``), so
@@ -13,10 +11,11 @@ the two leaves only an object without a row, never a row without an object.
 Deadlines nest: the gateway gives a service ``UPSTREAM_READ_TIMEOUT_S`` from the end of the
 request body to the answer, so an upload's own work (S3 with its retries, Postgres) is bounded
 by ``REQUEST_DEADLINE_S``, set below it; time spent waiting for the client's bytes does not
-count. Past the deadline the answer is 504 ``storage_timeout`` and nothing is stored: the row
-is written within the deadline or not at all, and what S3 may still apply of a write we gave up
-on is swept in the background (:class:`~xtyl_storage.adapters.orphans.OrphanSweeper`). So the
-gateway never answers 504 for an upload that commits later.
+count (:func:`~xtyl_storage.service.bodies.excluding_client_time`). Past the deadline the
+answer is 504 ``storage_timeout`` and nothing is stored: the row is written within the deadline
+or not at all, and what S3 may still apply of a write we gave up on is swept in the background
+(:class:`~xtyl_storage.adapters.orphans.OrphanSweeper`). So the gateway never answers 504 for
+an upload that commits later.
 
 ``Idempotency-Key`` (:mod:`xtyl_storage.domain.idempotency`): the key is claimed before the
 bytes are stored and completed in the transaction that records the file; a failed upload gives
@@ -25,9 +24,10 @@ it back, so its retry runs again, and a retry after a success gets the same file
 Quotas (:mod:`xtyl_storage.domain.quotas`): an upload holds room for its bytes before any of
 them is read (:meth:`StorageService.upload_quota`), more as they arrive past it, and the
 transaction that records the file checks once more with the real size; the room is given back
-on every failure. A deleted user (:meth:`StorageService.erase_user`, on ``user.deleted``) is
-refused by every transaction that holds room or records a file (403 ``account_deleted``); an
-object written by an upload refused there is deleted before the answer.
+on every failure. A deleted user (:meth:`~xtyl_storage.service.accounts.Accounts.erase_user`,
+on ``user.deleted``) is refused by every transaction that holds room or records a file (403
+``account_deleted``); an object written by an upload refused there is deleted before the
+answer. The caller's account (usage, export, erasure) is :mod:`.accounts`.
 """
 
 from __future__ import annotations
@@ -36,43 +36,33 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import msgspec
 import structlog
 
-from xtyl_common.db import DatabaseConfig, create_pool
-from xtyl_common.erasure import AccountDeleted, ErasureLedger, ErasureState
+from xtyl_common.erasure import AccountDeleted, ErasureState
 from xtyl_common.errors import (
     ClientError,
     Conflict,
     InvalidInput,
     NotFound,
     TimedOut,
-    Unavailable,
     UnsupportedMediaType,
     XtylError,
 )
-from xtyl_common.events.relay import OutboxRelay
-from xtyl_common.events.settings import EventSettings
 from xtyl_common.health import HealthCheck
-from xtyl_common.pagination import Cursor, Page, keyset_page
+from xtyl_common.pagination import Page, keyset_page
 from xtyl_common.quotas import QuotaExceeded, QuotaUse
-from xtyl_common.redis_client import check_redis, create_redis
-from xtyl_storage.adapters.erasure import ErasureRepository
-from xtyl_storage.adapters.event_sources import EVENT_SOURCES
 from xtyl_storage.adapters.idempotency import IdempotencyKeyRepository
 from xtyl_storage.adapters.orphans import OrphanSweeper
-from xtyl_storage.adapters.outbox import OUTBOX_SCHEMA
 from xtyl_storage.adapters.postgres import FileRepository
 from xtyl_storage.adapters.s3 import (
     ObjectBody,
     ObjectMissing,
     ObjectStore,
-    check_bucket,
-    open_s3_client,
 )
 from xtyl_storage.adapters.uploads import stream_to_s3
 from xtyl_storage.adapters.usage import QuotaHold, UsageRepository
@@ -93,26 +83,19 @@ from xtyl_storage.domain.names import clean_display_name, content_disposition, o
 from xtyl_storage.domain.quotas import (
     PRESIGN_HOLD_GRACE_S,
     UPLOAD_LEASE_S,
-    StorageLimits,
     first_hold,
-    usage_report,
 )
+from xtyl_storage.service.accounts import Accounts
+from xtyl_storage.service.bodies import excluding_client_time, non_empty
 from xtyl_storage.settings import StorageSettings
 
 log = structlog.stdlib.get_logger("xtyl.storage")
 
 T = TypeVar("T")
-#: The schema of storage's erasure ledger (``xtyl_storage.erasures``).
-SCHEMA = "xtyl_storage"
 
 FILE_NOT_FOUND = "file_not_found"
 #: How long a failed upload waits on Postgres to give its Idempotency-Key and its room back.
 RELEASE_TIMEOUT_S = 2.0
-#: Files per page of ``GET /internal/me/export`` (one query each; memory stays flat).
-EXPORT_PAGE = 500
-#: A presigned PUT sent just before its URL expired may still be landing: an erasure looks at
-#: the bucket a last time this long (at most) after the URLs it found expired.
-PRESIGNED_PUT_MARGIN_S = 300.0
 
 
 def not_found() -> NotFound:
@@ -150,7 +133,7 @@ class StorageService:
         keys: IdempotencyKeyRepository,
         orphans: OrphanSweeper,
         usage: UsageRepository,
-        erasures: ErasureRepository,
+        accounts: Accounts,
         readiness: Mapping[str, HealthCheck] | None = None,
     ) -> None:
         self.store = store
@@ -159,7 +142,8 @@ class StorageService:
         self.keys = keys
         self.orphans = orphans
         self.usage = usage
-        self.erasures = erasures
+        #: The caller's account: usage, export, erasure.
+        self.accounts = accounts
         #: What ``/readyz`` checks of the service's own dependencies.
         self.readiness: dict[str, HealthCheck] = dict(readiness or {})
         self._patterns = settings.content_type_patterns()
@@ -298,7 +282,7 @@ class StorageService:
                     stored = await stream_to_s3(
                         self.store,
                         key,
-                        _non_empty(hold.metered(timed, max_bytes=self.settings.max_upload_bytes)),
+                        non_empty(hold.metered(timed, max_bytes=self.settings.max_upload_bytes)),
                         content_type=content_type,
                         disposition=content_disposition(name),
                         metadata={"owner-id": str(owner_id), "file-id": str(file_id)},
@@ -535,7 +519,7 @@ class StorageService:
         For a deleted user (403 ``account_deleted``) or past the quota (403 ``quota_*``, when
         its reservation ran out and the room was taken meanwhile) the object is deleted."""
         found = await self.files.get(owner_id, file_id)
-        if found is None and await self.erasures.is_erased(owner_id):
+        if found is None and await self.accounts.erasures.is_erased(owner_id):
             # the erasure removed the row; a PUT may have landed since
             await self._discard_prefix(f"{owner_id}/{file_id}/")
             raise AccountDeleted("this account was deleted; nothing more is stored for it")
@@ -582,208 +566,23 @@ class StorageService:
             digest.update(chunk)
         return digest.hexdigest()
 
-    # -- the caller's account (the gateway's /v1/me/*, on behalf of a user) ----------------
+    # -- the caller's account (the gateway's /v1/me/*, on behalf of a user: .accounts) ----
 
     async def usage_of(self, owner_id: uuid.UUID) -> dict[str, QuotaUse]:
-        """``{quota: QuotaUse}``: the bytes and files the user keeps, of their limits."""
-        return usage_report(await self.usage.usage(owner_id), self.usage.limits)
+        return await self.accounts.usage_of(owner_id)
 
     async def erasure_state(self, user_id: uuid.UUID) -> ErasureState:
-        return await self.erasures.state(user_id)
+        return await self.accounts.erasure_state(user_id)
 
-    async def export(self, owner_id: uuid.UUID) -> AsyncIterator[StoredFile]:
-        """The owner's ready files, newest first, one page of :data:`EXPORT_PAGE` in memory."""
-        after: Cursor | None = None
-        while True:
-            page = await self.files.list_ready(owner_id, limit=EXPORT_PAGE, after=after)
-            for file in page:
-                yield file
-            if len(page) < EXPORT_PAGE:
-                return
-            after = Cursor(created_at=page[-1].created_at, id=page[-1].id)
-
-    # -- erasure (user.deleted) -------------------------------------------------------------
+    def export(self, owner_id: uuid.UUID) -> AsyncIterator[StoredFile]:
+        return self.accounts.export(owner_id)
 
     async def erase_user(
         self, user_id: uuid.UUID, *, requested_at: datetime
     ) -> dict[str, int] | None:
-        """Erase everything storage holds for a deleted user: every object under
-        ``<user id>/`` and every unfinished multipart upload there, their file rows (any
-        status), Idempotency-Keys, usage and reservations, and their published outbox rows
-        (unpublished ones go out); no event per file. The counts, or None when the erasure had
-        already completed (a redelivery).
-
-        From :meth:`ErasureRepository.begin` on, the user's writes are refused; one that was
-        in flight committed first and is erased with the rest. Resumable: every step is
-        idempotent, so a run killed anywhere is finished by the next delivery. The bucket is
-        looked at again after the rows are gone (an object an upload wrote meanwhile); while
-        presigned PUT URLs handed out to the user may still write, the erasure is not complete:
-        503 ``erasure_waiting`` with ``retry_after_s`` (the stream runs it again then).
-        """
-        ttl = float(self.settings.presign_ttl_s)
-        if not await self.erasures.begin(
-            user_id,
-            requested_at=requested_at,
-            presign_window_s=ttl + min(ttl, PRESIGNED_PUT_MARGIN_S),
-        ):
-            log.info("erasure_already_complete", user_id=str(user_id))
-            return None
-        log.info("erasure_started", user_id=str(user_id))
-        prefix = f"{user_id}/"
-        batch = self.settings.erasure_batch_size
-        await self._erase_prefix(user_id, prefix)
-        await self.erasures.delete_usage(user_id)
-        while await self.erasures.delete_keys_batch(user_id, batch):
-            await self._pace()
-        while await self.erasures.delete_files_batch(user_id, batch):
-            await self._pace()
-        while await self.erasures.delete_published_batch(user_id, batch):
-            await self._pace()
-        await self._erase_prefix(user_id, prefix)  # what an upload in flight wrote meanwhile
-        wait_until = await self.erasures.wait_until(user_id)
-        if wait_until is not None:
-            left = (wait_until - datetime.now(UTC)).total_seconds()
-            if left > 0:
-                log.info("erasure_waiting", user_id=str(user_id), wait_s=round(left, 1))
-                raise Unavailable(
-                    "presigned upload URLs handed out to this user may still write; the"
-                    " erasure looks at the bucket again once they expired",
-                    code="erasure_waiting",
-                    retry_after_s=left,
-                )
-        counts = await self.erasures.complete(user_id)
-        log.info("user_erased", user_id=str(user_id), **counts)
-        return counts
-
-    async def _erase_prefix(self, user_id: uuid.UUID, prefix: str) -> None:
-        """Abort every unfinished multipart upload under ``prefix`` (first: none completes
-        after that), then delete every object there, ``ERASURE_BATCH_SIZE`` keys per
-        DeleteObjects call, counting both as S3 confirms them."""
-        batch = self.settings.erasure_batch_size
-        while uploads := await self._s3(self.store.list_uploads(prefix, limit=batch)):
-            aborted = 0
-            for key, upload_id in uploads:
-                aborted += await self._s3(self.store.abort_upload(key, upload_id))
-            await self.erasures.count(user_id, "multipart_uploads", aborted)
-            if not aborted:
-                break  # all gone already: S3 still lists them a moment
-            await self._pace()
-        previous: list[str] = []
-        while keys := await self._s3(self.store.list_keys(prefix, limit=batch)):
-            if keys == previous:
-                raise Unavailable(
-                    "file storage keeps listing objects it reported deleted; try again later",
-                    code="storage_unavailable",
-                )
-            deleted = await self._s3(self.store.delete_keys(keys))
-            await self.erasures.count(user_id, "objects", deleted)
-            previous = keys
-            await self._pace()
-
-    async def _pace(self) -> None:
-        """``ERASURE_BATCH_PAUSE_S`` between two batches of an erasure."""
-        if self.settings.erasure_batch_pause_s > 0:
-            await asyncio.sleep(self.settings.erasure_batch_pause_s)
+        return await self.accounts.erase_user(user_id, requested_at=requested_at)
 
     async def _s3(self, call: Awaitable[T]) -> T:
         """One S3 call of a background job (botocore retries it), bounded like a request's."""
         async with asyncio.timeout(self.settings.request_deadline_s):
             return await call
-
-
-async def excluding_client_time(
-    chunks: AsyncIterable[bytes], deadline: asyncio.Timeout
-) -> AsyncIterator[bytes]:
-    """``chunks``, with ``deadline`` stopped while waiting for the next one: the deadline
-    counts the service's own time, not a slow client's (nor a big body's)."""
-    loop = asyncio.get_running_loop()
-    iterator = aiter(chunks)
-    while True:
-        when = deadline.when()
-        if when is None or deadline.expired():
-            chunk = await anext(iterator, None)
-        else:
-            left = when - loop.time()
-            deadline.reschedule(None)
-            try:
-                chunk = await anext(iterator, None)
-            finally:
-                deadline.reschedule(loop.time() + left)
-        if chunk is None:
-            return
-        yield chunk
-
-
-async def _non_empty(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """``chunks``, refusing a body with no bytes at all (422 ``empty_file``)."""
-    seen = False
-    async for chunk in chunks:
-        if chunk:
-            seen = True
-            yield chunk
-    if not seen:
-        raise InvalidInput("the file is empty", code="empty_file")
-
-
-@asynccontextmanager
-async def open_service(
-    settings: StorageSettings,
-    *,
-    events: EventSettings | None = None,
-    run_relay: bool = True,
-) -> AsyncGenerator[StorageService]:
-    """The service and its adapters, closed on exit: the Postgres pool, the S3 client, the
-    orphan sweeper and the outbox relay (publishing to Redis with ``events``; it also announces
-    files again after Redis lost what the outbox no longer holds). ``run_relay=False`` leaves
-    outbox rows unpublished (tests that read the outbox)."""
-    async with AsyncExitStack() as stack:
-        pool = await create_pool(
-            DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
-        )
-        stack.push_async_callback(pool.close)
-        redis = create_redis(settings.redis_url)
-        stack.push_async_callback(redis.aclose)
-        s3 = await stack.enter_async_context(open_s3_client(settings))
-        store = ObjectStore(
-            s3,
-            settings.r2_bucket,
-            public_url=settings.r2_public_url,
-            presign_ttl_s=settings.presign_ttl_s,
-        )
-        ledger = ErasureLedger(SCHEMA)
-        limits = StorageLimits(
-            storage_bytes=settings.quota_storage_bytes, files=settings.quota_files
-        )
-        files = FileRepository(pool, ledger, limits)
-        orphans = OrphanSweeper(
-            store,
-            files,
-            attempt_timeout_s=settings.s3_connect_timeout_s + settings.s3_read_timeout_s,
-        )
-        stack.push_async_callback(orphans.close)
-        readiness: dict[str, HealthCheck] = {
-            "postgres": files.check,
-            "redis": lambda: check_redis(redis),
-            "s3": lambda: check_bucket(s3, settings.r2_bucket),
-        }
-        if run_relay:
-            relay = OutboxRelay(
-                pool,
-                redis,
-                schemas=[OUTBOX_SCHEMA],
-                settings=events or EventSettings(),
-                sources=EVENT_SOURCES,
-            )
-            relay.start()
-            stack.push_async_callback(relay.stop)
-            readiness["outbox_relay"] = relay.check_health
-        yield StorageService(
-            store,
-            files,
-            settings,
-            keys=IdempotencyKeyRepository(pool),
-            orphans=orphans,
-            usage=UsageRepository(pool, ledger, limits),
-            erasures=ErasureRepository(pool, ledger),
-            readiness=readiness,
-        )
