@@ -317,6 +317,21 @@ async def test_export_is_everything_notify_holds_about_the_caller_only(
         user_id,
         alice.payload.email,
     )
+    # document events kept for her document emails (more than a page), and one of Bob's
+    await db.execute(
+        "insert into xtyl_notify.document_notices"
+        " (user_id, document_id, kind, title, reason, occurred_at, status)"
+        " select $1, gen_random_uuid(), k, 'Doc ' || i,"
+        " case when k = 'document_failed' then 'encrypted' end, now(),"
+        " (array['pending', 'emailed', 'dropped'])[1 + i % 3]"
+        " from generate_series(1, 35) i, unnest(array['document_ready', 'document_failed']) k",
+        user_id,
+    )
+    await db.execute(
+        "insert into xtyl_notify.document_notices (user_id, document_id, kind, title,"
+        " occurred_at) values ($1, gen_random_uuid(), 'document_ready', 'Bob''s doc', now())",
+        bob.payload.user_id,
+    )
     token = issuer.mint(user_id=user_id, email=alice.payload.email)
     async with http.put(
         f"{notify_api.url}/v1/notifications/preferences",
@@ -329,7 +344,10 @@ async def test_export_is_everything_notify_holds_about_the_caller_only(
         assert resp.status == 200, await resp.text()
         assert resp.content_type == "application/x-ndjson"
         lines = [msgspec.json.decode(line) for line in (await resp.read()).splitlines()]
-    recipient, preferences, *emails = lines
+    recipient, preferences, *rest = lines
+    emails = [line for line in rest if line["record"] == "email"]
+    notices = rest[len(emails) :]
+    assert rest[: len(emails)] == emails  # the emails, then the notices
     assert recipient["record"] == "recipient"
     assert (recipient["email"], recipient["full_name"]) == (alice.payload.email, "Alice")
     assert preferences["record"] == "preferences"
@@ -352,6 +370,23 @@ async def test_export_is_everything_notify_holds_about_the_caller_only(
         "text_body",
     }
     assert emails[0]["text_body"].startswith("Hi Alice,")
+    assert len(notices) == 70
+    assert {n["record"] for n in notices} == {"document_notice"}
+    assert len({(n["document_id"], n["kind"]) for n in notices}) == 70
+    assert sorted(n["title"] for n in notices if n["kind"] == "document_failed") == sorted(
+        f"Doc {i}" for i in range(1, 36)
+    )
+    assert {n["status"] for n in notices} == {"pending", "emailed", "dropped"}
+    assert {n["reason"] for n in notices if n["kind"] == "document_failed"} == {"encrypted"}
+    assert set(notices[0]) == {
+        "record",
+        "document_id",
+        "kind",
+        "title",
+        "reason",
+        "occurred_at",
+        "status",
+    }
 
     # only the gateway's token naming a user: not a user's own token, not one naming nobody
     async with http.get(

@@ -97,8 +97,9 @@ Your xtyl data, as held on {exported_at} (UTC).
   files/<id>/<name>     each file's bytes, as you uploaded them
   documents.ndjson      your documents' details (search index), one per line
   documents/<id>.txt    each document's extracted text
-  notifications.ndjson  your email address on file, your email preferences and the emails
-                        we sent you (one per line, "record" says which)
+  notifications.ndjson  your email address on file, your email preferences, the emails
+                        we sent you and the document events kept for your document emails
+                        (one per line, "record" says which)
   manifest.json         what this archive holds; "complete": true when nothing is missing
 """
 

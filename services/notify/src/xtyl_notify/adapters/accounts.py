@@ -23,7 +23,7 @@ from xtyl_common.db import connection
 from xtyl_common.erasure import ErasureState
 from xtyl_notify.adapters.postgres import LEDGER, OPEN
 from xtyl_notify.domain.addresses import is_address_hash
-from xtyl_notify.domain.emails import DocumentKind, RecipientRecord
+from xtyl_notify.domain.emails import DocumentKind, NoticeRecord, RecipientRecord
 from xtyl_notify.domain.preferences import Preferences, PreferencesRecord
 
 #: The erasure's counts, as ``erased`` records them.
@@ -113,6 +113,25 @@ class AccountRepository:
                 timeout=self._timeout,
             )
         return None if row is None else RecipientRecord(**dict(row.items()))
+
+    async def notices(
+        self, user_id: uuid.UUID, *, limit: int, after: tuple[uuid.UUID, str] | None = None
+    ) -> list[NoticeRecord]:
+        """One page of the user's document notices, by document then kind (the primary key's
+        order), those after ``after`` (the last page's last ``(document_id, kind)``)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "select document_id, kind, title, reason, occurred_at, status"
+                " from xtyl_notify.document_notices where user_id = $1"
+                " and ($2::uuid is null or (document_id, kind) > ($2::uuid, $3::text))"
+                " order by document_id, kind limit $4",
+                user_id,
+                None if after is None else after[0],
+                None if after is None else after[1],
+                limit,
+                timeout=self._timeout,
+            )
+        return [NoticeRecord(**dict(row.items())) for row in rows]
 
     # --- erasure --------------------------------------------------------------------------
 

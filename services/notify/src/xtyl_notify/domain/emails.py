@@ -125,6 +125,22 @@ class RecipientRecord(Recipient, frozen=True, kw_only=True):
     updated_at: datetime
 
 
+NoticeStatus = Literal["pending", "emailed", "dropped"]
+
+
+class NoticeRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A document event notify keeps for the user's document emails, as the export shows it:
+    ``pending`` waits for their next digest, ``emailed`` was told, ``dropped`` was not (the
+    kind was off). Kept 30 days after it was decided."""
+
+    document_id: uuid.UUID
+    kind: DocumentKind
+    title: str | None
+    reason: str | None
+    occurred_at: datetime
+    status: NoticeStatus
+
+
 def dedupe_key(event_type: str, entity_id: uuid.UUID) -> str:
     """One email per cause and entity: ``user.created:<user id>``,
     ``document.indexed:<document id>``. Keyed by the entity rather than the event id, so an

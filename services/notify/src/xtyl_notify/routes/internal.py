@@ -6,7 +6,9 @@ user_required``.
 * ``GET /internal/me/export``: ``application/x-ndjson``, streamed: ``{"record": "recipient",
   ...}`` (when notify knows the user), ``{"record": "preferences", ...}``, then one
   ``{"record": "email", id, kind, subject, status, created_at, sent_at, to_address,
-  text_body}`` per email, newest first, read a page at a time.
+  text_body}`` per email, newest first, then one ``{"record": "document_notice", document_id,
+  kind, title, reason, occurred_at, status}`` per document event kept for the user's document
+  emails; read a page at a time.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from litestar.response import Stream
 
 from xtyl_common.erasure import ErasureState
 from xtyl_common.identity import ON_BEHALF
-from xtyl_notify.domain.emails import RecipientRecord
+from xtyl_notify.domain.emails import NoticeRecord, RecipientRecord
 from xtyl_notify.domain.preferences import PreferencesRecord
 from xtyl_notify.routes.notifications import service_of
-from xtyl_notify.routes.schemas import ExportedEmail, ExportedPreferences, ExportedRecipient
+from xtyl_notify.routes.schemas import (
+    ExportedEmail,
+    ExportedNotice,
+    ExportedPreferences,
+    ExportedRecipient,
+)
 from xtyl_notify.service import NotifyService
 
 NDJSON = "application/x-ndjson"
@@ -57,7 +64,7 @@ class InternalMeController(Controller):
 
 async def _export_lines(service: NotifyService, user_id: uuid.UUID) -> AsyncIterator[bytes]:
     async for item in service.export(user_id):
-        line: ExportedRecipient | ExportedPreferences | ExportedEmail
+        line: ExportedRecipient | ExportedPreferences | ExportedEmail | ExportedNotice
         if isinstance(item, RecipientRecord):
             line = ExportedRecipient(
                 email=item.email,
@@ -70,6 +77,15 @@ async def _export_lines(service: NotifyService, user_id: uuid.UUID) -> AsyncIter
                 document_ready=item.document_ready,
                 document_failed=item.document_failed,
                 updated_at=item.updated_at,
+            )
+        elif isinstance(item, NoticeRecord):
+            line = ExportedNotice(
+                document_id=item.document_id,
+                kind=item.kind,
+                title=item.title,
+                reason=item.reason,
+                occurred_at=item.occurred_at,
+                status=item.status,
             )
         else:
             line = ExportedEmail.of(item)

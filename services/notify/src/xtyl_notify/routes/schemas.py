@@ -100,6 +100,19 @@ class ExportedPreferences(
     updated_at: datetime | None
 
 
+class ExportedNotice(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="record", tag="document_notice"
+):
+    """A document event kept for the user's document emails."""
+
+    document_id: uuid.UUID
+    kind: str
+    title: str | None
+    reason: str | None
+    occurred_at: datetime
+    status: str
+
+
 class ExportedEmail(msgspec.Struct, frozen=True, kw_only=True, tag_field="record", tag="email"):
     id: uuid.UUID
     kind: EmailKind

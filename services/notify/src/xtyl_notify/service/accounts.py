@@ -41,7 +41,7 @@ from xtyl_notify.adapters.accounts import AccountRepository
 from xtyl_notify.adapters.brevo import BrevoClient, BrevoRejected, BrevoUnavailable
 from xtyl_notify.adapters.postgres import NotifyRepository
 from xtyl_notify.domain.addresses import AddressHasher, suppression_key
-from xtyl_notify.domain.emails import EmailRecord, RecipientRecord
+from xtyl_notify.domain.emails import EmailRecord, NoticeRecord, RecipientRecord
 from xtyl_notify.domain.preferences import (
     Preferences,
     PreferencesRecord,
@@ -59,7 +59,7 @@ EXPORT_PAGE = 50
 #: bound) and at the latest when the lease ends.
 IN_FLIGHT_RECHECK_S = 1.0
 
-ExportItem = RecipientRecord | PreferencesRecord | EmailRecord
+ExportItem = RecipientRecord | PreferencesRecord | EmailRecord | NoticeRecord
 
 
 class Accounts:
@@ -191,7 +191,8 @@ class Accounts:
 
     async def export(self, user_id: uuid.UUID) -> AsyncIterator[ExportItem]:
         """Everything notify holds about the user: the recipient (if any), the preferences,
-        then every email, newest first, a page at a time (memory stays flat)."""
+        every email, newest first, then the document notices kept for their document emails,
+        a page at a time (memory stays flat)."""
         recipient = await self.repository.recipient_record(user_id)
         if recipient is not None:
             yield recipient
@@ -202,6 +203,14 @@ class Accounts:
             for email in page:
                 yield email
             if len(page) < EXPORT_PAGE:
-                return
+                break
             last = page[-1]
             after = Cursor(created_at=last.created_at, id=last.id)
+        notices_after: tuple[uuid.UUID, str] | None = None
+        while True:
+            notices = await self.repository.notices(user_id, limit=EXPORT_PAGE, after=notices_after)
+            for notice in notices:
+                yield notice
+            if len(notices) < EXPORT_PAGE:
+                return
+            notices_after = (notices[-1].document_id, notices[-1].kind)
