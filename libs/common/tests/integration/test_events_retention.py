@@ -3,15 +3,29 @@ group has not handled stay however old, dead letters go after theirs."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError
+from structlog.testing import capture_logs
 
-from xtyl_common.events import EventSettings, OutboxRelay, stream_key
+from xtyl_common.events import (
+    EventSettings,
+    FileDeleted,
+    FileDeletedPayload,
+    OutboxRelay,
+    add_event,
+    stream_key,
+)
 from xtyl_common.events.contracts import DOMAINS, USERS, dead_letter_key
 from xtyl_common.events.retention import trim_streams
+from xtyl_common.redis_client import create_redis
+from xtyl_devstack.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +125,64 @@ async def test_the_relay_trims_at_its_prune(
 
     assert await relay.trim_streams() == 1
     assert await ids(redis, key) == []
+
+
+@pytest.fixture
+async def redis_without_xtrim(redis: Redis, redis_url: str) -> AsyncIterator[Redis]:
+    """A client of a Redis user who may do anything but XTRIM."""
+    user, password = f"notrim-{secrets.token_hex(4)}", secrets.token_hex(16)
+    await redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all"],
+        commands=["-xtrim"],
+    )
+    client = create_redis(redis_url.replace("redis://", f"redis://{user}:{password}@", 1))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await redis.acl_deluser(user)
+
+
+async def test_a_trim_that_fails_neither_stops_publishing_nor_fails_the_relay(
+    pool: asyncpg.Pool, schema: str, redis_without_xtrim: Redis, prefix: str
+) -> None:
+    settings = EventSettings(stream_prefix=prefix, relay_poll_interval_s=0.05, prune_interval_s=0.1)
+    relay = OutboxRelay(pool, redis_without_xtrim, schemas=[schema], settings=settings)
+    with capture_logs() as logs:
+        relay.start()
+        try:
+            await publish_three_during_prunes(relay, pool, schema, redis_without_xtrim, prefix)
+        finally:
+            await relay.stop()
+    refused = [e for e in logs if e["event"] == "streams_not_trimmed"]
+    assert len(refused) >= 2  # tried again at each prune
+    assert "xtrim" in refused[0]["error"]
+
+
+async def publish_three_during_prunes(
+    relay: OutboxRelay, pool: asyncpg.Pool, schema: str, redis: Redis, prefix: str
+) -> None:
+    """Three events committed while prunes pass (each trim refused): all three published, the
+    refusal is the trim's own, and the relay is healthy."""
+    for _ in range(3):  # several prunes pass, each trim refused
+        async with pool.acquire() as conn, conn.transaction():
+            event = FileDeleted(
+                producer="test",
+                payload=FileDeletedPayload(file_id=uuid.uuid4(), owner_id=uuid.uuid4()),
+            )
+            await add_event(conn, event, schema=schema)
+        await asyncio.sleep(0.15)
+    key = stream_key("files", prefix)
+
+    async def all_published() -> bool:
+        return await redis.xlen(key) == 3
+
+    await eventually(all_published)
+    with pytest.raises(NoPermissionError):
+        await relay.trim_streams()
+    assert relay.healthy()

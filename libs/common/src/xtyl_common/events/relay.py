@@ -354,6 +354,14 @@ class OutboxRelay:
             log.info("streams_trimmed", removed=removed)
         return sum(removed.values())
 
+    async def _trim_streams_quietly(self) -> None:
+        """Housekeeping: a trim that fails is logged and tried again at the next prune; it
+        never fails the pass (publishing is what the relay's health is about)."""
+        try:
+            await self.trim_streams()
+        except Exception as exc:
+            log_failure(log, "streams_not_trimmed", exc, expected=_TRANSIENT)
+
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -380,7 +388,7 @@ class OutboxRelay:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + s.prune_interval_s
                     await self.prune()
-                    await self.trim_streams()
+                    await self._trim_streams_quietly()
                 if await self.recovery.check_if_due():
                     self._wakeup.set()  # rows Redis lost are pending again: publish now
             except Exception as exc:
