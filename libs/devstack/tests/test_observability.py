@@ -342,6 +342,15 @@ async def test_every_process_shows_the_work_it_did_and_one_trace_follows_an_uplo
     assert sample(notify_worker, "xtyl_notify_emails_total", outcome="sent") >= 1
     assert sample(notify_worker, "xtyl_worker_healthy", worker="notify-worker") == 1
     assert sample(rag_worker, "xtyl_worker_healthy", worker="rag-worker") == 1
+    # each service measured its erasure ledger at start: nobody deleted, nothing overdue
+    for process, schema in (
+        ("storage", "xtyl_storage"),
+        ("rag-worker", "xtyl_rag"),
+        ("notify-worker", "xtyl_notify"),
+    ):
+        for gauge in ("xtyl_erasures_incomplete", "xtyl_erasure_oldest_incomplete_age_seconds"):
+            assert series(scrapes[process], gauge) == [{"schema": schema}], (process, gauge)
+            assert sample(scrapes[process], gauge) == 0, (process, gauge)
 
     # every metric of the catalogue (what the alerts and the dashboard may name) is served
     served = {

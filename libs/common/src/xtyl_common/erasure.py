@@ -27,6 +27,7 @@ finished erasure is not redone (:meth:`begin` answers ``False``)::
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Mapping
@@ -35,9 +36,14 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from xtyl_common.errors import Forbidden
+from xtyl_common.errors import Forbidden, XtylError
+from xtyl_common.metrics import ERASURE_OLDEST_AGE, ERASURES_INCOMPLETE
+from xtyl_common.supervise import log_failure
+
+log = structlog.stdlib.get_logger("xtyl.erasure")
 
 ErasureStatus = Literal["none", "erasing", "erased"]
 #: A connection of its own or one taken from a pool.
@@ -135,6 +141,20 @@ class ErasureLedger:
             msgspec.json.encode(dict(erased)).decode(),
         )
 
+    async def backlog(self, conn: Connection) -> tuple[int, float]:
+        """The erasures begun and not completed, and the seconds since the oldest one's user
+        was deleted (0 when none)."""
+        row = await conn.fetchrow(
+            f"""
+            select count(*) as incomplete,
+                coalesce(extract(epoch from pg_catalog.now() - min(requested_at)), 0)::float8
+                    as oldest_s
+            from {self._table} where completed_at is null
+            """,  # noqa: S608 (checked name)
+        )
+        assert row is not None  # an aggregate always answers a row
+        return int(row["incomplete"]), max(0.0, float(row["oldest_s"]))
+
     async def state(self, conn: Connection, user_id: uuid.UUID) -> ErasureState:
         """Where this service is with the user's erasure (``none`` before it began)."""
         row = await conn.fetchrow(
@@ -154,3 +174,62 @@ class ErasureLedger:
             attempts=row["attempts"],
             erased=msgspec.json.decode(row["erased"], type=dict[str, int]),
         )
+
+
+class ErasureBacklog:
+    """Measures the ledger every ``interval_s`` into ``xtyl_erasures_incomplete`` and
+    ``xtyl_erasure_oldest_incomplete_age_seconds`` (label ``schema``), for the alert on an
+    erasure that does not finish. Every process of the service measures the same table, so
+    every replica reports the same numbers (the rules take the max). A measurement that
+    fails (Postgres away) is logged and the gauges keep their last values until the next."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ledger: ErasureLedger,
+        *,
+        interval_s: float = 60.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def measure(self) -> tuple[int, float]:
+        """Measure once: the incomplete erasures and the oldest one's age, also set as the
+        gauges."""
+        async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
+            incomplete, oldest_s = await self._ledger.backlog(conn)
+        schema = self._ledger.schema
+        ERASURES_INCOMPLETE.labels(schema).set(incomplete)
+        ERASURE_OLDEST_AGE.labels(schema).set(oldest_s)
+        return incomplete, oldest_s
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.measure()
+            except Exception as exc:
+                log_failure(log, "erasure_backlog_not_measured", exc, expected=_EXPECTED)
+            await asyncio.sleep(self._interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="erasure-backlog")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+_EXPECTED = (
+    XtylError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)

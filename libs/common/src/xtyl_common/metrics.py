@@ -68,6 +68,18 @@ OUTBOX_OLDEST_AGE = Gauge(
     ["schema"],
     multiprocess_mode="max",
 )
+ERASURES_INCOMPLETE = Gauge(
+    "xtyl_erasures_incomplete",
+    "Erasures of deleted users begun and not completed, in the service's ledger.",
+    ["schema"],
+    multiprocess_mode="max",
+)
+ERASURE_OLDEST_AGE = Gauge(
+    "xtyl_erasure_oldest_incomplete_age_seconds",
+    "Time since the oldest incomplete erasure's user was deleted (0 when none).",
+    ["schema"],
+    multiprocess_mode="max",
+)
 RELAY_PUBLISHED = Counter(
     "xtyl_relay_published", "Outbox rows published to their stream.", ["schema"]
 )

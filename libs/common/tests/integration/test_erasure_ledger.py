@@ -8,12 +8,15 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from xtyl_common.erasure import AccountDeleted, ErasureLedger
+from xtyl_common.erasure import AccountDeleted, ErasureBacklog, ErasureLedger
+from xtyl_devstack.testing import eventually
+
+from .conftest import MetricSample
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +107,39 @@ async def test_a_write_in_flight_commits_before_the_erasure_begins_and_one_after
 def test_a_schema_name_is_checked() -> None:
     with pytest.raises(ValueError, match="schema"):
         ErasureLedger("x; drop table users")
+
+
+async def test_the_backlog_counts_what_is_not_finished_and_how_old_it_is(
+    pool: asyncpg.Pool, ledger: ErasureLedger, sample: MetricSample
+) -> None:
+    backlog = ErasureBacklog(pool, ledger, interval_s=0.05)
+    assert await backlog.measure() == (0, 0.0)
+    now = datetime.now(UTC)
+    stuck, fresh, done = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        for user, asked in ((stuck, now - timedelta(hours=2)), (fresh, now), (done, ASKED)):
+            async with conn.transaction():
+                assert await ledger.begin(conn, user, requested_at=asked)
+        await ledger.complete(conn, done, {"files": 1})  # the oldest, but finished
+
+    backlog.start()  # measures at once, then every interval
+    try:
+
+        async def measured() -> bool:
+            return sample("xtyl_erasures_incomplete", schema=ledger.schema) == 2
+
+        await eventually(measured)
+        age = sample("xtyl_erasure_oldest_incomplete_age_seconds", schema=ledger.schema)
+        assert age is not None
+        assert 7200 <= age < 7200 + 60  # the stuck one's, not the finished older one's
+        async with pool.acquire() as conn:
+            await ledger.complete(conn, stuck, {})
+            await ledger.complete(conn, fresh, {})
+
+        async def caught_up() -> bool:
+            return sample("xtyl_erasures_incomplete", schema=ledger.schema) == 0
+
+        await eventually(caught_up)
+        assert sample("xtyl_erasure_oldest_incomplete_age_seconds", schema=ledger.schema) == 0
+    finally:
+        await backlog.stop()

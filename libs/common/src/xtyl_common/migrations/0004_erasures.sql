@@ -32,6 +32,10 @@ begin
             -- what was erased, by kind: {"files": 3, "objects": 4, ...}
             erased       jsonb       not null default '{}'::jsonb
         )$sql$, target_schema);
+    -- the erasures not completed yet, which the services measure every minute
+    execute format(
+        'create index if not exists erasures_incomplete_idx on %I.erasures (requested_at)'
+        ' where completed_at is null', target_schema);
     execute format('revoke all on table %I.erasures from public', target_schema);
     if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
         execute format('revoke all on table %I.erasures from anon', target_schema);

@@ -7,13 +7,14 @@ from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from xtyl_common.db import DatabaseConfig, create_pool
+from xtyl_common.erasure import ErasureBacklog
 from xtyl_common.events import EventSettings
 from xtyl_common.events.retries import RetryPolicy
 from xtyl_common.http import HttpConfig, create_session
 from xtyl_notify.adapters.accounts import AccountRepository
 from xtyl_notify.adapters.brevo import BrevoClient
 from xtyl_notify.adapters.documents import DocumentNoticeRepository
-from xtyl_notify.adapters.postgres import NotifyRepository
+from xtyl_notify.adapters.postgres import LEDGER, NotifyRepository
 from xtyl_notify.domain.addresses import AddressHasher
 from xtyl_notify.domain.preferences import UnsubscribeLinks
 from xtyl_notify.service.accounts import Accounts
@@ -37,6 +38,9 @@ async def open_service(
             DatabaseConfig(url=settings.database_url, max_size=settings.db_pool_max)
         )
         stack.push_async_callback(pool.close)
+        backlog = ErasureBacklog(pool, LEDGER)
+        backlog.start()
+        stack.push_async_callback(backlog.stop)
         session = create_session(
             HttpConfig(
                 connect_timeout_s=settings.brevo_connect_timeout_s,

@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 
 from xtyl_common.db import DatabaseConfig, create_pool
-from xtyl_common.erasure import ErasureLedger
+from xtyl_common.erasure import ErasureBacklog, ErasureLedger
 from xtyl_common.events import EventSettings, OutboxRelay
 from xtyl_common.http import create_session
 from xtyl_common.redis_client import create_redis
@@ -103,6 +103,9 @@ async def open_service(
         extractor = ExtractorPool(settings.extraction_limits(), size=settings.extraction_workers)
         stack.push_async_callback(extractor.aclose)
         ledger = ErasureLedger(OUTBOX_SCHEMA)
+        backlog = ErasureBacklog(pool, ledger)
+        backlog.start()
+        stack.push_async_callback(backlog.stop)
         limits = settings.user_limits()
         documents = DocumentRepository(
             pool, lease_s=settings.index_lease_s, ledger=ledger, limits=limits

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from xtyl_common.db import DatabaseConfig, create_pool
-from xtyl_common.erasure import ErasureLedger
+from xtyl_common.erasure import ErasureBacklog, ErasureLedger
 from xtyl_common.events.relay import OutboxRelay
 from xtyl_common.events.settings import EventSettings
 from xtyl_common.health import HealthCheck
@@ -59,6 +59,9 @@ async def open_service(
             presign_ttl_s=settings.presign_ttl_s,
         )
         ledger = ErasureLedger(SCHEMA)
+        backlog = ErasureBacklog(pool, ledger)
+        backlog.start()
+        stack.push_async_callback(backlog.stop)
         limits = StorageLimits(
             storage_bytes=settings.quota_storage_bytes, files=settings.quota_files
         )
