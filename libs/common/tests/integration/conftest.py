@@ -4,7 +4,8 @@ a Redis client, a fresh outbox schema per test, and a reader of metrics."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -30,6 +31,26 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = create_redis(redis_url)
     yield client
     await client.aclose()
+
+
+@asynccontextmanager
+async def redis_user_without(redis: Redis, redis_url: str, command: str) -> AsyncGenerator[str]:
+    """The test Redis' URL for a user who may do anything but ``command`` (an ACL user,
+    deleted on the way out): a server that refuses one step of a protocol."""
+    user, password = f"no-{command}-{secrets.token_hex(4)}", secrets.token_hex(16)
+    await redis.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all"],
+        commands=[f"-{command}"],
+    )
+    try:
+        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+    finally:
+        await redis.acl_deluser(user)
 
 
 #: ``sample(name, text=None, **labels)``: the value of one series in Prometheus' text format

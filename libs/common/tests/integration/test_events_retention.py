@@ -4,7 +4,6 @@ group has not handled stay however old, dead letters go after theirs."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -26,6 +25,8 @@ from xtyl_common.events.contracts import DOMAINS, USERS, dead_letter_key
 from xtyl_common.events.retention import trim_streams
 from xtyl_common.redis_client import create_redis
 from xtyl_devstack.testing import eventually
+
+from .conftest import redis_user_without
 
 pytestmark = pytest.mark.integration
 
@@ -130,22 +131,12 @@ async def test_the_relay_trims_at_its_prune(
 @pytest.fixture
 async def redis_without_xtrim(redis: Redis, redis_url: str) -> AsyncIterator[Redis]:
     """A client of a Redis user who may do anything but XTRIM."""
-    user, password = f"notrim-{secrets.token_hex(4)}", secrets.token_hex(16)
-    await redis.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        channels=["*"],
-        categories=["+@all"],
-        commands=["-xtrim"],
-    )
-    client = create_redis(redis_url.replace("redis://", f"redis://{user}:{password}@", 1))
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await redis.acl_deluser(user)
+    async with redis_user_without(redis, redis_url, "xtrim") as url:
+        client = create_redis(url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
 
 async def test_a_trim_that_fails_neither_stops_publishing_nor_fails_the_relay(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 import time
@@ -33,6 +32,8 @@ from xtyl_common.events.contracts import dead_letter_key
 from xtyl_common.events.streams import retries_key
 from xtyl_devstack.ports import free_port
 from xtyl_devstack.testing import eventually
+
+from .conftest import redis_user_without
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -244,20 +245,8 @@ async def _all_called(survivor: Survivor, count: int) -> bool:
 async def redis_without_xack(redis: Redis, redis_url: str) -> AsyncIterator[str]:
     """The session Redis' URL for a user who may do anything but XACK: its worker's handlers
     succeed and their done markers are written, but no entry is ever acknowledged."""
-    user, password = f"noack-{secrets.token_hex(4)}", secrets.token_hex(16)
-    await redis.acl_setuser(
-        user,
-        enabled=True,
-        passwords=[f"+{password}"],
-        keys=["*"],
-        channels=["*"],
-        categories=["+@all"],
-        commands=["-xack"],
-    )
-    try:
-        yield redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
-    finally:
-        await redis.acl_deluser(user)
+    async with redis_user_without(redis, redis_url, "xack") as url:
+        yield url
 
 
 async def test_a_worker_killed_after_its_handlers_but_before_xack_does_not_get_them_run_again(

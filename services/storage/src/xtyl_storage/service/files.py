@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -225,24 +225,18 @@ class StorageService:
         within ``REQUEST_DEADLINE_S`` of work of our own; with an ``idempotency_key``, a retry
         gets the first upload's file (see the module). ``hold``: the room
         :meth:`upload_quota` held for it (else held here, growing with the bytes)."""
-        if hold is None:
-            async with self.upload_quota(owner_id, keyed=idempotency_key is not None) as own:
-                return await self._upload(
-                    owner_id,
-                    raw_name=raw_name,
-                    content_type=content_type,
-                    chunks=chunks,
-                    idempotency_key=idempotency_key,
-                    hold=own,
-                )
-        return await self._upload(
-            owner_id,
-            raw_name=raw_name,
-            content_type=content_type,
-            chunks=chunks,
-            idempotency_key=idempotency_key,
-            hold=hold,
-        )
+        async with AsyncExitStack() as stack:
+            if hold is None:
+                keyed = idempotency_key is not None
+                hold = await stack.enter_async_context(self.upload_quota(owner_id, keyed=keyed))
+            return await self._upload(
+                owner_id,
+                raw_name=raw_name,
+                content_type=content_type,
+                chunks=chunks,
+                idempotency_key=idempotency_key,
+                hold=hold,
+            )
 
     async def _upload(
         self,
