@@ -271,9 +271,10 @@ async def test_after_redis_restarts_empty_groups_return_and_the_reconciler_reemi
         await recorder.until(lambda: recorder.calls[stuck.payload.file_id] >= 1)
     finally:
         await relay.stop()
+        await consumer.stop(grace_period_s=0.5)  # before its client closes, as the relay
+        await redis.aclose()
     statuses = await pool.fetch(f"select status from {schema}.files")  # noqa: S608
     assert [r["status"] for r in statuses] == ["done"] * 3
-    await redis.aclose()
 
 
 # --- Redis only ----------------------------------------------------------------------------

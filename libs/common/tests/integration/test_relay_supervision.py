@@ -200,6 +200,8 @@ async def test_readiness_fails_when_passes_keep_failing_while_postgres_and_redis
         await eventually(lambda: _on_stream(refusing, settings, event), timeout_s=10)
         await eventually(lambda: _check_passes(relay), timeout_s=5)
     finally:
+        for started in relays:  # before their client closes: a command after that would
+            await started.stop()  # open a connection nothing closes (a ResourceWarning later)
         await refusing.aclose()
 
 
