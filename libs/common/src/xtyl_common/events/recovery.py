@@ -112,6 +112,12 @@ def format_entry_id(entry: EntryId) -> str:
     return f"{entry[0]}-{entry[1]}"
 
 
+def entry_id_at(time_reply: Sequence[Any]) -> EntryId:
+    """The entry id Redis would make at the moment of a ``TIME`` reply (seconds, microseconds)."""
+    seconds, micros = time_reply
+    return ((int(seconds) * 1_000_000 + int(micros)) // 1000, 0)
+
+
 def entry_time(entry_id: str) -> datetime:
     """When Redis made the entry id (its milliseconds part)."""
     return datetime.fromtimestamp(parse_entry_id(entry_id)[0] / 1000, UTC)
@@ -150,8 +156,7 @@ async def replay_positions(
                 pipe.xinfo_stream(key)
                 pipe.xinfo_groups(key)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
-        seconds, micros = replies[0]
-        now: EntryId = ((int(seconds) * 1_000_000 + int(micros)) // 1000, 0)
+        now = entry_id_at(replies[0])
         positions: dict[str, str] = {}
         for index, (domain, key) in enumerate(zip(domains, keys, strict=True)):
             info, groups = replies[1 + 2 * index], replies[2 + 2 * index]

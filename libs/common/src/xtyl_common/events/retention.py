@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from xtyl_common.events.contracts import dead_letter_key, stream_key
 from xtyl_common.events.recovery import (
     EntryId,
+    entry_id_at,
     format_entry_id,
     parse_entry_id,
     replay_positions,
@@ -39,11 +40,6 @@ from xtyl_common.events.recovery import (
 
 def _before(now: EntryId, seconds: float) -> EntryId:
     return (max(0, now[0] - int(seconds * 1000)), 0)
-
-
-async def _redis_now(redis: Redis) -> EntryId:
-    seconds, micros = await redis.time()
-    return ((int(seconds) * 1_000_000 + int(micros)) // 1000, 0)
 
 
 async def trim_streams(
@@ -59,7 +55,7 @@ async def trim_streams(
     removed, per stream key (streams that lost none are left out)."""
     positions = await replay_positions(redis, stream_prefix, domains, timeout_s=timeout_s)
     async with asyncio.timeout(timeout_s):
-        now = await _redis_now(redis)
+        now = entry_id_at(await redis.time())
         removed: dict[str, int] = {}
         for domain in domains:
             key = stream_key(domain, stream_prefix)

@@ -24,7 +24,7 @@ from litestar.response import Stream
 
 from xtyl_common.erasure import ErasureState
 from xtyl_common.identity import ON_BEHALF
-from xtyl_notify.domain.emails import NoticeRecord, RecipientRecord
+from xtyl_notify.domain.emails import EmailRecord, NoticeRecord, RecipientRecord
 from xtyl_notify.domain.preferences import PreferencesRecord
 from xtyl_notify.routes.notifications import service_of
 from xtyl_notify.routes.schemas import (
@@ -62,31 +62,17 @@ class InternalMeController(Controller):
         )
 
 
+#: Each record notify keeps -> the line the export shows of it (the fields it names, read
+#: from the record's attributes of the same names).
+_EXPORTED: dict[type, type[msgspec.Struct]] = {
+    RecipientRecord: ExportedRecipient,
+    PreferencesRecord: ExportedPreferences,
+    EmailRecord: ExportedEmail,
+    NoticeRecord: ExportedNotice,
+}
+
+
 async def _export_lines(service: NotifyService, user_id: uuid.UUID) -> AsyncIterator[bytes]:
     async for item in service.export(user_id):
-        line: ExportedRecipient | ExportedPreferences | ExportedEmail | ExportedNotice
-        if isinstance(item, RecipientRecord):
-            line = ExportedRecipient(
-                email=item.email,
-                full_name=item.full_name,
-                created_at=item.created_at,
-                updated_at=item.updated_at,
-            )
-        elif isinstance(item, PreferencesRecord):
-            line = ExportedPreferences(
-                document_ready=item.document_ready,
-                document_failed=item.document_failed,
-                updated_at=item.updated_at,
-            )
-        elif isinstance(item, NoticeRecord):
-            line = ExportedNotice(
-                document_id=item.document_id,
-                kind=item.kind,
-                title=item.title,
-                reason=item.reason,
-                occurred_at=item.occurred_at,
-                status=item.status,
-            )
-        else:
-            line = ExportedEmail.of(item)
+        line = msgspec.convert(item, _EXPORTED[type(item)], from_attributes=True)
         yield _encoder.encode(line) + b"\n"

@@ -122,16 +122,3 @@ class ExportedEmail(msgspec.Struct, frozen=True, kw_only=True, tag_field="record
     sent_at: datetime | None
     to_address: str
     text_body: str
-
-    @classmethod
-    def of(cls, email: EmailRecord) -> ExportedEmail:
-        return cls(
-            id=email.id,
-            kind=email.kind,
-            subject=email.subject,
-            status=email.status,
-            created_at=email.created_at,
-            sent_at=email.sent_at,
-            to_address=email.to_address,
-            text_body=email.text_body,
-        )
